@@ -1,0 +1,141 @@
+"""Loading, checking, converting and saving ONNX models.
+
+onnxruntime 1.31 accepts IR version <= 13 and default-domain (``ai.onnx``) opset <= 26;
+``BitCast``, used by activation faults, needs opset 26 (ONNX operator spec, BitCast-26).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from .errors import EnpheephError
+
+log = logging.getLogger(__name__)
+
+TARGET_OPSET = 26
+"""Default-domain opset of rewritten graphs (``BitCast`` exists from opset 26)."""
+MIN_IR_VERSION = 10
+MAX_IR_VERSION = 13
+"""onnxruntime 1.31 rejects IR versions above 13."""
+
+ModelSource = str | os.PathLike[str] | onnx.ModelProto
+
+
+def load_model(src: ModelSource) -> onnx.ModelProto:
+    """Load and check a model from a path (external data included) or pass a proto through.
+
+    Raises:
+        EnpheephError: the file is missing, truncated, not ONNX, or fails ``onnx.checker``.
+    """
+    if isinstance(src, onnx.ModelProto):
+        model = src
+        where = "the model"
+    else:
+        path = Path(src)
+        where = str(path)
+        if not path.is_file():
+            raise EnpheephError(f"model file not found: {path}")
+        try:
+            model = onnx.load(str(path), load_external_data=True)
+        except (DecodeError, RuntimeError, ValueError, OSError) as e:
+            raise EnpheephError(
+                f"{path} is not a readable ONNX model ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else 'decode error'}); "
+                "is the file truncated or of another format?"
+            ) from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise EnpheephError(f"{where} is not an ONNX model: it holds no graph nodes")
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnpheephError(f"{where} fails the ONNX checker: {first}") from None
+    return model
+
+
+def model_sha256(src: ModelSource) -> str:
+    """SHA-256 hex digest of the model file's bytes (or of the serialized proto)."""
+    if isinstance(src, onnx.ModelProto):
+        data = src.SerializeToString(deterministic=True)
+    else:
+        data = Path(src).read_bytes()
+    return hashlib.sha256(data).hexdigest()
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The model's default-domain (``ai.onnx``) opset version."""
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    return 1
+
+
+def clamp_ir_version(model: onnx.ModelProto) -> None:
+    """Set the IR version into onnxruntime's accepted range 10..13, in place."""
+    model.ir_version = min(max(int(model.ir_version), MIN_IR_VERSION), MAX_IR_VERSION)
+
+
+def ensure_opset(model: onnx.ModelProto, opset: int = TARGET_OPSET) -> onnx.ModelProto:
+    """Return ``model`` at default-domain ``opset`` (converted with ``onnx.version_converter``
+    when lower; unchanged when equal).
+
+    Raises:
+        EnpheephError: the model's opset is higher than ``opset`` or conversion fails.
+    """
+    current = default_opset(model)
+    if current == opset:
+        return model
+    if current > opset:
+        raise EnpheephError(
+            f"model uses ai.onnx opset {current}; onnxruntime 1.31 runs at most {opset}: "
+            "re-export it at a lower opset"
+        )
+    log.info("converting model from opset %d to %d", current, opset)
+    try:
+        converted = onnx.version_converter.convert_version(model, opset)
+    except Exception as e:  # the converter raises bare RuntimeErrors of many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnpheephError(
+            f"cannot convert the model from opset {current} to {opset} for BitCast: {first}; "
+            f"re-export it at opset {opset}"
+        ) from None
+    clamp_ir_version(converted)
+    return converted
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
+
+    On any exception the temporary file is removed and ``dest`` is left as it was, so an
+    interrupted or failed write never leaves a partial output file.
+
+    Raises:
+        EnpheephError: the destination folder does not exist.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        raise EnpheephError(f"output folder {dest.parent} does not exist: create it first")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, dest)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(model: onnx.ModelProto, dest: str | os.PathLike[str]) -> None:
+    """Write ``model`` atomically as a single file (no external data)."""
+    with atomic_path(dest) as tmp:
+        onnx.save_model(model, str(tmp))

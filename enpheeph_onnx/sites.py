@@ -1,0 +1,220 @@
+"""Fault sites: every tensor of a model that a fault can hit.
+
+Three kinds (:class:`SiteKind`):
+
+* **weight** — an initializer, or the tensor held by a ``Constant`` node (some exporters,
+  e.g. torch.ao's quantized export, keep all weights there); stored in memory, so a fault
+  persists for every inference;
+* **activation** — the output of a node, recomputed at every inference;
+* **input** — a graph input that is not an initializer.
+
+Only tensors whose element type faults can hit (:data:`enpheeph_onnx.bits.SUPPORTED`) are
+sites; ``int64`` shape/index tensors and ``bool`` tensors are not. Nodes inside control-flow
+subgraphs (``If``/``Loop``/``Scan`` bodies) are not visited.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .bits import DType, dtype_for_onnx
+from .errors import EnpheephError
+
+Dim = int | str | None
+"""A dimension: a size, a symbolic name, or ``None`` when unknown."""
+
+
+class SiteKind(enum.Enum):
+    WEIGHT = "weight"
+    ACTIVATION = "activation"
+    INPUT = "input"
+
+
+@dataclass(frozen=True)
+class FaultSite:
+    """One injectable tensor.
+
+    Attributes:
+        name: tensor name in the graph (may contain ``/``, ``.``, ``:``).
+        kind: weight, activation or input.
+        source: where it lives: ``"initializer"``, ``"constant"`` (a ``Constant`` node's
+            value), ``"graph_input"`` or ``"node_output"``.
+        op_type: the producing op for activations, the consuming op(s) (comma-joined,
+            sorted) for weights and inputs.
+        node: the producing node's name (activations, constants) or the first consumer's.
+        layer: a layer name derived from the tensor/node name (``conv1.weight`` ->
+            ``conv1``, ``/conv1/Conv_output_0`` -> ``conv1``); ``""`` if none.
+        shape: dimensions; a symbolic dim as its name, an unknown one as ``None``.
+        dtype: numpy name of the element type (``"float32"``, ``"int8"``, ...).
+        bits: bits per stored element.
+        elements: element count, or ``None`` when a dimension is not static.
+        zero_fraction: fraction of elements equal to zero (weights only), else ``None``.
+    """
+
+    name: str
+    kind: SiteKind
+    source: str
+    op_type: str
+    node: str
+    layer: str
+    shape: tuple[Dim, ...]
+    dtype: str
+    bits: int
+    elements: int | None
+    zero_fraction: float | None = None
+
+    @property
+    def static_elements(self) -> int:
+        """Elements per sample: the product of the static dimensions (dynamic ones count 1)."""
+        return int(np.prod([d for d in self.shape if isinstance(d, int)], dtype=np.int64))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["kind"] = self.kind.value
+        d["shape"] = list(self.shape)
+        return d
+
+
+def _layer_of(tensor: str, node: str) -> str:
+    if node.startswith("/"):
+        parts = [p for p in node.split("/") if p]
+        return "/".join(parts[:-1]) if len(parts) > 1 else ""
+    if tensor.startswith("/"):
+        parts = [p for p in tensor.split("/") if p]
+        return "/".join(parts[:-1]) if len(parts) > 1 else ""
+    if "." in tensor:
+        return tensor.rsplit(".", 1)[0]
+    return ""
+
+
+def _shape_of(vi: onnx.ValueInfoProto) -> tuple[Dim, ...] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims: list[Dim] = []
+    for d in t.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def _elements(shape: tuple[Dim, ...]) -> int | None:
+    if all(isinstance(d, int) for d in shape):
+        return int(np.prod(shape, dtype=np.int64))
+    return None
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``onnx.shape_inference.infer_shapes`` with data propagation; the model if it fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # inference is best effort: unknown shapes stay unknown
+        return model
+
+
+def _weight_site(name: str, source: str, tensor: onnx.TensorProto, consumers: list[onnx.NodeProto],
+                 node_name: str) -> FaultSite | None:
+    d = dtype_for_onnx(tensor.data_type)
+    if d is None:
+        return None
+    arr = numpy_helper.to_array(tensor)
+    zeros = float(np.count_nonzero(arr == 0) / arr.size) if arr.size else 0.0
+    ops = ",".join(sorted({n.op_type for n in consumers}))
+    node = node_name or (consumers[0].name if consumers else "")
+    return FaultSite(name, SiteKind.WEIGHT, source, ops, node, _layer_of(name, node),
+                     tuple(int(x) for x in arr.shape), d.name, d.bits, int(arr.size), zeros)
+
+
+def discover_sites(model: onnx.ModelProto) -> list[FaultSite]:
+    """All fault sites of ``model``'s main graph: weights, then inputs, then activations in
+    graph order.
+
+    Weights are read from initializers and ``Constant`` nodes (``value`` attribute);
+    activation and input shapes come from ONNX shape inference (symbolic dims kept).
+    """
+    inferred = infer_shapes(model)
+    g = inferred.graph
+    infos: dict[str, onnx.ValueInfoProto] = {}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        infos.setdefault(vi.name, vi)
+    consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
+    for n in g.node:
+        for i in n.input:
+            if i:
+                consumers[i].append(n)
+
+    sites: list[FaultSite] = []
+    seen: set[str] = set()
+    init_names = {t.name for t in g.initializer}
+    for t in g.initializer:
+        s = _weight_site(t.name, "initializer", t, consumers[t.name], "")
+        if s is not None and s.name not in seen:
+            sites.append(s)
+            seen.add(s.name)
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            attr = next((a for a in n.attribute if a.name == "value"), None)
+            if attr is None or not n.output:
+                continue
+            s = _weight_site(n.output[0], "constant", attr.t, consumers[n.output[0]], n.name)
+            if s is not None and s.name not in seen:
+                sites.append(s)
+                seen.add(s.name)
+
+    def value_site(name: str, kind: SiteKind, source: str, op: str, node: str) -> None:
+        vi = infos.get(name)
+        if vi is None or name in seen:
+            return
+        d: DType | None = dtype_for_onnx(vi.type.tensor_type.elem_type)
+        shape = _shape_of(vi)
+        if d is None or shape is None:
+            return
+        sites.append(FaultSite(name, kind, source, op, node, _layer_of(name, node), shape,
+                               d.name, d.bits, _elements(shape)))
+        seen.add(name)
+
+    for vi in g.input:
+        if vi.name not in init_names:
+            cons = consumers[vi.name]
+            value_site(vi.name, SiteKind.INPUT, "graph_input",
+                       ",".join(sorted({c.op_type for c in cons})), cons[0].name if cons else "")
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            continue
+        for o in n.output:
+            if o:
+                value_site(o, SiteKind.ACTIVATION, "node_output", n.op_type, n.name)
+    return sites
+
+
+def site_map(sites: list[FaultSite]) -> dict[str, FaultSite]:
+    return {s.name: s for s in sites}
+
+
+def lookup_site(sites: dict[str, FaultSite], name: str) -> FaultSite:
+    """The site called ``name``.
+
+    Raises:
+        EnpheephError: no such site (with the closest names as a hint).
+    """
+    site = sites.get(name)
+    if site is None:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(sites), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise EnpheephError(
+            f"unknown fault site {name!r}{hint} (list them with 'enpheeph-onnx sites MODEL')"
+        )
+    return site

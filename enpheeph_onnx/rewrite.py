@@ -1,0 +1,391 @@
+"""Graph rewriting: a fault plan in, a standalone faulty ONNX model out.
+
+* **Weight faults** perturb the stored data of initializers and ``Constant`` tensors with
+  the exact numpy bit operations of :mod:`enpheeph_onnx.bits`; no node is added and every
+  other element keeps its bits. A weight shared by several nodes is faulted once, as
+  memory is.
+* **Activation and input faults** insert a fault node after the tensor. Each fault node
+  calls a model-local ONNX function in the ``enpheeph`` domain whose body is standard ONNX
+  (``BitCast`` to the same-width unsigned integer, ``BitwiseXor``/``BitwiseOr``/
+  ``BitwiseAnd`` with a broadcastable mask, ``BitCast`` back; integer tensors take the
+  bitwise op directly), so the faulty model runs in stock onnxruntime with no plugin.
+  ``*`` coordinates broadcast (the mask has size 1 there); an integer coordinate on a
+  dynamic dimension (e.g. one image of a batch) is applied to a ``Slice`` of the tensor
+  and ``Concat``-ed back, and does nothing when that image is not in the batch.
+
+Node and tensor names are deterministic: ``enpheeph/<site>/<n>/...``. The faulty model
+records its provenance in ``metadata_props`` (``enpheeph.faults``, ``enpheeph.source_sha256``,
+``enpheeph.version``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx import helper, numpy_helper
+
+from . import __version__
+from .bits import BY_NAME, DType
+from .errors import EnpheephError
+from .faults import Fault, FaultModel, FaultPlan, apply_faults
+from .model import (
+    TARGET_OPSET,
+    ModelSource,
+    clamp_ir_version,
+    default_opset,
+    ensure_opset,
+    load_model,
+    model_sha256,
+    save_model,
+)
+from .sites import FaultSite, SiteKind, discover_sites, lookup_site, site_map
+
+log = logging.getLogger(__name__)
+
+FAULT_DOMAIN = "enpheeph"
+"""Domain of the model-local fault functions."""
+
+_FUNC_PREFIX = {
+    FaultModel.BIT_FLIP: "BitFlip",
+    FaultModel.STUCK_AT_0: "StuckAt0",
+    FaultModel.STUCK_AT_1: "StuckAt1",
+    FaultModel.VALUE: "Value",
+}
+
+
+@dataclass(frozen=True)
+class WeightChange:
+    """A perturbed weight: which faults hit it and how many elements changed bits."""
+
+    site: str
+    faults: tuple[Fault, ...]
+    elements_changed: int
+
+
+@dataclass(frozen=True)
+class InjectionResult:
+    """What :func:`inject` produced.
+
+    Attributes:
+        model: the faulty model (IR <= 13, default-domain opset <= 26, checked).
+        plan: the faults, in application order.
+        weights: one entry per perturbed weight.
+        nodes: names of the inserted fault nodes, in graph order of insertion.
+        source_sha256: SHA-256 of the source model.
+        converted_from_opset: the source opset if it was converted to 26, else ``None``.
+    """
+
+    model: onnx.ModelProto
+    plan: FaultPlan
+    weights: tuple[WeightChange, ...]
+    nodes: tuple[str, ...]
+    source_sha256: str
+    converted_from_opset: int | None = None
+
+    def save(self, path: str | Path) -> None:
+        """Write the faulty model atomically."""
+        save_model(self.model, path)
+
+
+def validate_faults(sites: dict[str, FaultSite], faults: Iterable[Fault]) -> None:
+    """Check every fault against the model's sites.
+
+    Raises:
+        EnpheephError: unknown site, index of the wrong rank or out of range, bit beyond
+            the element width, or a value that does not fit the dtype.
+    """
+    for f in faults:
+        site = lookup_site(sites, f.site)
+        if len(f.index) != len(site.shape):
+            shape = "[" + ",".join("?" if d is None else str(d) for d in site.shape) + "]"
+            raise EnpheephError(
+                f"fault {f}: index has {len(f.index)} coordinates but {site.name!r} has rank "
+                f"{len(site.shape)} (shape {shape})"
+            )
+        for axis, (i, n) in enumerate(zip(f.index, site.shape, strict=True)):
+            if i is not None and isinstance(n, int) and i >= n:
+                raise EnpheephError(
+                    f"fault {f}: index {i} is out of range for dimension {axis} of "
+                    f"{site.name!r} (size {n}, valid 0-{n - 1})"
+                )
+        f.transform(BY_NAME[site.dtype])  # raises for bits beyond width / unfit values
+
+
+def _weight_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    out: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+            for a in n.attribute:
+                if a.name == "value":
+                    out.setdefault(n.output[0], a.t)
+    return out
+
+
+def perturb_weights(
+    model: onnx.ModelProto, sites: dict[str, FaultSite], faults: Iterable[Fault]
+) -> list[WeightChange]:
+    """Apply weight faults to ``model``'s stored tensors in place (exact numpy bit ops)."""
+    by_site: dict[str, list[Fault]] = {}
+    for f in faults:
+        if sites[f.site].kind is SiteKind.WEIGHT:
+            by_site.setdefault(f.site, []).append(f)
+    tensors = _weight_tensors(model)
+    changes = []
+    for name, fs in by_site.items():
+        t = tensors[name]
+        d = BY_NAME[sites[name].dtype]
+        old = numpy_helper.to_array(t)
+        new = apply_faults(old, fs, d)
+        changed = int(np.count_nonzero(old.view(d.container) != new.view(d.container)))
+        t.CopyFrom(numpy_helper.from_array(new, t.name))
+        changes.append(WeightChange(name, tuple(fs), changed))
+        log.debug("perturbed %s: %d element(s) changed", name, changed)
+    return changes
+
+
+def fault_function(model: FaultModel, dtype: DType) -> onnx.FunctionProto:
+    """The model-local function applying ``model`` to a ``dtype`` tensor.
+
+    Inputs ``(x, mask)`` (``(x, keep, value)`` for the value model), all masks in the
+    container dtype (the dtype itself for integers) and broadcastable to ``x``:
+
+    * ``BitFlip``: ``y = BitCast(BitwiseXor(BitCast(x, uint), mask), T)``
+    * ``StuckAt1``: ``BitwiseOr`` with ``mask``; ``StuckAt0``: ``BitwiseAnd`` with
+      ``mask`` = ~bits at the faulted positions and all ones elsewhere;
+    * ``Value``: ``BitwiseOr(BitwiseAnd(u, keep), value)``.
+
+    Source: ONNX operator spec, BitCast-26, BitwiseXor-18, BitwiseAnd-18, BitwiseOr-18.
+    """
+    name = f"{_FUNC_PREFIX[model]}_{dtype.name}"
+    inputs = ["x", "keep", "value"] if model is FaultModel.VALUE else ["x", "mask"]
+    nodes = []
+    u = "x"
+    if dtype.is_float:
+        nodes.append(helper.make_node("BitCast", ["x"], ["u"], to=dtype.container_onnx))
+        u = "u"
+    if model is FaultModel.VALUE:
+        nodes.append(helper.make_node("BitwiseAnd", [u, "keep"], ["kept"]))
+        nodes.append(helper.make_node("BitwiseOr", ["kept", "value"], ["f"]))
+    else:
+        op = {FaultModel.BIT_FLIP: "BitwiseXor", FaultModel.STUCK_AT_0: "BitwiseAnd",
+              FaultModel.STUCK_AT_1: "BitwiseOr"}[model]
+        nodes.append(helper.make_node(op, [u, "mask"], ["f"]))
+    if dtype.is_float:
+        nodes.append(helper.make_node("BitCast", ["f"], ["y"], to=dtype.onnx))
+    else:
+        nodes[-1].output[0] = "y"
+    return helper.make_function(
+        FAULT_DOMAIN, name, inputs, ["y"], nodes,
+        opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
+        doc_string=f"enpheeph-onnx {model.value} fault on {dtype.name} tensors",
+    )
+
+
+def _pattern(f: Fault, shape: tuple[object, ...]) -> tuple[object, ...]:
+    """Per dim: ``"*"``, ``"s"`` (int on a static dim) or ``("d", i)`` (int on a dynamic dim)."""
+    return tuple("*" if i is None else ("s" if isinstance(n, int) else ("d", i))
+                 for i, n in zip(f.index, shape, strict=True))
+
+
+def _group(faults: list[Fault], shape: tuple[object, ...]) -> list[list[Fault]]:
+    """Runs of consecutive faults with the same model and index pattern (one node each)."""
+    groups: list[list[Fault]] = []
+    for f in faults:
+        if groups and groups[-1][0].model is f.model and (
+            _pattern(groups[-1][0], shape) == _pattern(f, shape)
+        ):
+            groups[-1].append(f)
+        else:
+            groups.append([f])
+    return groups
+
+
+def _group_masks(group: list[Fault], shape: tuple[object, ...], d: DType) -> list[np.ndarray]:
+    """The mask constants of one fault node (container dtype, broadcastable to the site)."""
+    pat = _pattern(group[0], shape)
+    mshape = tuple(n if p == "s" else 1 for p, n in zip(pat, shape, strict=True))
+    ones = d.all_ones
+    model = group[0].model
+    first = np.full(mshape, ones if model in (FaultModel.STUCK_AT_0, FaultModel.VALUE) else 0,
+                    dtype=d.container)
+    second = np.zeros(mshape, dtype=d.container)
+    for f in group:
+        pos = tuple(i if p == "s" else 0 for i, p in zip(f.index, pat, strict=True))
+        t = f.transform(d)
+        if model is FaultModel.BIT_FLIP:
+            first[pos] ^= d.container.type(t.xor_mask)
+        elif model is FaultModel.STUCK_AT_1:
+            first[pos] |= d.container.type(t.or_mask)
+        elif model is FaultModel.STUCK_AT_0:
+            first[pos] &= d.container.type(t.and_mask)
+        else:
+            first[pos] = 0
+            second[pos] = d.container.type(t.or_mask)
+    masks = [first, second] if model is FaultModel.VALUE else [first]
+    if not d.is_float:
+        masks = [m.view(d.numpy) for m in masks]
+    return masks
+
+
+class _Builder:
+    """Inserts fault nodes into a graphsurgeon graph with deterministic names."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.graph = graph
+        self.functions: dict[str, onnx.FunctionProto] = {}
+        self.nodes: list[str] = []
+
+    def const(self, name: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(name, np.ascontiguousarray(value))
+
+    def node(self, op: str, name: str, inputs: list[gs.Tensor], domain: str = "",
+             attrs: dict[str, object] | None = None) -> gs.Variable:
+        out = gs.Variable(f"{name}/out")
+        self.graph.nodes.append(gs.Node(op, name, attrs or {}, inputs, [out], domain=domain))
+        return out
+
+    def fault(self, x: gs.Tensor, prefix: str, group: list[Fault], site: FaultSite) -> gs.Tensor:
+        d = BY_NAME[site.dtype]
+        fn = fault_function(group[0].model, d)
+        self.functions.setdefault(fn.name, fn)
+        masks = _group_masks(group, site.shape, d)
+        mask_names = ["keep", "value"] if len(masks) == 2 else ["mask"]
+        consts = [self.const(f"{prefix}/{m}", a) for m, a in zip(mask_names, masks, strict=True)]
+        dyn = [(axis, p[1]) for axis, p in enumerate(_pattern(group[0], site.shape))
+               if isinstance(p, tuple)]
+        return self._sliced(x, prefix, dyn, lambda t, pre: self._call(fn.name, pre, t, consts))
+
+    def _call(self, fname: str, prefix: str, x: gs.Tensor, consts: list[gs.Constant]) -> gs.Tensor:
+        name = f"{prefix}/{fname}"
+        self.nodes.append(name)
+        return self.node(fname, name, [x, *consts], domain=FAULT_DOMAIN)
+
+    def _sliced(self, x: gs.Tensor, prefix: str, dyn: list[tuple[int, int]], apply) -> gs.Tensor:  # type: ignore[no-untyped-def]
+        if not dyn:
+            return apply(x, prefix)
+        axis, i = dyn[0]
+        ax = self.const(f"{prefix}/axis{axis}", np.array([axis], np.int64))
+        bounds = [0, i, i + 1, np.iinfo(np.int64).max]
+        parts = []
+        for k, part in enumerate(("head", "mid", "tail")):
+            s = self.const(f"{prefix}/axis{axis}/{part}/start", np.array([bounds[k]], np.int64))
+            e = self.const(f"{prefix}/axis{axis}/{part}/end", np.array([bounds[k + 1]], np.int64))
+            parts.append(self.node("Slice", f"{prefix}/axis{axis}/{part}/Slice", [x, s, e, ax]))
+        parts[1] = self._sliced(parts[1], f"{prefix}/axis{axis}", dyn[1:], apply)
+        return self.node("Concat", f"{prefix}/axis{axis}/Concat", parts, attrs={"axis": axis})
+
+
+def insert_fault_nodes(
+    model: onnx.ModelProto, sites: dict[str, FaultSite], faults: Iterable[Fault]
+) -> tuple[onnx.ModelProto, list[str]]:
+    """Insert fault nodes for activation and input faults; returns the new model and the
+    inserted fault-node names. ``model`` must be at opset 26."""
+    by_site: dict[str, list[Fault]] = {}
+    for f in faults:
+        if sites[f.site].kind is not SiteKind.WEIGHT:
+            by_site.setdefault(f.site, []).append(f)
+    if not by_site:
+        return model, []
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    b = _Builder(graph)
+    for name, fs in by_site.items():
+        site = sites[name]
+        x = tensors[name]
+        consumers = [n for n in graph.nodes if any(t is x for t in n.inputs)]
+        if site.kind is SiteKind.ACTIVATION:
+            x.name = f"enpheeph/{name}/in"
+        cur: gs.Tensor = x
+        for n, group in enumerate(_group(fs, site.shape)):
+            cur = b.fault(cur, f"enpheeph/{name}/{n}", group, site)
+        if site.kind is SiteKind.ACTIVATION:
+            cur.name = name
+        else:
+            cur.name = f"enpheeph/{name}/out"
+        cur.dtype = x.dtype
+        cur.shape = x.shape
+        for node in consumers:
+            for k, t in enumerate(node.inputs):
+                if t is x:
+                    node.inputs[k] = cur
+        graph.outputs[:] = [cur if t is x else t for t in graph.outputs]
+    graph.toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    # graphsurgeon resets model-level fields: restore them.
+    del out.opset_import[:]
+    for op in model.opset_import:
+        if op.domain != FAULT_DOMAIN:
+            out.opset_import.append(op)
+    out.opset_import.append(helper.make_opsetid(FAULT_DOMAIN, 1))
+    out.ir_version = model.ir_version
+    out.producer_name, out.producer_version = model.producer_name, model.producer_version
+    out.doc_string = model.doc_string
+    del out.metadata_props[:]
+    out.metadata_props.extend(model.metadata_props)
+    existing = {(f.domain, f.name) for f in out.functions}
+    out.functions.extend(f for f in b.functions.values() if (f.domain, f.name) not in existing)
+    return out, b.nodes
+
+
+def _set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in entries.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> InjectionResult:
+    """Declare faults, get a faulty model.
+
+    Args:
+        model: a path to an ``.onnx`` file or a ``ModelProto`` (not modified).
+        faults: a :class:`FaultPlan` or faults, applied in order; empty gives a model whose
+            outputs are bit-identical to the source's.
+
+    Returns:
+        :class:`InjectionResult` with the faulty ``ModelProto`` (IR <= 13, opset <= 26,
+        passing ``onnx.checker``) and what changed.
+
+    Raises:
+        EnpheephError: unreadable model, invalid fault, or an opset that cannot be
+            converted to 26 (needed only for activation/input faults).
+
+    Example:
+        >>> from enpheeph_onnx import inject, parse_fault
+        >>> res = inject("models/digits_cnn.onnx",
+        ...              [parse_fault("conv1.weight[0,0,1,1]:bitflip:30")])
+        >>> res.weights[0].elements_changed
+        1
+    """
+    plan = faults if isinstance(faults, FaultPlan) else FaultPlan(tuple(faults))
+    source = load_model(model)
+    sha = model_sha256(model)
+    work = onnx.ModelProto()
+    work.CopyFrom(source)
+    sites = site_map(discover_sites(work))
+    validate_faults(sites, plan)
+    converted = None
+    if any(sites[f.site].kind is not SiteKind.WEIGHT for f in plan):
+        before = default_opset(work)
+        work = ensure_opset(work)
+        converted = before if before != TARGET_OPSET else None
+    clamp_ir_version(work)
+    weights = perturb_weights(work, sites, plan)
+    work, nodes = insert_fault_nodes(work, sites, plan)
+    _set_metadata(work, {
+        "enpheeph.faults": plan.dumps(),
+        "enpheeph.source_sha256": sha,
+        "enpheeph.version": __version__,
+    })
+    try:
+        onnx.checker.check_model(work, full_check=True)
+    except Exception as e:  # pragma: no cover - a failure here is a bug in the rewriter
+        raise RuntimeError(f"the rewritten model fails the ONNX checker: {e}") from e
+    return InjectionResult(work, plan, tuple(weights), tuple(nodes), sha, converted)

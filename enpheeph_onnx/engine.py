@@ -1,0 +1,327 @@
+"""Run-time fault feeding: one onnxruntime session serves a whole campaign.
+
+The campaign model is the source model with
+
+* every candidate **weight** made an *overridable initializer* (also listed as a graph
+  input; ``Constant``-node weights become initializers first): a trial feeds only the
+  perturbed copies of the weights it hits, the others keep their stored values;
+* every candidate **activation/input** followed by a ``FeedFaults_<dtype>`` node (a
+  model-local function in the ``enpheeph`` domain) with four run-time inputs
+  ``enpheeph/<site>/indices`` (int64 ``[K, rank]``) and ``.../and``, ``.../or``,
+  ``.../xor`` (container dtype ``[K]``); its body is
+  ``GatherND -> BitCast -> BitwiseAnd -> BitwiseOr -> BitwiseXor -> BitCast -> ScatterND``,
+  so only the K faulted elements are touched. ``K = 0`` reproduces the golden outputs bit
+  for bit.
+
+Several faults on the same element within one trial are folded host-side into one affine
+bit transform (:meth:`enpheeph_onnx.bits.BitTransform.then`), in plan order, because
+``ScatterND`` leaves duplicate indices undefined (ONNX spec, ScatterND-18).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .bits import BY_NAME, BitTransform, DType
+from .faults import Fault, apply_faults
+from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
+from .rewrite import FAULT_DOMAIN
+from .runtime import Provider, make_session, run_batched, session_options
+from .sites import FaultSite, SiteKind, infer_shapes
+
+log = logging.getLogger(__name__)
+
+
+def feed_function(dtype: DType) -> onnx.FunctionProto:
+    """``FeedFaults_<dtype>(x, indices, and, or, xor) -> y``: the run-time fault node.
+
+    ``y = ScatterND(x, indices, f(GatherND(x, indices)))`` with
+    ``f(u) = ((u & and) | or) ^ xor`` on the stored bits. Source: ONNX operator spec,
+    GatherND-13, ScatterND-18, BitCast-26, Bitwise*-18.
+    """
+    nodes = [helper.make_node("GatherND", ["x", "indices"], ["g"])]
+    u = "g"
+    if dtype.is_float:
+        nodes.append(helper.make_node("BitCast", ["g"], ["gu"], to=dtype.container_onnx))
+        u = "gu"
+    nodes += [
+        helper.make_node("BitwiseAnd", [u, "and"], ["t_and"]),
+        helper.make_node("BitwiseOr", ["t_and", "or"], ["t_or"]),
+        helper.make_node("BitwiseXor", ["t_or", "xor"], ["t_xor"]),
+    ]
+    upd = "t_xor"
+    if dtype.is_float:
+        nodes.append(helper.make_node("BitCast", ["t_xor"], ["upd"], to=dtype.onnx))
+        upd = "upd"
+    nodes.append(helper.make_node("ScatterND", ["x", "indices", upd], ["y"]))
+    return helper.make_function(
+        FAULT_DOMAIN, f"FeedFaults_{dtype.name}", ["x", "indices", "and", "or", "xor"], ["y"],
+        nodes, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
+        doc_string="enpheeph-onnx run-time fault feed: faults given as inputs",
+    )
+
+
+def _mask_dtype(d: DType) -> np.dtype:
+    return d.container if d.is_float else d.numpy
+
+
+@dataclass(frozen=True)
+class _Port:
+    site: FaultSite
+    dtype: DType
+    indices: str
+    and_: str
+    or_: str
+    xor: str
+
+
+def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
+               ) -> tuple[onnx.ModelProto, dict[str, _Port]]:
+    """The campaign model: ``sites`` made overridable (weights) or fed (others)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]
+    if value_sites:
+        m = ensure_opset(m)
+    clamp_ir_version(m)
+    g = m.graph
+    weight_names = {s.name for s in sites if s.kind is SiteKind.WEIGHT}
+    # Constant-node weights become initializers, so they can be overridden.
+    keep_nodes = []
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] in weight_names:
+            t = onnx.TensorProto()
+            t.CopyFrom(next(a.t for a in n.attribute if a.name == "value"))
+            t.name = n.output[0]
+            g.initializer.append(t)
+        else:
+            keep_nodes.append(n)
+    if len(keep_nodes) != len(g.node):
+        del g.node[:]
+        g.node.extend(keep_nodes)
+    listed = {i.name for i in g.input}
+    for t in g.initializer:
+        if t.name in weight_names and t.name not in listed:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+
+    ports: dict[str, _Port] = {}
+    funcs: dict[str, onnx.FunctionProto] = {}
+    new_nodes: list[onnx.NodeProto] = []
+    by_producer: dict[str, list[FaultSite]] = {}
+    inputs_first = []
+    for s in value_sites:
+        if s.kind is SiteKind.INPUT:
+            inputs_first.append(s)
+        else:
+            by_producer.setdefault(s.name, []).append(s)
+
+    def fault_node(s: FaultSite, src: str, dst: str) -> onnx.NodeProto:
+        d = BY_NAME[s.dtype]
+        f = feed_function(d)
+        funcs.setdefault(f.name, f)
+        p = _Port(s, d, f"enpheeph/{s.name}/indices", f"enpheeph/{s.name}/and",
+                  f"enpheeph/{s.name}/or", f"enpheeph/{s.name}/xor")
+        ports[s.name] = p
+        rank = len(s.shape)
+        k = f"faults_{len(ports)}"  # one dim name per site: K differs between sites
+        g.input.append(helper.make_tensor_value_info(p.indices, onnx.TensorProto.INT64,
+                                                     [k, rank]))
+        mt = helper.np_dtype_to_tensor_dtype(_mask_dtype(d))
+        for name in (p.and_, p.or_, p.xor):
+            g.input.append(helper.make_tensor_value_info(name, mt, [k]))
+        return helper.make_node(f.name, [src, p.indices, p.and_, p.or_, p.xor], [dst],
+                                name=f"enpheeph/{s.name}/FeedFaults", domain=FAULT_DOMAIN)
+
+    renamed: dict[str, str] = {}
+    for s in inputs_first:
+        out = f"enpheeph/{s.name}/out"
+        new_nodes.append(fault_node(s, s.name, out))
+        renamed[s.name] = out
+    for n in g.node:
+        for k, name in enumerate(n.input):
+            if name in renamed:
+                n.input[k] = renamed[name]
+        extra = []
+        for k, name in enumerate(n.output):
+            if name in by_producer:
+                pre = f"enpheeph/{name}/in"
+                n.output[k] = pre
+                extra.append(fault_node(by_producer[name][0], pre, name))
+        new_nodes.append(n)
+        new_nodes.extend(extra)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    vi = [v for v in g.value_info if v.name not in by_producer]
+    del g.value_info[:]
+    g.value_info.extend(vi)
+    if funcs:
+        m.functions.extend(funcs.values())
+        if not any(o.domain == FAULT_DOMAIN for o in m.opset_import):
+            m.opset_import.append(helper.make_opsetid(FAULT_DOMAIN, 1))
+    onnx.checker.check_model(m)
+    return m, ports
+
+
+class FaultEngine:
+    """One instrumented model and one onnxruntime session for many fault trials.
+
+    Args:
+        model: the source model (not modified).
+        sites: candidate fault sites (weights, activations, inputs) of ``model``.
+        provider: ``"cpu"`` or ``"cuda"`` (verified, see :func:`make_session`).
+        threads: intra-op threads (``None``: onnxruntime's default).
+    """
+
+    def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
+                 provider: Provider = "cpu", threads: int | None = None) -> None:
+        self.source = model
+        self.sites = {s.name: s for s in sites}
+        self.model, self.ports = instrument(model, sites)
+        self.options = session_options(threads)
+        self.session = make_session(self.model, provider, self.options)
+        self.providers = self.session.get_providers()
+        self._weights: dict[str, np.ndarray] = {}
+        tensors = {t.name: t for t in self.model.graph.initializer}
+        for s in sites:
+            if s.kind is SiteKind.WEIGHT:
+                self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
+        self._shape_cache: dict[tuple[tuple[str, tuple[int, ...]], ...],
+                                dict[str, tuple[int, ...]]] = {}
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i.name for i in self.source.graph.input
+                if i.name not in {t.name for t in self.source.graph.initializer}]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.session.get_outputs()]
+
+    def _concrete_shapes(self, batch: Mapping[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
+        key = tuple(sorted((k, tuple(v.shape)) for k, v in batch.items()))
+        if key not in self._shape_cache:
+            m = onnx.ModelProto()
+            m.CopyFrom(self.source)
+            for inp in m.graph.input:
+                if inp.name in batch:
+                    dims = inp.type.tensor_type.shape.dim
+                    for dim, n in zip(dims, batch[inp.name].shape, strict=True):
+                        dim.Clear()
+                        dim.dim_value = int(n)
+            inferred = infer_shapes(m).graph
+            shapes = {}
+            for v in [*inferred.input, *inferred.value_info, *inferred.output]:
+                dims = v.type.tensor_type.shape.dim
+                if all(d.HasField("dim_value") for d in dims):
+                    shapes[v.name] = tuple(int(d.dim_value) for d in dims)
+            self._shape_cache[key] = shapes
+        return self._shape_cache[key]
+
+    def weight_feeds(self, faults: Iterable[Fault]) -> dict[str, np.ndarray]:
+        """Perturbed copies of the weights hit by ``faults`` (numpy reference bit ops)."""
+        by_site: dict[str, list[Fault]] = {}
+        for f in faults:
+            if self.sites[f.site].kind is SiteKind.WEIGHT:
+                by_site.setdefault(f.site, []).append(f)
+        return {name: apply_faults(self._weights[name], fs, BY_NAME[self.sites[name].dtype])
+                for name, fs in by_site.items()}
+
+    def value_feeds(self, faults: Iterable[Fault], batch: Mapping[str, np.ndarray],
+                    start: int = 0) -> dict[str, np.ndarray]:
+        """Index and mask inputs for every fed site, for one batch (``*`` expanded).
+
+        ``start`` is the batch's offset in the data: an integer coordinate on a site's
+        dynamic leading (batch) dimension names a sample of the whole data, so it is
+        shifted into the batch, or dropped when the sample is in another batch.
+        """
+        by_site: dict[str, list[Fault]] = {name: [] for name in self.ports}
+        for f in faults:
+            if f.site in self.ports:
+                site = self.sites[f.site]
+                if start and site.shape and not isinstance(site.shape[0], int) and (
+                        f.index[0] is not None):
+                    if f.index[0] < start:
+                        continue
+                    f = replace(f, index=(f.index[0] - start, *f.index[1:]))
+                by_site[f.site].append(f)
+        shapes = self._concrete_shapes(batch) if any(by_site.values()) else {}
+        feeds: dict[str, np.ndarray] = {}
+        for name, p in self.ports.items():
+            idx, a, o, x = _site_feed(by_site[name], shapes.get(name), p)
+            feeds[p.indices], feeds[p.and_], feeds[p.or_], feeds[p.xor] = idx, a, o, x
+        return feeds
+
+    def run(self, data: Mapping[str, np.ndarray], faults: Sequence[Fault] = (),
+            batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """Outputs for ``data`` with ``faults`` applied (none: the golden run).
+
+        Args:
+            data: model inputs keyed by name, batch along axis 0.
+            faults: faults on the engine's sites, applied in order.
+            batch_size: samples per ``session.run`` (``None``: all at once).
+
+        Returns:
+            Outputs keyed by name, concatenated along axis 0.
+        """
+        names = self.output_names
+        wfeeds = self.weight_feeds(faults)
+        n = len(next(iter(data.values())))
+        step = batch_size or n
+        chunks: list[list[np.ndarray]] = [[] for _ in names]
+        for start in range(0, n, step):
+            batch = {k: v[start:start + step] for k, v in data.items()}
+            feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start)}
+            for i, out in enumerate(self.session.run(names, feeds)):
+                chunks[i].append(out)
+        return {nm: np.concatenate(c) for nm, c in zip(names, chunks, strict=True)}
+
+
+def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    mdt = _mask_dtype(p.dtype)
+    rank = len(p.site.shape)
+    if not faults:
+        empty = np.zeros(0, dtype=mdt)
+        return np.zeros((0, rank), np.int64), empty, empty.copy(), empty.copy()
+    if shape is None:
+        raise RuntimeError(f"cannot infer the concrete shape of {p.site.name!r} for this batch")
+    lin_parts, tf_parts = [], []
+    for f in faults:
+        axes = [range(n) if i is None else ([i] if i < n else []) for i, n in
+                zip(f.index, shape, strict=True)]
+        grid = np.meshgrid(*[np.asarray(a, dtype=np.int64) for a in axes], indexing="ij")
+        lin = np.ravel_multi_index([gg.ravel() for gg in grid], shape) if grid else np.zeros(
+            1, np.int64)
+        lin_parts.append(np.asarray(lin, dtype=np.int64))
+        tf_parts.append(f.transform(p.dtype))
+    lens = [len(x) for x in lin_parts]
+    lin = np.concatenate(lin_parts)
+    order = np.repeat(np.arange(len(faults)), lens)
+    uniq, first, counts = np.unique(lin, return_index=True, return_counts=True)
+    if np.all(counts == 1):
+        tfs = [tf_parts[k] for k in order]
+        keep_lin = lin
+    else:
+        folded: dict[int, BitTransform] = {}
+        for li, k in zip(lin.tolist(), order.tolist(), strict=True):
+            t = tf_parts[k]
+            folded[li] = folded[li].then(t) if li in folded else t
+        keep_lin = uniq
+        tfs = [folded[li] for li in uniq.tolist()]
+    idx = np.stack(np.unravel_index(keep_lin, shape), axis=1).astype(np.int64)
+    c = p.dtype.container
+    a = np.array([t.and_mask for t in tfs], dtype=c)
+    o = np.array([t.or_mask for t in tfs], dtype=c)
+    x = np.array([t.xor_mask for t in tfs], dtype=c)
+    if not p.dtype.is_float:
+        a, o, x = a.view(p.dtype.numpy), o.view(p.dtype.numpy), x.view(p.dtype.numpy)
+    return idx.reshape(-1, rank), a, o, x
+
+
+__all__ = ["FaultEngine", "feed_function", "instrument", "run_batched"]

@@ -1,0 +1,161 @@
+"""onnxruntime sessions: provider selection and verification, feeds, batched runs.
+
+``onnxruntime-gpu`` installs on machines without CUDA and then silently runs on the CPU;
+:func:`make_session` checks ``session.get_providers()`` and refuses such a fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import EnpheephError
+
+log = logging.getLogger(__name__)
+
+Provider = Literal["cpu", "cuda"]
+PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """The session options of every run, golden and faulty alike.
+
+    Graph optimizations stop at ``ORT_ENABLE_EXTENDED``: the layout level (NCHWc
+    re-packing) applies only to constant weights, so with it a campaign session whose
+    weights are overridable inputs would compute in a different order than the
+    standalone model. At ``EXTENDED`` the campaign golden run, the unmodified model and
+    an ``inject``-ed model are bit-identical, which every test of this package relies on.
+    """
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def make_session(
+    model: onnx.ModelProto | bytes | str | os.PathLike[str],
+    provider: Provider = "cpu",
+    options: ort.SessionOptions | None = None,
+) -> ort.InferenceSession:
+    """An inference session on ``provider``, verified to really run there.
+
+    Raises:
+        EnpheephError: unknown provider, or CUDA requested but unavailable (onnxruntime
+            fell back to CPU), or the model cannot be loaded by onnxruntime.
+    """
+    if provider not in PROVIDERS:
+        raise EnpheephError(f"unknown provider {provider!r}: use cpu or cuda")
+    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise EnpheephError(
+            "CUDA requested but this onnxruntime has no CUDAExecutionProvider "
+            f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
+            "or use --provider cpu"
+        )
+    data: bytes | str
+    if isinstance(model, onnx.ModelProto):
+        data = model.SerializeToString()
+    elif isinstance(model, bytes):
+        data = model
+    else:
+        data = str(Path(model))
+    try:
+        sess = ort.InferenceSession(
+            data, sess_options=options or session_options(), providers=PROVIDERS[provider]
+        )
+    except Exception as e:  # onnxruntime raises its own exception types
+        first = str(e).strip().splitlines()[0]
+        raise EnpheephError(f"onnxruntime cannot load the model: {first}") from None
+    used = sess.get_providers()
+    if provider == "cuda" and used[0] != "CUDAExecutionProvider":
+        raise EnpheephError(
+            "CUDA requested but onnxruntime fell back to CPU (no usable GPU, driver or CUDA "
+            "libraries); fix the CUDA install or use --provider cpu"
+        )
+    log.debug("session providers: %s", used)
+    return sess
+
+
+def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` file.
+
+    Raises:
+        EnpheephError: missing or unreadable file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise EnpheephError(f"data file not found: {p}")
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:
+        raise EnpheephError(f"{p} is not a readable .npz file ({type(e).__name__})") from None
+
+
+def check_feeds(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray],
+                where: str = "the data") -> dict[str, np.ndarray]:
+    """The feeds for ``sess`` taken from ``arrays`` (extra keys ignored), dtypes checked.
+
+    Raises:
+        EnpheephError: an input is missing, or has the wrong dtype or rank.
+    """
+    feeds = {}
+    for inp in sess.get_inputs():
+        if inp.name not in arrays:
+            raise EnpheephError(
+                f"{where} lacks the model input {inp.name!r} (it has {sorted(arrays)}); "
+                "save one array per model input, keyed by the input name"
+            )
+        a = arrays[inp.name]
+        want = _ORT_DTYPES.get(inp.type)
+        if want is not None and a.dtype != want:
+            raise EnpheephError(
+                f"{where}: input {inp.name!r} is {a.dtype.name} but the model expects "
+                f"{np.dtype(want).name}; convert it (e.g. arr.astype('{np.dtype(want).name}'))"
+            )
+        if len(inp.shape) != a.ndim:
+            raise EnpheephError(
+                f"{where}: input {inp.name!r} has rank {a.ndim} but the model expects "
+                f"rank {len(inp.shape)} {inp.shape}"
+            )
+        feeds[inp.name] = a
+    return feeds
+
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
+
+
+def run_batched(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
+                batch_size: int | None = None,
+                extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Run ``sess`` over ``feeds`` in batches along axis 0; outputs concatenated.
+
+    ``extra`` feeds (e.g. fault inputs) are passed unchanged with every batch.
+    """
+    names = [o.name for o in sess.get_outputs()]
+    n = len(next(iter(feeds.values())))
+    step = batch_size or n
+    chunks: list[list[np.ndarray]] = [[] for _ in names]
+    for start in range(0, n, step):
+        batch = {k: v[start:start + step] for k, v in feeds.items()}
+        if extra:
+            batch.update(extra)
+        for i, out in enumerate(sess.run(names, batch)):
+            chunks[i].append(out)
+    return {name: np.concatenate(c) for name, c in zip(names, chunks, strict=True)}

@@ -93,7 +93,8 @@ class InjectionResult:
         save_model(self.model, path)
 
 
-def validate_faults(sites: dict[str, FaultSite], faults: Iterable[Fault]) -> None:
+def validate_faults(sites: dict[str, FaultSite], faults: Iterable[Fault],
+                    model: onnx.ModelProto | None = None) -> None:
     """Check every fault against the model's sites.
 
     Raises:
@@ -101,7 +102,7 @@ def validate_faults(sites: dict[str, FaultSite], faults: Iterable[Fault]) -> Non
             the element width, or a value that does not fit the dtype.
     """
     for f in faults:
-        site = lookup_site(sites, f.site)
+        site = lookup_site(sites, f.site, model)
         if len(f.index) != len(site.shape):
             shape = "[" + ",".join("?" if d is None else str(d) for d in site.shape) + "]"
             raise EnpheephError(
@@ -370,7 +371,7 @@ def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> Injection
     work = onnx.ModelProto()
     work.CopyFrom(source)
     sites = site_map(discover_sites(work))
-    validate_faults(sites, plan)
+    validate_faults(sites, plan, work)
     converted = None
     if any(sites[f.site].kind is not SiteKind.WEIGHT for f in plan):
         before = default_opset(work)

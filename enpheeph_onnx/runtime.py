@@ -70,6 +70,9 @@ def make_session(
         data = model
     else:
         data = str(Path(model))
+    if provider == "cuda":
+        # onnxruntime logs its own multi-line CUDA loading errors; we report one line below.
+        ort.set_default_logger_severity(4)
     try:
         sess = ort.InferenceSession(
             data, sess_options=options or session_options(), providers=PROVIDERS[provider]

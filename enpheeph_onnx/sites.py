@@ -202,13 +202,33 @@ def site_map(sites: list[FaultSite]) -> dict[str, FaultSite]:
     return {s.name: s for s in sites}
 
 
-def lookup_site(sites: dict[str, FaultSite], name: str) -> FaultSite:
+def tensor_types(model: onnx.ModelProto) -> dict[str, str]:
+    """Every named tensor of the main graph and its ONNX element type name."""
+    g = infer_shapes(model).graph
+    out = {t.name: onnx.helper.tensor_dtype_to_string(t.data_type) for t in g.initializer}
+    for vi in [*g.input, *g.value_info, *g.output]:
+        out.setdefault(vi.name, onnx.helper.tensor_dtype_to_string(vi.type.tensor_type.elem_type))
+    return out
+
+
+def lookup_site(sites: dict[str, FaultSite], name: str,
+                model: onnx.ModelProto | None = None) -> FaultSite:
     """The site called ``name``.
 
     Raises:
-        EnpheephError: no such site (with the closest names as a hint).
+        EnpheephError: no such site (with the closest names as a hint), or the tensor
+            exists in ``model`` but has an element type faults cannot hit.
     """
     site = sites.get(name)
+    if site is None and model is not None:
+        other = tensor_types(model).get(name)
+        if other is not None:
+            from .bits import BY_NAME
+
+            raise EnpheephError(
+                f"tensor {name!r} has unsupported dtype {other.removeprefix('TensorProto.')}: "
+                f"faults hit {', '.join(BY_NAME)} tensors"
+            )
     if site is None:
         import difflib
 

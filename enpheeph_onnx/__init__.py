@@ -9,11 +9,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import EnpheephError  # noqa: E402
-from .faults import Fault, FaultModel, FaultPlan, apply_faults, parse_fault  # noqa: E402
-from .model import load_model, save_model  # noqa: E402
-from .rewrite import InjectionResult, WeightChange, inject  # noqa: E402
-from .sites import FaultSite, SiteKind, discover_sites  # noqa: E402
+from .errors import EnpheephError
+from .faults import Fault, FaultModel, FaultPlan, apply_faults, parse_fault
+from .model import load_model, save_model
+from .rewrite import InjectionResult, WeightChange, inject
+from .sites import FaultSite, SiteKind, discover_sites
 
 __all__ = [
     "EnpheephError",

@@ -295,7 +295,8 @@ def run_campaign(
         if store:
             store.set_meta("golden_accuracy", golden_acc)
         records = []
-        bar = tqdm(range(config.trials), desc="trials", unit="trial", disable=None if progress is None else not progress, leave=False)
+        bar = tqdm(range(config.trials), desc="trials", unit="trial", leave=False,
+                   disable=None if progress is None else not progress)
         for t in bar:
             faults = sample_trial(sites, config, t)
             start = time.perf_counter()

@@ -303,7 +303,7 @@ def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
     lens = [len(x) for x in lin_parts]
     lin = np.concatenate(lin_parts)
     order = np.repeat(np.arange(len(faults)), lens)
-    uniq, first, counts = np.unique(lin, return_index=True, return_counts=True)
+    uniq, counts = np.unique(lin, return_counts=True)
     if np.all(counts == 1):
         tfs = [tf_parts[k] for k in order]
         keep_lin = lin

@@ -1,0 +1,129 @@
+"""Campaign engine: golden run, run-time fault feeding, sampling, outcomes, store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enpheeph_onnx import discover_sites, inject, load_model, parse_fault
+from enpheeph_onnx.campaign import (
+    CampaignConfig,
+    classify,
+    load_dataset,
+    run_campaign,
+    sample_trial,
+    select_sites,
+)
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.errors import EnpheephError
+from enpheeph_onnx.faults import FaultModel
+from enpheeph_onnx.runtime import make_session
+from enpheeph_onnx.sites import SiteKind
+from enpheeph_onnx.store import ResultStore
+
+
+@pytest.fixture(scope="module")
+def engine(model_path: Path) -> FaultEngine:
+    m = load_model(model_path)
+    return FaultEngine(m, discover_sites(m))
+
+
+def test_golden_run_equals_unmodified_model(engine: FaultEngine, model_path: Path,
+                                            digits: dict[str, np.ndarray]) -> None:
+    x = {"input": digits["input"]}
+    ref = make_session(load_model(model_path)).run(None, x)[0]
+    for bs in (360, 100, 7):
+        assert engine.run(x, (), bs)["logits"].tobytes() == ref.tobytes()
+    acc = np.mean(np.argmax(ref, 1) == digits["labels"])
+    assert acc == pytest.approx(359 / 360)
+
+
+@pytest.mark.parametrize("faults", [
+    ["conv1.weight[0,0,1,1]:bitflip:30"],
+    ["fc1.bias[3]:stuck-at-0:0-31", "fc1.bias[3]:stuck-at-1:30"],
+    ["/relu1/Relu_output_0[*,3,2,2]:stuck-at-1:23-30", "/relu1/Relu_output_0[1,3,2,2]:bitflip:31"],
+    ["input[202,0,1,1]:bitflip:30", "logits[*,3]:value=100"],
+    ["/conv2/Conv_output_0[*,5,1,1]:bitflip:30", "/conv2/Conv_output_0[*,5,1,1]:bitflip:30"],
+    ["/fc1/Gemm_output_0[*,7]:bitflip:22", "/fc1/Gemm_output_0[17,7]:stuck-at-0:22",
+     "/fc1/Gemm_output_0[*,7]:value=nan"],
+])
+def test_engine_equals_inject_bit_for_bit(engine: FaultEngine, model_path: Path,
+                                          digits: dict[str, np.ndarray],
+                                          faults: list[str]) -> None:
+    fs = [parse_fault(f) for f in faults]
+    x = {"input": digits["input"]}
+    fed = engine.run(x, fs, batch_size=100)["logits"]
+    standalone = make_session(inject(model_path, fs).model).run(None, x)[0]
+    assert fed.view(np.uint32).tolist() == standalone.view(np.uint32).tolist()
+    golden = engine.run(x)["logits"]
+    if faults[0].startswith("/conv2") :  # the same flip twice cancels out
+        assert fed.tobytes() == golden.tobytes()
+    else:
+        assert fed.tobytes() != golden.tobytes()
+
+
+def test_sampling_is_uniform_over_elements_and_deterministic(model_path: Path) -> None:
+    sites = select_sites(discover_sites(load_model(model_path)), SiteKind.WEIGHT, (30, 31))
+    cfg = CampaignConfig(bits=(30, 31), faults_per_trial=5, trials=1, seed=7)
+    assert sample_trial(sites, cfg, 3) == sample_trial(sites, cfg, 3)
+    assert sample_trial(sites, cfg, 3) != sample_trial(sites, cfg, 4)
+    counts: dict[str, int] = {}
+    bits: list[int] = []
+    for t in range(400):
+        for f in sample_trial(sites, cfg, t):
+            counts[f.site] = counts.get(f.site, 0) + 1
+            bits += f.bits
+            assert f.model is FaultModel.BIT_FLIP
+    total = sum(counts.values())
+    # fc1.weight holds 8192 of 13706 parameters: ~59.8 % of the faults
+    assert counts["fc1.weight"] / total == pytest.approx(8192 / 13706, abs=0.03)
+    assert set(bits) == {30, 31}
+    assert np.mean(bits) == pytest.approx(30.5, abs=0.05)
+
+
+def test_activation_sampling_uses_star_for_batch(model_path: Path) -> None:
+    sites = select_sites(discover_sites(load_model(model_path)), SiteKind.ACTIVATION, (3,))
+    cfg = CampaignConfig(target=SiteKind.ACTIVATION, bits=(3,), faults_per_trial=50, seed=1)
+    for f in sample_trial(sites, cfg, 0):
+        assert f.index[0] is None
+        site = next(s for s in sites if s.name == f.site)
+        assert all(0 <= i < n for i, n in zip(f.index[1:], site.shape[1:], strict=True))
+
+
+def test_classify_outcomes() -> None:
+    g = {"y": np.array([[1.0, 2.0], [3.0, 1.0], [0.0, 1.0], [5.0, 4.0]], np.float32)}
+    f = {"y": np.array([[1.0, 2.0], [3.5, 1.0], [2.0, 1.0], [np.nan, 4.0]], np.float32)}
+    assert classify(g, f, "y").tolist() == [0, 1, 2, 3]
+
+
+def test_run_campaign_stores_every_trial(tmp_path: Path, model_path: Path,
+                                         data_path: Path) -> None:
+    data = load_dataset(data_path, ["input"])
+    cfg = CampaignConfig(target=SiteKind.ACTIVATION, bits=(30,), faults_per_trial=2,
+                         trials=8, seed=5, batch_size=128)
+    db = tmp_path / "r.sqlite"
+    res = run_campaign(model_path, data, cfg, db, progress=False)
+    assert res.golden_accuracy == pytest.approx(359 / 360)
+    with ResultStore.open(db) as store:
+        meta = store.meta()
+        stored = list(store.trials())
+    assert meta["golden_accuracy"] == res.golden_accuracy
+    assert meta["config"]["bits"] == "30" and meta["status"] == "complete"
+    assert len(meta["model_sha256"]) == 64
+    assert [t.faults for t in stored] == [t.faults for t in res.trials]
+    assert [t.accuracy for t in stored] == [t.accuracy for t in res.trials]
+    for t in res.trials:
+        assert t.masked + t.tolerable_sdc + t.critical_sdc + t.due == 360
+    # each stored trial replays to the same accuracy through inject + a fresh session
+    t = res.trials[0]
+    logits = make_session(inject(model_path, t.faults).model).run(None, data.inputs)[0]
+    assert np.mean(np.argmax(logits, 1) == data.labels) == t.accuracy
+
+
+def test_bad_config() -> None:
+    with pytest.raises(EnpheephError, match="trials"):
+        CampaignConfig(trials=0)
+    with pytest.raises(EnpheephError, match="bitflip, stuck-at-0 or stuck-at-1"):
+        CampaignConfig(fault_model=FaultModel.VALUE)

@@ -1,0 +1,452 @@
+"""Faulty models run in onnxruntime equal the numpy reference bit for bit.
+
+Every test model is a chain of bit-preserving ops (Identity, BitCast), so the output of a
+faulty model must carry exactly the bits :func:`enpheeph_onnx.apply_faults` computes.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import enpheeph_onnx
+from enpheeph_onnx import (
+    Fault,
+    FaultPlan,
+    apply_faults,
+    discover_sites,
+    inject,
+    load_model,
+    parse_fault,
+)
+from enpheeph_onnx.bits import BY_NAME
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.errors import EnpheephError
+from enpheeph_onnx.runtime import make_session
+
+from .helpers import (
+    W_SHAPE,
+    X_TAIL,
+    as_bits,
+    chain_model,
+    chain_reference,
+    chain_sites,
+    faults_for,
+    feed_array,
+    raw_bits,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "models" / "digits_cnn.onnx"
+DIGITS_DATA = ROOT / "models" / "digits_test.npz"
+
+ACT_DTYPES = ["float32", "float16", "bfloat16", "int8", "uint8"]
+WEIGHT_DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "uint8", "int32"]
+ALL_DTYPES = WEIGHT_DTYPES
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    sess = make_session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
+    g, w = as_bits(np.asarray(got)), as_bits(np.asarray(want))
+    assert g.shape == w.shape, (what, g.shape, w.shape)
+    bad = np.argwhere(g != w)
+    assert bad.size == 0, (
+        f"{what}: {len(bad)} element(s) differ, first at {bad[0].tolist()}: "
+        f"got {int(g[tuple(bad[0])]):#x}, want {int(w[tuple(bad[0])]):#x}"
+    )
+
+
+def site_shape(site: str) -> tuple[object, ...]:
+    return W_SHAPE if site in ("W", "WY") else ("N", *X_TAIL)
+
+
+@st.composite
+def chain_faults(draw: st.DrawFn, dtype: str, sites: tuple[str, ...] | None = None
+                 ) -> list[Fault]:
+    """1-6 faults on the sites of ``chain_model(dtype)`` (several per site likely)."""
+    chain = [s for c in chain_sites(dtype).values() for s in c]
+    if sites is not None:
+        chain = [(s, dt) for s, dt in chain if s in sites]
+    pick = st.sampled_from(chain).flatmap(
+        lambda sd: faults_for(sd[0], site_shape(sd[0]), BY_NAME[sd[1]]))
+    return draw(st.lists(pick, min_size=1, max_size=6))
+
+
+@st.composite
+def chain_case(draw: st.DrawFn, dtype: str, sites: tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+    d = BY_NAME[dtype]
+    n = draw(st.integers(1, 3))
+    return (draw(raw_bits(d, (n, *X_TAIL))), draw(raw_bits(d, W_SHAPE)),
+            draw(chain_faults(dtype, sites)))
+
+
+def check_inject(dtype: str, x_bits: np.ndarray, w_bits: np.ndarray, faults: list[Fault],
+                 constant: bool = False) -> dict[str, np.ndarray]:
+    model = chain_model(dtype, w_bits, constant)
+    res = inject(model, faults)
+    out = run(res.model, {"X": feed_array(dtype, x_bits)})
+    want = chain_reference(dtype, x_bits, w_bits, faults)
+    for name in ("Y", "WY"):
+        assert_bits_equal(out[name], want[name], f"{dtype} {name} {[str(f) for f in faults]}")
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# inject: bit-exact against the reference, property based
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ACT_DTYPES)
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_activation_and_input_faults_bit_exact(dtype: str, data: st.DataObject) -> None:
+    sites = ("X", "xb", "act", "Y")
+    x_bits, w_bits, faults = data.draw(chain_case(dtype, sites))
+    check_inject(dtype, x_bits, w_bits, faults)
+
+
+@pytest.mark.parametrize("dtype", WEIGHT_DTYPES)
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_weight_faults_bit_exact(dtype: str, data: st.DataObject) -> None:
+    x_bits, w_bits, faults = data.draw(chain_case(dtype, ("W",)))
+    constant = data.draw(st.booleans(), label="constant")
+    check_inject(dtype, x_bits, w_bits, faults, constant)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int32"])
+@settings(max_examples=15, deadline=None)
+@given(data=st.data())
+def test_mixed_plans_other_dtypes(dtype: str, data: st.DataObject) -> None:
+    """Activations of the wider dtypes too, mixed with weight faults in one plan."""
+    x_bits, w_bits, faults = data.draw(chain_case(dtype))
+    check_inject(dtype, x_bits, w_bits, faults)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8", "uint8"])
+def test_order_of_faults_on_one_site(dtype: str) -> None:
+    """stuck-at-1, then value, then bitflip on overlapping elements: order matters."""
+    d = BY_NAME[dtype]
+    rng = np.random.default_rng(7)
+    x_bits = rng.integers(0, d.all_ones, size=(3, *X_TAIL), dtype=np.uint64,
+                          endpoint=True).astype(d.container)
+    w_bits = rng.integers(0, d.all_ones, size=W_SHAPE, dtype=np.uint64,
+                          endpoint=True).astype(d.container)
+    top = d.bits - 1
+    plan = [
+        parse_fault(f"act[1,*,2]:stuck-at-1:0-2,{top}"),
+        parse_fault("act[1,1,*]:value=3"),
+        parse_fault(f"act[*,1,2]:bitflip:1,{top}"),
+        parse_fault(f"W[1,*]:stuck-at-1:0-2,{top}"),
+        parse_fault("W[*,2]:value=3"),
+        parse_fault("W[1,2]:bitflip:1"),
+        parse_fault("act[1,1,2]:stuck-at-0:0"),
+        parse_fault(f"act[*,*,*]:bitflip:{top - 1}"),
+    ]
+    forward = check_inject(dtype, x_bits, w_bits, plan)
+    backward = check_inject(dtype, x_bits, w_bits, plan[::-1])
+    assert not np.array_equal(as_bits(forward["Y"]), as_bits(backward["Y"]))
+    assert not np.array_equal(as_bits(forward["WY"]), as_bits(backward["WY"]))
+    # the element hit by all of them: ((u | m) -> 3) ^ flip, then stuck-at-0 bit 0, flip
+    three = np.array([3], dtype=d.numpy).view(d.container)[0]
+    flip = (1 << 1) | (1 << top)
+    want = ((int(three) ^ flip) & ~1) ^ (1 << (top - 1))
+    assert int(as_bits(forward["Y"])[1, 1, 2]) == want
+
+
+def test_dynamic_dim_int_index() -> None:
+    """An int on the batch dim hits that image only; beyond the batch it does nothing."""
+    x = np.arange(2 * 12, dtype=np.float32).reshape(2, *X_TAIL)
+    model = chain_model("float32")
+    out = run(inject(model, [parse_fault("act[1,*,*]:bitflip:31")]).model, {"X": x})["Y"]
+    assert np.array_equal(out[0], x[0]) and np.array_equal(out[1], -x[1])
+    out = run(inject(model, [parse_fault("act[5,0,0]:value=9")]).model, {"X": x})["Y"]
+    assert_bits_equal(out, x)
+    out = run(inject(model, [parse_fault("X[0,2,3]:value=-1")]).model, {"X": x})["Y"]
+    want = x.copy()
+    want[0, 2, 3] = -1
+    assert_bits_equal(out, want)
+
+
+# --------------------------------------------------------------------------------------
+# FaultEngine (run-time path) against inject and the reference
+# --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def engine_for(dtype: str, constant: bool) -> tuple[FaultEngine, np.ndarray]:
+    d = BY_NAME[dtype]
+    rng = np.random.default_rng(11)
+    w_bits = rng.integers(0, d.all_ones, size=W_SHAPE, dtype=np.uint64,
+                          endpoint=True).astype(d.container)
+    model = chain_model(dtype, w_bits, constant)
+    return FaultEngine(model, discover_sites(model)), w_bits
+
+
+@pytest.mark.parametrize(("dtype", "constant"), [("float32", False), ("int8", True),
+                                                 ("bfloat16", False), ("uint8", False)])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_engine_matches_inject(dtype: str, constant: bool, data: st.DataObject) -> None:
+    engine, w_bits = engine_for(dtype, constant)
+    d = BY_NAME[dtype]
+    n = data.draw(st.integers(1, 3), label="batch")
+    x_bits = data.draw(raw_bits(d, (n, *X_TAIL)), label="x_bits")
+    faults = data.draw(chain_faults(dtype), label="faults")
+    feed = {"X": feed_array(dtype, x_bits)}
+    want = chain_reference(dtype, x_bits, w_bits, faults)
+    got = engine.run(feed, faults)
+    for name in ("Y", "WY"):
+        assert_bits_equal(got[name], want[name], f"engine {name}")
+    batch_size = data.draw(st.sampled_from([1, 2]), label="batch_size")
+    got_b = engine.run(feed, faults, batch_size=batch_size)
+    assert_bits_equal(got_b["Y"], want["Y"], f"engine Y, batch_size={batch_size}")
+    if dtype in ("float32", "int8"):
+        model = chain_model(dtype, w_bits, constant)
+        out = run(inject(model, faults).model, feed)
+        for name in ("Y", "WY"):
+            assert_bits_equal(out[name], got[name], f"inject vs engine {name}")
+
+
+def test_engine_golden_and_double_flip() -> None:
+    engine, w_bits = engine_for("float32", False)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, *X_TAIL)).astype(np.float32)
+    golden = engine.run({"X": x})
+    assert_bits_equal(golden["Y"], x)
+    assert_bits_equal(golden["WY"], w_bits)
+    flip_a = parse_fault("act[2,*,1]:bitflip:5,30")
+    flip_w = parse_fault("W[*,3]:bitflip:0,31")
+    other = parse_fault("act[0,0,0]:stuck-at-1:0")
+    out = engine.run({"X": x}, [flip_a, flip_w, other, flip_w, flip_a])
+    want = x.copy()
+    want.view(np.uint32)[0, 0, 0] |= 1
+    assert_bits_equal(out["Y"], want)
+    assert_bits_equal(out["WY"], w_bits)
+    assert_bits_equal(engine.run({"X": x}, [])["Y"], x)  # nothing left over between runs
+
+
+# --------------------------------------------------------------------------------------
+# inject: identities, model hygiene, provenance, determinism
+# --------------------------------------------------------------------------------------
+
+
+def test_double_flip_and_empty_plan_restore_golden() -> None:
+    rng = np.random.default_rng(5)
+    w_bits = rng.integers(0, 2**32, size=W_SHAPE, dtype=np.uint64).astype(np.uint32)
+    x = rng.standard_normal((2, *X_TAIL)).astype(np.float32)
+    model = chain_model("float32", w_bits)
+    golden = run(model, {"X": x})
+    empty = inject(model, [])
+    assert empty.nodes == () and empty.weights == ()
+    for name, out in run(empty.model, {"X": x}).items():
+        assert_bits_equal(out, golden[name], name)
+    flip_a = parse_fault("act[1,*,1]:bitflip:3,31")
+    flip_w = parse_fault("W[2,*]:bitflip:0-31")
+    other = parse_fault("act[0,0,0]:stuck-at-0:31")  # splits the two flips into two nodes
+    res = inject(model, [flip_a, flip_w, other, flip_w, flip_a])
+    assert len(res.nodes) == 3
+    out = run(res.model, {"X": x})
+    want = x.copy()
+    want.view(np.uint32)[0, 0, 0] &= 0x7FFFFFFF
+    assert_bits_equal(out["Y"], want)
+    assert_bits_equal(out["WY"], golden["WY"])
+    assert res.weights[0].elements_changed == 0
+
+
+def _meta(model: onnx.ModelProto) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def test_output_model_is_valid_and_deterministic() -> None:
+    model = chain_model("float16")
+    before = model.SerializeToString()
+    plan = FaultPlan((parse_fault("act[0,*,1]:bitflip:14"), parse_fault("X[*,2,*]:value=1"),
+                      parse_fault("W[2,3]:stuck-at-1:15"), parse_fault("Y[1,1,1]:stuck-at-0:0")))
+    res = inject(model, plan)
+    assert model.SerializeToString() == before, "inject must not modify its input"
+    m = res.model
+    onnx.checker.check_model(m, full_check=True)
+    assert 10 <= m.ir_version <= 13
+    opsets = {o.domain: o.version for o in m.opset_import}
+    assert opsets.get("", opsets.get("ai.onnx")) <= 26
+    meta = _meta(m)
+    assert meta["enpheeph.faults"] == plan.dumps()
+    assert FaultPlan.from_json(json.loads(meta["enpheeph.faults"])) == plan
+    assert meta["enpheeph.source_sha256"] == hashlib.sha256(
+        model.SerializeToString(deterministic=True)).hexdigest() == res.source_sha256
+    assert meta["enpheeph.version"] == enpheeph_onnx.__version__
+    assert res.plan == plan
+    assert all(n.startswith("enpheeph/") for n in res.nodes) and len(res.nodes) == 3
+    graph_names = {n.name for n in m.graph.node}
+    assert set(res.nodes) <= graph_names
+    assert {f.domain for f in m.functions} == {"enpheeph"}
+    # graph interface unchanged
+    assert [i.name for i in m.graph.input] == ["X"]
+    assert [o.name for o in m.graph.output] == ["Y", "WY"]
+    again = inject(model, plan).model
+    assert again.SerializeToString() == m.SerializeToString()
+    assert inject(model, plan).model.SerializeToString(deterministic=True) == \
+        m.SerializeToString(deterministic=True)
+
+
+def test_inject_from_path_records_file_hash(tmp_path: Path) -> None:
+    model = chain_model("int8")
+    p = tmp_path / "m.onnx"
+    onnx.save_model(model, str(p))
+    res = inject(p, [parse_fault("act[*,0,0]:bitflip:7")])
+    assert _meta(res.model)["enpheeph.source_sha256"] == hashlib.sha256(
+        p.read_bytes()).hexdigest()
+    x = np.arange(24, dtype=np.int8).reshape(2, *X_TAIL)
+    out = run(res.model, {"X": x})["Y"]
+    want = x.copy()
+    want[:, 0, 0] ^= np.int8(-128)
+    assert out.tolist() == want.tolist()
+    saved = tmp_path / "faulty.onnx"
+    res.save(saved)
+    assert onnx.load(str(saved)).SerializeToString() == res.model.SerializeToString()
+
+
+def test_constant_node_weight() -> None:
+    w = np.arange(12, dtype=np.float32).reshape(W_SHAPE) / 8
+    model = chain_model("float32", w.view(np.uint32), constant=True)
+    kinds = {s.name: s.source for s in discover_sites(model)}
+    assert kinds["W"] == "constant"
+    res = inject(model, [parse_fault("W[1,2]:bitflip:30")])
+    assert res.nodes == ()
+    assert [n.op_type for n in res.model.graph.node] == [n.op_type for n in model.graph.node]
+    assert len(res.model.graph.initializer) == 0
+    const = next(n for n in res.model.graph.node if n.op_type == "Constant")
+    stored = numpy_helper.to_array(const.attribute[0].t)
+    out = run(res.model, {"X": np.zeros((1, *X_TAIL), np.float32)})["WY"].view(np.float32)
+    assert_bits_equal(stored, out)
+    diff = np.argwhere(as_bits(out) != as_bits(w))
+    assert diff.tolist() == [[1, 2]]
+    assert as_bits(out)[1, 2] == as_bits(w)[1, 2] ^ (1 << 30)
+    assert res.weights[0].site == "W" and res.weights[0].elements_changed == 1
+
+
+def test_low_opset_model_is_converted() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["X"], ["r"], name="relu"),
+         helper.make_node("Identity", ["r"], ["Y"], name="id")],
+        "relu17",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    x = np.array([[-1.0, 2.0, -3.0, 4.0], [5.0, -6.0, 7.0, -8.0]], dtype=np.float32)
+    res = inject(model, [parse_fault("r[*,1]:value=-7"), parse_fault("r[1,2]:bitflip:31")])
+    assert res.converted_from_opset == 17
+    opsets = {o.domain: o.version for o in res.model.opset_import}
+    assert opsets[""] == 26 and 10 <= res.model.ir_version <= 13
+    out = run(res.model, {"X": x})["Y"]
+    assert out.tolist() == [[0.0, -7.0, 0.0, 4.0], [5.0, -7.0, -7.0, 0.0]]
+    # a weight-only plan needs no conversion
+    assert inject(model, []).converted_from_opset is None
+
+
+def test_opset_above_26_is_refused() -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["X"], ["Y"])], "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 27)], ir_version=10)
+    with pytest.raises(EnpheephError, match="opset"):
+        inject(model, [parse_fault("Y[0]:bitflip:1")])
+
+
+@pytest.mark.parametrize(
+    ("expr", "match"),
+    [
+        ("nope[0,0,0]:bitflip:1", "unknown fault site"),
+        ("ac[0,0,0]:bitflip:1", "did you mean 'act'"),
+        ("act[0,0]:bitflip:1", "rank"),
+        ("act[0,0,0,0]:bitflip:1", "rank"),
+        ("act[0,3,0]:bitflip:1", "out of range"),
+        ("act[*,0,4]:bitflip:1", "out of range"),
+        ("W[3,0]:bitflip:1", "out of range"),
+        ("W[0,0]:bitflip:8", "beyond"),
+        ("act[0,0,0]:stuck-at-1:0-8", "beyond"),
+        ("W[0,0]:value=300", "does not fit"),
+        ("act[0,0,0]:value=-129", "does not fit"),
+        ("X[0,0,0]:value=0.5", "does not fit"),
+    ],
+)
+def test_invalid_faults_int8(expr: str, match: str) -> None:
+    with pytest.raises(EnpheephError, match=match):
+        inject(chain_model("int8"), [parse_fault(expr)])
+
+
+@pytest.mark.parametrize("expr", ["W[0,0]:bitflip:32", "act[0,0,0]:stuck-at-0:31-32",
+                                  "W[0]:bitflip:1", "act[*,*,*,*]:bitflip:1"])
+def test_invalid_faults_float32(expr: str) -> None:
+    with pytest.raises(EnpheephError):
+        inject(chain_model("float32"), [parse_fault("act[0,0,0]:bitflip:0"), parse_fault(expr)])
+
+
+def test_inject_rejects_bad_model() -> None:
+    with pytest.raises(EnpheephError, match="not found"):
+        inject("/nonexistent/model.onnx", [])
+
+
+# --------------------------------------------------------------------------------------
+# The real model
+# --------------------------------------------------------------------------------------
+
+
+@functools.cache
+def digits() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    with np.load(DIGITS_DATA) as z:
+        data = {k: z[k] for k in z.files}
+    return load_model(DIGITS), data
+
+
+def test_digits_weight_fault_changes_exactly_one_element() -> None:
+    model, data = digits()
+    fault = parse_fault("conv1.weight[0,0,1,1]:bitflip:30")
+    res = inject(DIGITS, [fault])
+    old = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    new = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    assert old.keys() == new.keys()
+    for name in old:
+        if name != "conv1.weight":
+            assert_bits_equal(new[name], old[name], name)
+    diff = np.argwhere(as_bits(new["conv1.weight"]) != as_bits(old["conv1.weight"]))
+    assert diff.tolist() == [[0, 0, 1, 1]]
+    want = apply_faults(old["conv1.weight"], [fault], BY_NAME["float32"])
+    assert_bits_equal(new["conv1.weight"], want)
+    assert as_bits(new["conv1.weight"])[0, 0, 1, 1] == as_bits(old["conv1.weight"])[
+        0, 0, 1, 1] ^ (1 << 30)
+    assert res.weights[0].elements_changed == 1 and res.nodes == ()
+    assert len(res.model.graph.node) == len(model.graph.node)
+
+    # the faulty model runs; the run-time engine gives the same logits bit for bit
+    x = data["input"][:64]
+    golden = run(model, {"input": x})["logits"]
+    faulty = run(res.model, {"input": x})["logits"]
+    assert not np.array_equal(as_bits(golden), as_bits(faulty))
+    sites = [s for s in discover_sites(model)
+             if s.name in ("conv1.weight", "/relu1/Relu_output_0")]
+    engine = FaultEngine(model, sites)
+    assert_bits_equal(engine.run({"input": x})["logits"], golden, "engine golden")
+    assert_bits_equal(engine.run({"input": x}, [fault])["logits"], faulty, "engine weight")
+    act = parse_fault("/relu1/Relu_output_0[*,3,2,2]:stuck-at-1:23-30")
+    act_model = inject(model, [act]).model
+    assert_bits_equal(engine.run({"input": x}, [act], batch_size=16)["logits"],
+                      run(act_model, {"input": x})["logits"], "engine activation")

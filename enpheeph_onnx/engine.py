@@ -29,7 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .bits import BY_NAME, BitTransform, DType
-from .faults import Fault, apply_faults
+from .faults import Fault
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
 from .runtime import Provider, make_session, run_batched, session_options
@@ -229,8 +229,16 @@ class FaultEngine:
         for f in faults:
             if self.sites[f.site].kind is SiteKind.WEIGHT:
                 by_site.setdefault(f.site, []).append(f)
-        return {name: apply_faults(self._weights[name], fs, BY_NAME[self.sites[name].dtype])
-                for name, fs in by_site.items()}
+        feeds = {}
+        for name, fs in by_site.items():
+            base = self._weights[name]
+            d = BY_NAME[self.sites[name].dtype]
+            lin, a, o, x = fold_faults(fs, base.shape, d)
+            out = base.copy()
+            u = out.reshape(-1).view(d.container)
+            u[lin] = ((u[lin] & a) | o) ^ x
+            feeds[name] = out
+        return feeds
 
     def value_feeds(self, faults: Iterable[Fault], batch: Mapping[str, np.ndarray],
                     start: int = 0) -> dict[str, np.ndarray]:
@@ -282,6 +290,66 @@ class FaultEngine:
         return {nm: np.concatenate(c) for nm, c in zip(names, chunks, strict=True)}
 
 
+def fold_faults(faults: Sequence[Fault], shape: tuple[int, ...], dtype: DType
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flatten faults on one tensor into unique linear indices and per-element masks.
+
+    ``*`` coordinates are expanded over ``shape``; coordinates beyond it are dropped (the
+    element does not exist in this batch). Several faults on one element are folded, in
+    order, into one transform.
+
+    Returns:
+        ``(linear_index int64[M], and[M], or[M], xor[M])``, masks in the container dtype;
+        applying ``u[i] = ((u[i] & and) | or) ^ xor`` equals applying the faults in order.
+    """
+    c = dtype.container
+    cache: dict[tuple[object, ...], BitTransform] = {}
+
+    def tf(f: Fault) -> BitTransform:
+        key = (f.model, f.bits, f.value)
+        t = cache.get(key)
+        if t is None:
+            t = cache[key] = f.transform(dtype)
+        return t
+
+    if all(None not in f.index for f in faults):  # fast path: one element per fault
+        idx = np.array([f.index for f in faults], dtype=np.int64).reshape(len(faults), -1)
+        inside = np.all(idx < np.asarray(shape, dtype=np.int64), axis=1) if shape else (
+            np.ones(len(faults), bool))
+        lin = np.ravel_multi_index(idx[inside].T, shape) if shape else np.zeros(
+            int(inside.sum()), np.int64)
+        tfs_all = [tf(f) for f, ok in zip(faults, inside.tolist(), strict=True) if ok]
+        order = np.arange(len(tfs_all))
+        tf_parts = tfs_all
+    else:
+        lin_parts, tf_parts = [], []
+        for f in faults:
+            axes = [np.arange(n) if i is None else np.arange(i, min(i + 1, n))
+                    for i, n in zip(f.index, shape, strict=True)]
+            grid = np.meshgrid(*axes, indexing="ij")
+            lin_parts.append(np.ravel_multi_index([g.ravel() for g in grid], shape)
+                             if shape else np.zeros(1, np.int64))
+            tf_parts.append(tf(f))
+        lin = np.concatenate(lin_parts).astype(np.int64) if lin_parts else np.zeros(0, np.int64)
+        order = np.repeat(np.arange(len(tf_parts)), [len(x) for x in lin_parts])
+    lin = np.asarray(lin, dtype=np.int64)
+    uniq, counts = np.unique(lin, return_counts=True)
+    if np.all(counts == 1):
+        tfs = [tf_parts[k] for k in order.tolist()]
+        keep = lin
+    else:
+        folded: dict[int, BitTransform] = {}
+        for li, k in zip(lin.tolist(), order.tolist(), strict=True):
+            t = tf_parts[k]
+            folded[li] = folded[li].then(t) if li in folded else t
+        keep = uniq
+        tfs = [folded[li] for li in uniq.tolist()]
+    a = np.array([t.and_mask for t in tfs], dtype=c)
+    o = np.array([t.or_mask for t in tfs], dtype=c)
+    x = np.array([t.xor_mask for t in tfs], dtype=c)
+    return keep, a, o, x
+
+
 def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     mdt = _mask_dtype(p.dtype)
@@ -291,37 +359,11 @@ def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
         return np.zeros((0, rank), np.int64), empty, empty.copy(), empty.copy()
     if shape is None:
         raise RuntimeError(f"cannot infer the concrete shape of {p.site.name!r} for this batch")
-    lin_parts, tf_parts = [], []
-    for f in faults:
-        axes = [range(n) if i is None else ([i] if i < n else []) for i, n in
-                zip(f.index, shape, strict=True)]
-        grid = np.meshgrid(*[np.asarray(a, dtype=np.int64) for a in axes], indexing="ij")
-        lin = np.ravel_multi_index([gg.ravel() for gg in grid], shape) if grid else np.zeros(
-            1, np.int64)
-        lin_parts.append(np.asarray(lin, dtype=np.int64))
-        tf_parts.append(f.transform(p.dtype))
-    lens = [len(x) for x in lin_parts]
-    lin = np.concatenate(lin_parts)
-    order = np.repeat(np.arange(len(faults)), lens)
-    uniq, counts = np.unique(lin, return_counts=True)
-    if np.all(counts == 1):
-        tfs = [tf_parts[k] for k in order]
-        keep_lin = lin
-    else:
-        folded: dict[int, BitTransform] = {}
-        for li, k in zip(lin.tolist(), order.tolist(), strict=True):
-            t = tf_parts[k]
-            folded[li] = folded[li].then(t) if li in folded else t
-        keep_lin = uniq
-        tfs = [folded[li] for li in uniq.tolist()]
-    idx = np.stack(np.unravel_index(keep_lin, shape), axis=1).astype(np.int64)
-    c = p.dtype.container
-    a = np.array([t.and_mask for t in tfs], dtype=c)
-    o = np.array([t.or_mask for t in tfs], dtype=c)
-    x = np.array([t.xor_mask for t in tfs], dtype=c)
+    lin, a, o, x = fold_faults(faults, shape, p.dtype)
+    idx = np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int64).reshape(-1, rank)
     if not p.dtype.is_float:
         a, o, x = a.view(p.dtype.numpy), o.view(p.dtype.numpy), x.view(p.dtype.numpy)
-    return idx.reshape(-1, rank), a, o, x
+    return idx, a, o, x
 
 
 __all__ = ["FaultEngine", "feed_function", "instrument", "run_batched"]

@@ -106,7 +106,8 @@ def as_bits(a: np.ndarray) -> np.ndarray:
 
 
 def chain_sites(dtype: str) -> dict[str, list[tuple[str, str]]]:
-    """Per output: the (site, dtype name) chain it passes through, in data-flow order."""
+    """Per output: the (site, dtype name) chain it passes through, in data-flow order
+    (``WY`` of a float64 model is uint64, which is not a fault site)."""
     d = BY_NAME[dtype]
     if dtype == "bfloat16":
         act = [("X", "uint16"), ("xb", "bfloat16"), ("act", "bfloat16"), ("Y", "uint16")]
@@ -169,6 +170,8 @@ def chain_reference(dtype: str, x_bits: np.ndarray, w_bits: np.ndarray,
     for output, chain in chain_sites(dtype).items():
         u = (x_bits if output == "Y" else w_bits).copy()
         for site, dt in chain:
+            if dt not in BY_NAME:  # e.g. uint64: not a fault site
+                continue
             sd = BY_NAME[dt]
             v = apply_faults(u.view(sd.numpy), [f for f in faults if f.site == site], sd)
             u = v.view(sd.container)

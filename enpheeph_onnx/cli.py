@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from . import __version__
 from .errors import EnpheephError, GateFailedError
-from .faults import FaultModel, FaultPlan, format_bits, parse_bits, parse_fault
+from .faults import FaultModel, FaultPlan, parse_bits, parse_fault
 
 log = logging.getLogger("enpheeph_onnx")
 
@@ -236,74 +237,389 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
                    f"{sess.get_providers()[0]}")
 
 
+
+# -- campaigns ------------------------------------------------------------------------------
+
+def _load_toml_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """``--config FILE.toml``: its keys become the command's defaults (flags override)."""
+    if value is None:
+        return
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(value).read_text())
+    except OSError as e:
+        raise EnpheephError(f"cannot read config {value}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EnpheephError(f"config {value} is not valid TOML: {e}") from None
+    data = data.get("campaign", data)
+    known = {p.name: p for p in ctx.command.params if p.name not in ("config", "model")}
+    flags = {opt.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params
+             for opt in getattr(p, "opts", []) if opt.startswith("--")}
+    defaults: dict[str, Any] = {}
+    for key, v in data.items():
+        name = flags.get(key.replace("-", "_"))
+        if name is None or name not in known:
+            raise EnpheephError(
+                f"config {value}: unknown key {key!r}; the keys are the command's long flags, "
+                f"e.g. fault-rate, trials, seed"
+            )
+        opt = known[name]
+        if isinstance(v, list) and not getattr(opt, "multiple", False):
+            v = ",".join(str(x) for x in v)
+        elif getattr(opt, "multiple", False) and not isinstance(v, list):
+            v = [v]
+        defaults[name] = v
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that decide which faults a campaign draws (shared by plan/campaign)."""
+    opts = [
+        click.option("--kinds", default=None,
+                     help="Site kinds to hit, comma-separated: weight,activation,input "
+                          "[default: weight]."),
+        click.option("--target", type=click.Choice(["weights", "activations", "inputs"]),
+                     default=None, help="Shorthand for --kinds with one kind."),
+        click.option("--sites", "site_globs", multiple=True, metavar="GLOB",
+                     help="Only sites whose name or layer matches this shell glob "
+                          "(repeatable), e.g. 'conv*' or '*fc1*'."),
+        click.option("--op-types", default=None,
+                     help="Only sites produced/consumed by these ops, e.g. Conv,Gemm,MatMul."),
+        click.option("--fault-model",
+                     type=click.Choice(["bitflip", "stuck-at-0", "stuck-at-1", "value"]),
+                     default="bitflip", show_default=True),
+        click.option("--value", "value_text", default=None,
+                     help="For --fault-model value: a number, 'uniform:LOW,HIGH' or "
+                          "'normal:MEAN,STD'."),
+        click.option("--bits", "bits_text", default="all", show_default=True,
+                     help="Candidate bit positions: a list/ranges ('30', '0-7,31') or 'all'."),
+        click.option("--fault-rate", default=None,
+                     help="Faults per parameter: '1e-6', a list '1e-7,1e-6' or a log grid "
+                          "START:STOP:POINTS_PER_DECADE ('1e-7:1e-1:2')."),
+        click.option("--bit-error-rate", default=None,
+                     help="Faults per stored bit; same forms as --fault-rate."),
+        click.option("--exact-count", is_flag=True,
+                     help="round(rate x N) faults per trial instead of Poisson(rate x N)."),
+        click.option("--faults-per-trial", type=click.IntRange(min=0), default=None,
+                     help="A fixed number of faults per trial (K) [default: 1 without a rate]."),
+        click.option("--trials", type=click.IntRange(min=1), default=None,
+                     help="Trials per fault-rate level [default: 100]."),
+        click.option("--margin", type=float, default=None,
+                     help="Margin of error (e.g. 0.01): sets --trials by Leveugle et al."),
+        click.option("--confidence", type=float, default=0.95, show_default=True,
+                     help="Confidence level for --margin."),
+        click.option("--per-sample", is_flag=True,
+                     help="Each input gets its own faults (activations/inputs only)."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Root seed; the same seed gives identical trials."),
+        click.option("--output", "output_name", default=None,
+                     help="Classifier output for top-1 (default: the first output)."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _kinds(kinds: str | None, target: str | None) -> tuple[Any, ...]:
+    from .sites import SiteKind
+
+    if kinds and target:
+        raise EnpheephError("give --kinds or --target, not both")
+    if target:
+        return ({"weights": SiteKind.WEIGHT, "activations": SiteKind.ACTIVATION,
+                 "inputs": SiteKind.INPUT}[target],)
+    out = []
+    for k in (kinds or "weight").split(","):
+        k = k.strip().rstrip("s") if k.strip().endswith("s") and k.strip() != "s" else k.strip()
+        try:
+            out.append(SiteKind(k))
+        except ValueError:
+            raise EnpheephError(f"unknown site kind {k!r}: use weight, activation, input"
+                                ) from None
+    return tuple(out)
+
+
+def _build_config(model: Path, kinds: str | None, target: str | None,
+                  site_globs: tuple[str, ...], op_types: str | None, fault_model: str,
+                  value_text: str | None, bits_text: str, fault_rate: str | None,
+                  bit_error_rate: str | None, exact_count: bool, faults_per_trial: int | None,
+                  trials: int | None, margin: float | None, confidence: float,
+                  per_sample: bool, seed: int, output_name: str | None, batch_size: int = 512,
+                  provider: str = "cpu") -> Any:
+    from .campaign import (
+        CampaignConfig,
+        CountMode,
+        SiteSelection,
+        ValueDistribution,
+        parse_rates,
+        select_sites,
+        trials_for_margin,
+    )
+    from .model import load_model
+    from .sites import discover_sites
+
+    if fault_rate and bit_error_rate:
+        raise EnpheephError("give --fault-rate or --bit-error-rate, not both")
+    rate_text = fault_rate or bit_error_rate
+    if rate_text and faults_per_trial is not None:
+        raise EnpheephError("give a fault rate or --faults-per-trial, not both")
+    if margin is not None and trials is not None:
+        raise EnpheephError("give --margin or --trials, not both")
+    rates = parse_rates(rate_text) if rate_text else ()
+    if rate_text and not rates:
+        raise EnpheephError(f"--fault-rate {rate_text!r} yields no rate")
+    count = (CountMode.FAULT_RATE if fault_rate else CountMode.BIT_ERROR_RATE if bit_error_rate
+             else CountMode.FIXED)
+    bits = tuple(range(64)) if bits_text.strip().lower() == "all" else parse_bits(bits_text)
+    cfg = CampaignConfig(
+        selection=SiteSelection(_kinds(kinds, target), tuple(site_globs),
+                                tuple(o.strip() for o in (op_types or "").split(",")
+                                      if o.strip())),
+        fault_model=FaultModel.parse(fault_model), bits=bits,
+        value=ValueDistribution.parse(value_text) if value_text is not None else None,
+        count=count, faults_per_trial=1 if faults_per_trial is None else faults_per_trial,
+        rates=rates, exact_count=exact_count, trials=trials or 100, per_sample=per_sample,
+        seed=seed, batch_size=batch_size, provider=provider,  # type: ignore[arg-type]
+        output=output_name)
+    if margin is not None:
+        sites = select_sites(discover_sites(load_model(model)), cfg)
+        n = trials_for_margin(sites, cfg, margin, confidence)
+        log.info("--margin %g at %g confidence: %d trials per level", margin, confidence, n)
+        cfg = replace(cfg, trials=n)
+    return cfg
+
+
+def _gates(specs: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
+    from .summary import METRICS
+
+    out = []
+    for spec in specs:
+        name, sep, val = spec.partition("=")
+        name = name.strip()
+        if not sep or name not in METRICS:
+            raise EnpheephError(f"bad --fail-above {spec!r}: use METRIC=THRESHOLD with METRIC "
+                                f"one of {', '.join(METRICS)}")
+        try:
+            out.append((name, float(val)))
+        except ValueError:
+            raise EnpheephError(f"bad --fail-above {spec!r}: the threshold is a number") from None
+    return tuple(out)
+
+
+def _fmt(x: float | None, spec: str = ".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
 @main.command()
 @model_argument
 @click.option("--data", "data_path", required=True,
               type=click.Path(dir_okay=False, path_type=Path),
               help=".npz with the model inputs (keyed by name) and int 'labels'.")
-@click.option("--target", type=click.Choice(["weights", "activations", "inputs"]),
-              default="weights", show_default=True, help="Kind of fault site to hit.")
-@click.option("--fault-model", type=click.Choice(["bitflip", "stuck-at-0", "stuck-at-1"]),
-              default="bitflip", show_default=True)
-@click.option("--bits", "bits_text", default="all", show_default=True,
-              help="Candidate bit positions: a list/ranges ('30', '0-7,31') or 'all'.")
-@click.option("--faults-per-trial", type=click.IntRange(min=0), default=1, show_default=True,
-              help="Faults per trial (K).")
-@click.option("--trials", type=click.IntRange(min=1), default=100, show_default=True,
-              help="Number of trials (N).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Root seed; the same seed gives identical trials.")
+@sampling_options
+@click.option("-o", "--out", "out", required=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="Campaign plan to write.")
+def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
+    """Sample the fault lists of a campaign without running them.
+
+    Replay them exactly with 'campaign MODEL --plan PLAN.json'.
+    """
+    from .campaign import input_names, load_dataset, plan_campaign
+    from .model import load_model
+
+    cfg = _build_config(model, **opts)
+    data = load_dataset(data_path, input_names(load_model(model)), require_labels=False)
+    p = plan_campaign(model, cfg, len(data))
+    p.save(out)
+    n = sum(len(t.faults) for t in p.trials)
+    _summary(True, f"plan: {len(p.trials)} trials, {n} faults -> {out}")
+
+
+@main.command()
+@model_argument
+@click.option("--config", type=click.Path(dir_okay=False, path_type=Path), is_eager=True,
+              expose_value=False, callback=_load_toml_config,
+              help="TOML file with the same keys as the long flags (flags override).")
+@click.option("--data", "data_path", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
+              help=".npz with the model inputs (keyed by name) and int 'labels'.")
+@sampling_options
+@click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Replay the trials of a campaign plan (from 'enpheeph-onnx plan').")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-              help="SQLite results file to create (refused if it exists).")
-@click.option("--output", "output_name", help="Classifier output for top-1 (default: first).")
+              help="SQLite results file (an existing one is refused without --resume).")
+@click.option("--resume", is_flag=True,
+              help="Continue the campaign stored in --db where it stopped.")
+@click.option("--fail-above", "fail_above", multiple=True, metavar="METRIC=THRESHOLD",
+              help="Exit 1 if METRIC exceeds THRESHOLD at any fault rate; METRIC is one of "
+                   "masked_rate, tolerable_sdc_rate, critical_sdc_rate, sdc_rate, due_rate, "
+                   "accuracy_drop (repeatable).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: only on a terminal].")
 @provider_option
 @batch_option
 @json_option
-def campaign(model: Path, data_path: Path, target: str, fault_model: str, bits_text: str,
-             faults_per_trial: int, trials: int, seed: int, db: Path | None,
-             output_name: str | None, provider: str, batch_size: int, as_json: bool) -> None:
+def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
+             resume: bool, fail_above: tuple[str, ...], progress: bool | None, provider: str,
+             batch_size: int, as_json: bool, **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
 
-    A golden run, then N trials of K faults each at uniformly random positions of the
-    targeted sites and uniformly random bits; prints golden and faulty top-1 accuracy and
-    per-trial outcomes (masked, tolerable SDC, critical SDC, DUE).
+    A golden run, then trials of sampled faults (a fixed count, or Poisson at each fault
+    rate of a sweep); prints accuracy, the outcome rates (masked, tolerable SDC, critical
+    SDC, DUE) with 95 % confidence intervals, per fault rate and per layer, and a final
+    PASSED/FAILED line.
     """
-    from .campaign import CampaignConfig, load_dataset, run_campaign
+    from .campaign import CampaignPlan, input_names, load_dataset, run_campaign
     from .model import load_model
-    from .sites import SiteKind
 
-    bits = tuple(range(64)) if bits_text.strip().lower() == "all" else parse_bits(bits_text)
-    cfg = CampaignConfig(
-        target={"weights": SiteKind.WEIGHT, "activations": SiteKind.ACTIVATION,
-                "inputs": SiteKind.INPUT}[target],
-        fault_model=FaultModel.parse(fault_model), bits=bits,
-        faults_per_trial=faults_per_trial, trials=trials, seed=seed, batch_size=batch_size,
-        provider=provider, output=output_name)  # type: ignore[arg-type]
-    proto = load_model(model)
-    input_names = [i.name for i in proto.graph.input
-                   if i.name not in {t.name for t in proto.graph.initializer}]
-    data = load_dataset(data_path, input_names)
-    res = run_campaign(model, data, cfg, db)
-    if as_json:
-        click.echo(json.dumps(res.to_json(), indent=1))
+    if resume and db is None:
+        raise EnpheephError("--resume needs --db RESULTS.sqlite")
+    gates = _gates(fail_above)
+    if plan_path is not None:
+        from .campaign import CampaignConfig
+
+        cp = CampaignPlan.load(plan_path)
+        cfg = CampaignConfig(selection=cp.config.selection, batch_size=batch_size,
+                             provider=provider,  # type: ignore[arg-type]
+                             output=opts.get("output_name"))
     else:
-        click.echo(f"golden accuracy  {res.golden_accuracy:.4f}  ({res.samples} samples)")
-        click.echo(f"mean accuracy    {res.mean_accuracy:.4f}  over {len(res.trials)} trials of "
-                   f"{faults_per_trial} {fault_model} fault(s) on {target}, bits "
-                   f"{format_bits([b for b in bits if b < 64]) if bits_text != 'all' else 'all'}")
-        click.echo(f"accuracy drop    {res.accuracy_drop:.4f}")
-        tot = res.outcome_totals()
-        n = sum(tot.values())
-        click.echo("outcomes         " + "  ".join(f"{k} {v / n:.4f}" for k, v in tot.items()))
-        rows = [[str(t.trial), f"{t.accuracy:.4f}", str(t.masked), str(t.tolerable_sdc),
-                 str(t.critical_sdc), str(t.due),
-                 "; ".join(str(f) for f in t.faults[:3]) + (" ..." if len(t.faults) > 3 else "")]
-                for t in res.trials]
-        click.echo(_table(rows, ["trial", "accuracy", "masked", "sdc", "critical", "due",
-                                 "faults"]))
-    where = f", results in {db}" if db else ""
-    _summary(True, f"campaign: golden {res.golden_accuracy:.4f}, mean {res.mean_accuracy:.4f}, "
-                   f"drop {res.accuracy_drop:.4f}{where}")
+        cp = None
+        cfg = _build_config(model, batch_size=batch_size, provider=provider, **opts)
+    data = load_dataset(data_path, input_names(load_model(model)))
+    try:
+        res = run_campaign(model, data, cfg, db, resume=resume, plan=cp, gates=gates,
+                           progress=progress)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished trials are kept in {db}; continue with --resume"
+                   if db else "interrupted", err=True)
+        sys.exit(130)
+    s = res.summary
+    if as_json:
+        click.echo(json.dumps(res.to_json(), indent=1, default=_json_default))
+    else:
+        _print_summary(s)
+    tail = f", results in {db}" if db else ""
+    head = (f"campaign: golden {_fmt(s['golden_accuracy'])}, mean {_fmt(s['mean_accuracy'])}, "
+            f"drop {_fmt(s['accuracy_drop'])}, {len(res.trials)} trials{tail}")
+    failed = [g for g in res.gates if not g["passed"]]
+    if failed:
+        g = failed[0]
+        where = "" if g["rate"] is None else f" at rate {g['rate']:g}"
+        raise GateFailedError(f"{head}; {g['metric']} {_fmt(g['value'])} > {g['threshold']:g}"
+                              f"{where} ({len(failed)} gate check(s) failed)")
+    _summary(True, head)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def _ci(p: dict[str, Any]) -> str:
+    return f"{_fmt(p['rate'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]"
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    click.echo(f"golden accuracy  {_fmt(s['golden_accuracy'])}  ({s['samples']} samples)")
+    click.echo(f"mean accuracy    {_fmt(s['mean_accuracy'])}  over {len(s['trials'])} trials")
+    click.echo(f"accuracy drop    {_fmt(s['accuracy_drop'])}")
+    tot = s["outcomes"]
+    n = max(sum(tot.values()), 1)
+    click.echo("outcomes         " + "  ".join(f"{k} {v / n:.4f}" for k, v in tot.items()))
+    click.echo("")
+    rk = {"fault_rate": "fault rate", "bit_error_rate": "bit err rate", "fixed": "level"}
+    rows = [[("-" if r["rate"] is None else f"{r['rate']:.1e}"), str(r["trials"]),
+             f"{r['mean_faults']:.2f}",
+             "-" if r["accuracy"] is None else
+             f"{r['accuracy']['mean']:.4f} [{r['accuracy']['ci_low']:.4f}, "
+             f"{r['accuracy']['ci_high']:.4f}]",
+             _ci(r["masked"]), _ci(r["critical_sdc"]), _ci(r["due"])] for r in s["per_rate"]]
+    click.echo(_table(rows, [rk[s["rate_kind"]], "trials", "faults", "accuracy [95% CI]",
+                             "masked", "critical SDC", "DUE"]))
+    if s["per_layer"]:
+        click.echo("")
+        rows = [[r["layer"], str(r["faults"]), _ci(r["critical_sdc"]), _ci(r["sdc"]),
+                 _ci(r["due"])] for r in s["per_layer"]]
+        click.echo(_table(rows, ["layer", "faults", "critical SDC", "SDC", "DUE"]))
+    if len(s["trials"]) <= 50:
+        click.echo("")
+        rows = [[str(t["trial"]), "-" if t["rate"] is None else f"{t['rate']:.1e}",
+                 _fmt(t["accuracy"]), str(t["masked"]), str(t["tolerable_sdc"]),
+                 str(t["critical_sdc"]), str(t["due"]), str(len(t["faults"])),
+                 "; ".join(_fault_text(f) for f in t["faults"][:2])
+                 + (" ..." if len(t["faults"]) > 2 else "")] for t in s["trials"]]
+        click.echo(_table(rows, ["trial", "rate", "accuracy", "masked", "sdc", "critical",
+                                 "due", "faults", "first faults"]))
+
+
+def _fault_text(obj: dict[str, Any]) -> str:
+    from .faults import Fault
+
+    return str(Fault.from_json(obj))
+
+
+@main.command("sample-size")
+@click.option("--population", required=True, type=float,
+              help="Fault population N (elements x bits).")
+@click.option("--margin", required=True, type=float, help="Margin of error, e.g. 0.01.")
+@click.option("--confidence", default=0.95, show_default=True, type=float,
+              help="Confidence level, e.g. 0.99.")
+@click.option("--p", "p", default=0.5, show_default=True, type=float,
+              help="Estimated proportion (0.5 = worst case).")
+@json_option
+def sample_size_cmd(population: float, margin: float, confidence: float, p: float,
+                    as_json: bool) -> None:
+    """Trials for a margin of error (statistical fault injection, Leveugle et al., DATE 2009).
+
+    n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p))), t the two-sided normal quantile of the
+    confidence level (scipy.stats.norm.ppf(1 - (1 - C) / 2): 1.96 at 95 %, 2.5758 at 99 %).
+    """
+    from .stats import normal_quantile, sample_size
+
+    n = sample_size(population, margin, confidence, p)
+    if as_json:
+        click.echo(json.dumps({"trials": n, "population": population, "margin": margin,
+                               "confidence": confidence, "p": p,
+                               "t": normal_quantile(confidence)}))
+    else:
+        click.echo(n)
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the PNG plots and summary.md.")
+def report(db: Path, out_dir: Path) -> None:
+    """Write plots (accuracy and critical SDC vs fault rate, per layer, bit x layer) and
+    summary.md for a stored campaign."""
+    from .campaign import load_summary
+    from .report import write_report
+
+    summary = load_summary(db)
+    paths = write_report(summary, out_dir, title=f"enpheeph-onnx campaign: {db.name}")
+    for p in paths:
+        click.echo(str(p))
+    _summary(True, f"report: {len(paths)} files in {out_dir}")
+
+
+@main.command()
+@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
+              show_default=True)
+@click.option("--table", type=click.Choice(["trials", "faults", "outcomes"]), default="trials",
+              show_default=True,
+              help="trials: one row per trial; faults: one per fault; outcomes: one per "
+                   "(trial, input).")
+@click.option("-o", "--out", "out", required=True,
+              type=click.Path(dir_okay=False, path_type=Path))
+def export(db: Path, fmt: str, table: str, out: Path) -> None:
+    """Export a stored campaign as CSV or Parquet for pandas/polars."""
+    from .export import export_table
+
+    n = export_table(db, table, fmt, out)
+    _summary(True, f"export: {n} {table} rows -> {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -149,8 +149,8 @@ def write_report(
 
     layers, bits, values = grid
     fig = new_figure(
-        min(max(6.5, 0.42 * len(bits) + 3.5), 40.0),
-        min(max(3.5, 0.32 * len(layers) + 2.0), 40.0),
+        min(max(6.5, 0.3 * len(bits) + 3.5), 40.0),
+        min(max(4.0, 0.4 * len(layers) + 2.0), 40.0),
     )
     _plot_bits_layers(fig, layers, bits, values, title)
     _save(fig, paths[2])
@@ -383,9 +383,11 @@ def _plot_accuracy(fig: Figure, per_rate: list[Mapping[str, Any]], rate_kind: st
     if rate_kind != "fixed":
         if len(positive) == len(x):
             ax_out.set_xscale("log")
-        else:  # a zero-rate level: logarithmic away from zero
+        else:  # a zero-rate level: linear near zero, logarithmic above the smallest rate
+            top = float(positive.max()) if len(positive) else 1.0
             ax_out.set_xscale("symlog", linthresh=float(positive.min()) if len(positive)
                               else 1.0)
+            ax_out.set_xlim(0.0, top * 1.5)
     elif len(positive) == len(x) and positive.max() / positive.min() >= 20:
         ax_out.set_xscale("log")
     if rate_kind == "fixed" and len(x) <= 8:

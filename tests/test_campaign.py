@@ -10,6 +10,7 @@ import pytest
 from enpheeph_onnx import discover_sites, inject, load_model, parse_fault
 from enpheeph_onnx.campaign import (
     CampaignConfig,
+    SiteSelection,
     classify,
     load_dataset,
     run_campaign,
@@ -65,8 +66,8 @@ def test_engine_equals_inject_bit_for_bit(engine: FaultEngine, model_path: Path,
 
 
 def test_sampling_is_uniform_over_elements_and_deterministic(model_path: Path) -> None:
-    sites = select_sites(discover_sites(load_model(model_path)), SiteKind.WEIGHT, (30, 31))
-    cfg = CampaignConfig(bits=(30, 31), faults_per_trial=5, trials=1, seed=7)
+    cfg = CampaignConfig(bits=(30, 31), faults_per_trial=5, trials=1000, seed=7)
+    sites = select_sites(discover_sites(load_model(model_path)), cfg)
     assert sample_trial(sites, cfg, 3) == sample_trial(sites, cfg, 3)
     assert sample_trial(sites, cfg, 3) != sample_trial(sites, cfg, 4)
     counts: dict[str, int] = {}
@@ -84,8 +85,9 @@ def test_sampling_is_uniform_over_elements_and_deterministic(model_path: Path) -
 
 
 def test_activation_sampling_uses_star_for_batch(model_path: Path) -> None:
-    sites = select_sites(discover_sites(load_model(model_path)), SiteKind.ACTIVATION, (3,))
-    cfg = CampaignConfig(target=SiteKind.ACTIVATION, bits=(3,), faults_per_trial=50, seed=1)
+    cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,)), bits=(3,),
+                         faults_per_trial=50, seed=1)
+    sites = select_sites(discover_sites(load_model(model_path)), cfg)
     for f in sample_trial(sites, cfg, 0):
         assert f.index[0] is None
         site = next(s for s in sites if s.name == f.site)
@@ -96,13 +98,14 @@ def test_classify_outcomes() -> None:
     g = {"y": np.array([[1.0, 2.0], [3.0, 1.0], [0.0, 1.0], [5.0, 4.0]], np.float32)}
     f = {"y": np.array([[1.0, 2.0], [3.5, 1.0], [2.0, 1.0], [np.nan, 4.0]], np.float32)}
     assert classify(g, f, "y").tolist() == [0, 1, 2, 3]
+    assert classify(g, g, "y").tolist() == [0, 0, 0, 0]
 
 
 def test_run_campaign_stores_every_trial(tmp_path: Path, model_path: Path,
                                          data_path: Path) -> None:
     data = load_dataset(data_path, ["input"])
-    cfg = CampaignConfig(target=SiteKind.ACTIVATION, bits=(30,), faults_per_trial=2,
-                         trials=8, seed=5, batch_size=128)
+    cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,)), bits=(30,),
+                         faults_per_trial=2, trials=8, seed=5, batch_size=128)
     db = tmp_path / "r.sqlite"
     res = run_campaign(model_path, data, cfg, db, progress=False)
     assert res.golden_accuracy == pytest.approx(359 / 360)
@@ -111,6 +114,7 @@ def test_run_campaign_stores_every_trial(tmp_path: Path, model_path: Path,
         stored = list(store.trials())
     assert meta["golden_accuracy"] == res.golden_accuracy
     assert meta["config"]["bits"] == "30" and meta["status"] == "complete"
+    assert [t.outcomes.tolist() for t in stored] == [t.outcomes.tolist() for t in res.trials]
     assert len(meta["model_sha256"]) == 64
     assert [t.faults for t in stored] == [t.faults for t in res.trials]
     assert [t.accuracy for t in stored] == [t.accuracy for t in res.trials]
@@ -125,5 +129,5 @@ def test_run_campaign_stores_every_trial(tmp_path: Path, model_path: Path,
 def test_bad_config() -> None:
     with pytest.raises(EnpheephError, match="trials"):
         CampaignConfig(trials=0)
-    with pytest.raises(EnpheephError, match="bitflip, stuck-at-0 or stuck-at-1"):
+    with pytest.raises(EnpheephError, match="needs --value"):
         CampaignConfig(fault_model=FaultModel.VALUE)

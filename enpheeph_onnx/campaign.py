@@ -169,7 +169,7 @@ class ValueDistribution:
         if kind == "constant" and len(nums) == 1:
             return cls("constant", nums[0])
         if kind in ("uniform", "normal") and len(nums) == 2:
-            if kind == "uniform" and nums[1] < nums[0] or kind == "normal" and nums[1] < 0:
+            if (kind == "uniform" and nums[1] < nums[0]) or (kind == "normal" and nums[1] < 0):
                 raise EnpheephError(f"bad value distribution {text!r}: check its parameters")
             return cls(kind, nums[0], nums[1])
         raise EnpheephError(
@@ -329,6 +329,8 @@ def parse_rates(text: str) -> tuple[float, ...]:
             n = math.floor((hi - lo) * per + 1e-9) + 1
             return tuple(float(f"{10 ** (lo + i / per):.6g}") for i in range(n))
         return tuple(float(x) for x in text.split(",") if x.strip())
+    except EnpheephError:
+        raise
     except ValueError:
         raise EnpheephError(
             f"malformed fault rate {text!r}: use a list '1e-7,1e-6' or a grid '1e-7:1e-1:2'"

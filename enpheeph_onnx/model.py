@@ -127,6 +127,9 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         raise EnpheephError(f"output folder {dest.parent} does not exist: create it first")
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the usual file mode
     try:
         yield Path(tmp)
         os.replace(tmp, dest)

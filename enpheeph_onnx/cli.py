@@ -517,6 +517,8 @@ def _json_default(o: Any) -> Any:
 
 
 def _ci(p: dict[str, Any]) -> str:
+    if not p["n"]:
+        return "-"
     return f"{_fmt(p['rate'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]"
 
 
@@ -539,9 +541,10 @@ def _print_summary(s: dict[str, Any]) -> None:
                              "masked", "critical SDC", "DUE"]))
     if s["per_layer"]:
         click.echo("")
-        rows = [[r["layer"], str(r["faults"]), _ci(r["critical_sdc"]), _ci(r["sdc"]),
-                 _ci(r["due"])] for r in s["per_layer"]]
-        click.echo(_table(rows, ["layer", "faults", "critical SDC", "SDC", "DUE"]))
+        rows = [[r["layer"], str(r["faults"]), str(r["critical_sdc"]["n"]),
+                 _ci(r["critical_sdc"]), _ci(r["sdc"]), _ci(r["due"])] for r in s["per_layer"]]
+        click.echo(_table(rows, ["layer", "faults", "pairs", "critical SDC", "SDC", "DUE"]))
+        click.echo("(pairs: (trial, input) pairs reached by faults in this layer only)")
     if len(s["trials"]) <= 50:
         click.echo("")
         rows = [[str(t["trial"]), "-" if t["rate"] is None else f"{t['rate']:.1e}",

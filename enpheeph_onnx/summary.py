@@ -1,13 +1,15 @@
 """Campaign aggregates: per fault rate, per layer, per bit position, with 95 % Wilson
 confidence intervals (:func:`enpheeph_onnx.stats.proportion`).
 
-The unit of every rate is the (trial, input sample) pair. A pair counts for a layer (or a
-bit position) when the faults that reach that input include one on that layer (bit): all
-of a trial's faults reach every input, except per-sample faults, which reach only their
-own sample. With several faults per trial a pair can count for several layers, so the
-per-layer rates answer "how often is an input critically corrupted when this layer is
-hit", not an exclusive attribution; run single-fault campaigns (``--faults-per-trial 1``)
-for an exclusive one.
+The unit of every rate is the (trial, input sample) pair. All of a trial's faults reach
+every input, except per-sample faults, which reach only their own sample.
+
+Per-layer, per-bit and bit x layer rates use **exclusive attribution**: a pair counts for
+layer L (bit b, cell (L, b)) only when every fault that reaches it lies in L (has bit b,
+lies in the cell). The rate is then the vulnerability P(outcome | the layer/bit is hit),
+not mixed with the effect of faults elsewhere. Pairs reached by faults in several layers
+count only in the per-rate rows; single-fault trials (low fault rates,
+``--faults-per-trial 1``) feed every table.
 
 Note: pairs of one trial share its faults, so they are not independent; the intervals
 are those of the guide (binomial over pairs) and are narrower than trial-level ones.
@@ -109,8 +111,9 @@ def summarize(records: Sequence[TrialRecord], *, golden_accuracy: float | None,
                 one = np.zeros(4, np.int64)
                 one[r.outcomes[sample]] = 1
                 _accumulate(hits, one, layer_counts, bit_counts, cell_counts)
-    layers = sorted(layer_counts, key=lambda name: _layer_order(name, kinds))
-    bits = sorted(bit_counts)
+    layers = sorted(set(layer_counts) | set(layer_faults),
+                    key=lambda name: _layer_order(name, kinds))
+    bits = sorted(set(bit_counts) | set(bit_faults))
     per_layer = [{"layer": name, "faults": layer_faults[name], **_props(layer_counts[name])}
                  for name in layers]
     per_bit = [{"bit": b, "faults": bit_faults[b], **_props(bit_counts[b])} for b in bits]
@@ -158,14 +161,15 @@ def _accumulate(hits: Iterable[tuple[str, tuple[int, ...]]], counts: np.ndarray,
                 layer_counts: dict[str, np.ndarray], bit_counts: dict[int, np.ndarray],
                 cell_counts: dict[tuple[str, int], np.ndarray]) -> None:
     hits = list(hits)
-    if not hits:
-        return
-    for layer in {h[0] for h in hits}:
-        layer_counts[layer] += counts
-    for b in {b for h in hits for b in h[1]}:
-        bit_counts[b] += counts
-    for cell in {(h[0], b) for h in hits for b in h[1]}:
-        cell_counts[cell] += counts
+    layers = {h[0] for h in hits}
+    bits = {b for h in hits for b in h[1]}
+    if len(layers) == 1:
+        layer_counts[next(iter(layers))] += counts
+    if len(bits) == 1:
+        bit_counts[next(iter(bits))] += counts
+    cells = {(h[0], b) for h in hits for b in h[1]}
+    if len(cells) == 1:
+        cell_counts[next(iter(cells))] += counts
 
 
 def gate_value(level: dict[str, Any], metric: str) -> float | None:

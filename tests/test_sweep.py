@@ -351,3 +351,51 @@ def test_cli_runner_has_no_global_state() -> None:
     # the same invocation twice gives byte-identical JSON apart from timings
     r = CliRunner()
     assert r.invoke(main, ["--version"]).output.startswith("enpheeph-onnx")
+
+
+def test_summary_attributes_layers_and_bits_exclusively() -> None:
+    from enpheeph_onnx.faults import parse_fault
+    from enpheeph_onnx.store import TrialRecord
+    from enpheeph_onnx.summary import summarize
+
+    kinds = {"a.weight": ("weight", "a"), "b.weight": ("weight", "b")}
+    codes = {"m": np.zeros(4, np.uint8), "c": np.full(4, 2, np.uint8)}
+    recs = [
+        TrialRecord(0, 0, None, (parse_fault("a.weight[0]:bitflip:30"),), codes["c"], None, 0),
+        TrialRecord(1, 0, None, (parse_fault("a.weight[1]:bitflip:1"),), codes["m"], None, 0),
+        # faults in two layers: counted in the per-rate row only
+        TrialRecord(2, 0, None, (parse_fault("a.weight[0]:bitflip:30"),
+                                 parse_fault("b.weight[0]:bitflip:30")), codes["c"], None, 0),
+        TrialRecord(3, 0, None, (), codes["m"], None, 0),
+    ]
+    s = summarize(recs, golden_accuracy=None, samples=4, rate_kind="fixed", kinds=kinds)
+    layer = {r["layer"]: r for r in s["per_layer"]}
+    assert layer["a"]["critical_sdc"]["k"] == 4 and layer["a"]["critical_sdc"]["n"] == 8
+    assert layer["a"]["faults"] == 3 and layer["b"]["faults"] == 1
+    assert layer["b"]["critical_sdc"]["n"] == 0
+    bit = {r["bit"]: r for r in s["per_bit"]}
+    assert (bit[30]["critical_sdc"]["k"], bit[30]["critical_sdc"]["n"]) == (8, 8)
+    assert (bit[1]["critical_sdc"]["k"], bit[1]["masked"]["k"]) == (0, 4)
+    grid = s["bit_layer"]
+    assert grid["layers"] == ["a", "b"] and grid["bits"] == [1, 30]
+    assert grid["critical_sdc_rate"] == [[0.0, 1.0], [None, None]]
+    rate = s["per_rate"][0]
+    assert (rate["critical_sdc"]["k"], rate["critical_sdc"]["n"]) == (8, 16)
+    assert rate["mean_faults"] == 1.0
+
+
+def test_report_command_writes_plots(tmp_path: Path, model_path: Path, data_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    assert invoke("campaign", model_path, "--data", data_path, "--fault-rate", "1e-4,1e-2",
+                  "--trials", "5", "--db", db)[0] == 0
+    out = tmp_path / "report"
+    code, stdout, err = invoke("report", db, "-o", out)
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy_vs_rate.png", "bits_layers.png", "layers.png", "summary.md"]
+    md = (out / "summary.md").read_text()
+    assert "1.0e-04" in md and "1.0e-02" in md
+    assert (out / "accuracy_vs_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_user_error(*invoke("report", tmp_path / "missing.sqlite", "-o", tmp_path / "r2"),
+                      "not found")
+    assert not (tmp_path / "r2").exists()

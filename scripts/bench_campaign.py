@@ -3,18 +3,26 @@
 What is measured, per model, per fault target (``weight`` / ``activation``) and per fault
 count K (faults per trial):
 
-* **golden** — median, over ``--repeats`` runs, of a plain onnxruntime session
+* **golden** — median of a plain onnxruntime session
   (:func:`enpheeph_onnx.runtime.make_session` on the *unmodified* model, the same
   :func:`~enpheeph_onnx.runtime.session_options`) running the whole data set in batches of
-  ``--batch-size``;
-* **engine golden** — the same with :meth:`FaultEngine.run` and no faults (what the
-  instrumentation alone costs: overridable weights, ``FeedFaults`` nodes with K = 0);
+  ``--batch-size``: once over ``--repeats`` runs per model, and once per configuration over
+  golden runs interleaved with its trials (one golden run right before each trial; this
+  one is the denominator of the ratios);
+* **eng0** (engine golden) — median over ``--repeats`` of :meth:`FaultEngine.run` with no
+  faults, interleaved with the plain golden runs: what the instrumentation alone costs
+  (overridable weights, ``FeedFaults`` nodes with K = 0);
 * **sample** — median time of :func:`~enpheeph_onnx.campaign.sample_trial` for one trial;
 * **run** — median, over trials, of ``engine.run(data, faults, batch_size)``;
 * **total** — median of sample + run of the same trial (what a campaign spends per trial,
   outcome classification aside);
-* **ratio run** / **ratio total** — run / golden and total / golden: the overhead ratio of the
-  issue (target <= 1.10; enpheeph reports < 20 % overhead at 100k concurrent faults).
+* **run/g**, **total/g** — run / golden and total / golden: the overhead ratio of the issue
+  (target <= 1.10; enpheeph reports < 20 % overhead at 100k concurrent faults); **paired** —
+  the median of the per-trial ratios run / (golden run just before), the figure least
+  disturbed by other processes on a shared machine.
+
+The script also checks that the engine's golden outputs are bit-identical to the plain
+session's, and warns when they are not.
 
 Models:
 
@@ -33,10 +41,10 @@ campaign samples them (``CampaignConfig(seed=0)``, trial streams 0, 1, ...). Act
 carry ``*`` on the batch dimension, so each one hits that element in every input.
 
 Each configuration runs ``--trials`` trials, but stops early (after at least 3) once it has
-spent ``--budget`` seconds, so the slow configurations stay affordable; the number of trials
-actually timed is reported. Every engine is warmed up (one golden and one 1-fault run) before
-timing. The script also checks that the engine's golden outputs are bit-identical to the plain
-session's. Timer: :func:`time.perf_counter`.
+spent ``--budget`` seconds, so the slow configurations stay affordable; ``n`` is the number
+of trials actually timed. Every session is warmed up (one golden and, for engines, one
+1-fault run) before timing. Timer: :func:`time.perf_counter`. The load average before and
+after is reported: on a machine shared with other work the medians move by 10-50 %.
 
 Reproduce (about 2-3 minutes on 2 CPU cores)::
 
@@ -48,6 +56,8 @@ Reproduce (about 2-3 minutes on 2 CPU cores)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
 import platform
@@ -77,7 +87,6 @@ BITS = tuple(range(32))
 COUNTS = (1, 10, 100, 1000)
 HEADLINE = 100_000
 MIN_TRIALS = 3
-WARMUP_TRIAL = 10**6  # trial stream used for warm-up only (never timed)
 TARGET_RATIO = 1.10
 
 
@@ -100,6 +109,7 @@ class Row:
     ratio_engine_golden: float
     ratio_run: float
     ratio_total: float
+    ratio_paired: float
 
 
 # --------------------------------------------------------------------------- models & data
@@ -186,6 +196,38 @@ def n_params(model: onnx.ModelProto) -> int:
     return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))
 
 
+# --------------------------------------------------------------------------- API shim
+
+
+def _config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(CampaignConfig)}
+
+
+def make_config(target: SiteKind, faults: int, batch_size: int, trials: int) -> CampaignConfig:
+    """A fixed-count bit-flip config on ``target`` (old ``target=`` or new ``selection=``).
+
+    ``trials`` + 1 trial streams: 0 ... ``trials`` - 1 are timed, stream ``trials`` is the
+    warm-up.
+    """
+    kw: dict[str, Any] = {"bits": BITS, "faults_per_trial": faults, "seed": 0,
+                          "batch_size": batch_size, "trials": trials + 1}
+    if "selection" in _config_fields():
+        from enpheeph_onnx.campaign import SiteSelection  # type: ignore[attr-defined]
+
+        kw["selection"] = SiteSelection(kinds=(target,))
+    else:
+        kw["target"] = target
+    return CampaignConfig(**kw)
+
+
+def pick_sites(all_sites: list[FaultSite], cfg: CampaignConfig, target: SiteKind
+               ) -> list[FaultSite]:
+    """:func:`select_sites` as ``(sites, cfg)`` or as ``(sites, target, bits)``."""
+    if len(inspect.signature(select_sites).parameters) >= 3:
+        return select_sites(all_sites, target, BITS)  # type: ignore[call-arg]
+    return select_sites(all_sites, cfg)  # type: ignore[arg-type,call-arg]
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -193,12 +235,6 @@ def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
-
-
-def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(timed(fn) for _ in range(repeats))
 
 
 def plain_run(sess: ort.InferenceSession, data: Mapping[str, np.ndarray],
@@ -214,49 +250,73 @@ def plain_run(sess: ort.InferenceSession, data: Mapping[str, np.ndarray],
     return {nm: np.concatenate(c) for nm, c in zip(names, chunks, strict=True)}
 
 
+def same_bits(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
+    return all(np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in a)
+
+
 def bench_model(name: str, model: onnx.ModelProto, data: dict[str, np.ndarray],
                 plan: Sequence[tuple[SiteKind, Sequence[int]]], args: argparse.Namespace,
                 log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
-    """Time every (target, K) of ``plan`` on one model; rows and per-model facts."""
+    """Time every (target, K) of ``plan`` on one model; rows and per-model facts.
+
+    Golden runs are interleaved with the runs they are compared with (plain and engine
+    golden in one loop; one plain golden run before every trial), so that a slow drift of
+    the machine (other processes, frequency) biases numerator and denominator alike.
+    """
     bs = args.batch_size
     samples = len(next(iter(data.values())))
     params = n_params(model)
-    sess = make_session(model, "cpu", session_options())
+    sess = make_session(model, "cpu", session_options(args.threads))
     reference = plain_run(sess, data, bs)
-    golden = median_time(lambda: plain_run(sess, data, bs), args.repeats)
-    log(f"{name}: {params:,} parameters, {samples} samples, golden {golden * 1e3:.2f} ms")
     all_sites = discover_sites(model)
-    rows: list[Row] = []
-    facts: dict[str, Any] = {"params": params, "samples": samples, "golden_s": golden,
-                             "targets": {}}
-    for target, counts in plan:
-        sites: list[FaultSite] = select_sites(all_sites, target, BITS)
+    engines: dict[SiteKind, tuple[FaultEngine, list[FaultSite]]] = {}
+    facts: dict[str, Any] = {"params": params, "samples": samples, "targets": {}}
+    for target, _ in plan:
+        sites = pick_sites(all_sites, make_config(target, 1, bs, args.trials), target)
         t0 = time.perf_counter()
-        engine = FaultEngine(model, sites, provider="cpu")
+        engine = FaultEngine(model, sites, provider="cpu", threads=args.threads)
         setup = time.perf_counter() - t0
-        out = engine.run(data, (), bs)
-        identical = all(np.array_equal(out[k].view(np.uint8), reference[k].view(np.uint8))
-                        for k in reference)
-        warm = sample_trial(sites, CampaignConfig(target=target, bits=BITS, faults_per_trial=1,
-                                                  seed=0), WARMUP_TRIAL)
-        engine.run(data, warm, bs)
-        eng_golden = median_time(lambda e=engine: e.run(data, (), bs), args.repeats)
+        identical = same_bits(reference, engine.run(data, (), bs))
+        engine.run(data, sample_trial(sites, make_config(target, 1, bs, args.trials),
+                                          args.trials), bs)
+        engines[target] = (engine, sites)
         facts["targets"][target.value] = {
             "sites": len(sites), "elements_per_sample": sum(s.static_elements for s in sites),
-            "engine_setup_s": setup, "engine_golden_s": eng_golden,
-            "golden_bit_identical": identical,
+            "engine_setup_s": setup, "golden_bit_identical": identical,
         }
-        log(f"  {target.value}: {len(sites)} sites, engine setup {setup:.2f} s, engine golden "
-            f"{eng_golden * 1e3:.2f} ms (x{eng_golden / golden:.3f}), bit-identical {identical}")
+    plain_run(sess, data, bs)
+    g_times: list[float] = []
+    e_times: dict[SiteKind, list[float]] = {t: [] for t in engines}
+    for _ in range(args.repeats):
+        g_times.append(timed(lambda: plain_run(sess, data, bs)))
+        for target, (engine, _s) in engines.items():
+            e_times[target].append(timed(lambda e=engine: e.run(data, (), bs)))
+    golden = statistics.median(g_times)
+    facts["golden_s"] = golden
+    log(f"{name}: {params:,} parameters, {samples} samples, batch {bs}, "
+        f"golden {golden * 1e3:.2f} ms")
+    for target, ts in e_times.items():
+        f = facts["targets"][target.value]
+        f["engine_golden_s"] = statistics.median(ts)
+        log(f"  {target.value}: {f['sites']} sites, engine setup {f['engine_setup_s']:.2f} s, "
+            f"engine golden {f['engine_golden_s'] * 1e3:.2f} ms "
+            f"(x{f['engine_golden_s'] / golden:.3f}), bit-identical to plain: "
+            f"{f['golden_bit_identical']}")
+
+    rows: list[Row] = []
+    for target, counts in plan:
+        engine, sites = engines[target]
+        eng_golden = facts["targets"][target.value]["engine_golden_s"]
         for k in counts:
-            cfg = CampaignConfig(target=target, bits=BITS, faults_per_trial=k, seed=0,
-                                 batch_size=bs)
+            cfg = make_config(target, k, bs, args.trials)
+            g_row: list[float] = []
             s_times: list[float] = []
             r_times: list[float] = []
             start = time.perf_counter()
             for t in range(args.trials):
                 if t >= MIN_TRIALS and time.perf_counter() - start > args.budget:
                     break
+                g_row.append(timed(lambda: plain_run(sess, data, bs)))
                 t0 = time.perf_counter()
                 faults = sample_trial(sites, cfg, t)
                 t1 = time.perf_counter()
@@ -264,15 +324,19 @@ def bench_model(name: str, model: onnx.ModelProto, data: dict[str, np.ndarray],
                 t2 = time.perf_counter()
                 s_times.append(t1 - t0)
                 r_times.append(t2 - t1)
+            g = statistics.median(g_row)
             run = statistics.median(r_times)
             total = statistics.median(a + b for a, b in zip(s_times, r_times, strict=True))
-            row = Row(name, params, samples, bs, target.value, k, len(r_times), golden,
-                      eng_golden, statistics.median(s_times), run, total, eng_golden / golden,
-                      run / golden, total / golden)
+            paired = statistics.median(r / gg for r, gg in zip(r_times, g_row, strict=True))
+            row = Row(name, params, samples, bs, target.value, k, len(r_times), g, eng_golden,
+                      statistics.median(s_times), run, total, eng_golden / golden, run / g,
+                      total / g, paired)
             rows.append(row)
-            log(f"    K={k:>6}: run {run * 1e3:9.2f} ms  x{row.ratio_run:7.3f}   "
-                f"total x{row.ratio_total:7.3f}  ({len(r_times)} trials)")
-        del engine
+            log(f"    {target.value:<10} K={k:>6}: golden {g * 1e3:8.2f} ms  "
+                f"run {run * 1e3:9.2f} ms  x{row.ratio_run:7.3f} (paired x{paired:.3f})  "
+                f"total x{row.ratio_total:7.3f}"
+                f"  [{len(r_times)} trials]")
+    engines.clear()
     return rows, facts
 
 
@@ -280,17 +344,17 @@ def bench_model(name: str, model: onnx.ModelProto, data: dict[str, np.ndarray],
 
 
 def table(rows: Sequence[Row]) -> str:
-    head = (f"{'model':<10} {'target':<10} {'K':>7} {'trials':>6} {'golden ms':>10} "
-            f"{'eng0 ms':>9} {'sample ms':>10} {'run ms':>10} {'total ms':>10} "
-            f"{'eng0/g':>7} {'run/g':>8} {'total/g':>8}  ok")
+    head = (f"{'model':<8} {'target':<10} {'K':>6} {'n':>3} {'golden ms':>9} {'eng0 ms':>9} "
+            f"{'sample ms':>9} {'run ms':>9} {'total ms':>9} {'eng0/g':>6} {'run/g':>7} "
+            f"{'paired':>7} {'total/g':>7} ok")
     lines = [head, "-" * len(head)]
     for r in rows:
         ok = "yes" if r.ratio_run <= TARGET_RATIO else "NO"
         lines.append(
-            f"{r.model:<10} {r.target:<10} {r.faults:>7} {r.trials:>6} {r.golden_s * 1e3:>10.2f} "
-            f"{r.engine_golden_s * 1e3:>9.2f} {r.sample_s * 1e3:>10.2f} {r.run_s * 1e3:>10.2f} "
-            f"{r.total_s * 1e3:>10.2f} {r.ratio_engine_golden:>7.3f} {r.ratio_run:>8.3f} "
-            f"{r.ratio_total:>8.3f}  {ok}"
+            f"{r.model:<8} {r.target:<10} {r.faults:>6} {r.trials:>3} {r.golden_s * 1e3:>9.2f} "
+            f"{r.engine_golden_s * 1e3:>9.2f} {r.sample_s * 1e3:>9.2f} {r.run_s * 1e3:>9.2f} "
+            f"{r.total_s * 1e3:>9.2f} {r.ratio_engine_golden:>6.3f} {r.ratio_run:>7.3f} "
+            f"{r.ratio_paired:>7.3f} {r.ratio_total:>7.3f} {ok}"
         )
     return "\n".join(lines)
 
@@ -299,7 +363,11 @@ def environment() -> dict[str, Any]:
     return {"python": platform.python_version(), "numpy": np.__version__,
             "onnx": onnx.__version__, "onnxruntime": ort.__version__,
             "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine()}
+            "processor": platform.processor() or platform.machine(),
+            "loadavg_start": _LOAD_START, "loadavg_end": os.getloadavg()}
+
+
+_LOAD_START = os.getloadavg()
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -313,6 +381,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget", type=float, default=4.0,
                    help=f"seconds per configuration after which trials stop (at least "
                         f"{MIN_TRIALS} run; default %(default)s)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads of every session (default: onnxruntime's)")
     p.add_argument("--big-model", choices=("cnn", "mlp"), default="cnn",
                    help="the >1M-parameter model (default cnn)")
     p.add_argument("--samples", type=int, default=512,
@@ -321,8 +391,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--skip-big", action="store_true", help="only the digits model")
     p.add_argument("--json", action="store_true", help="JSON on stdout instead of the table")
     a = p.parse_args(argv)
-    if a.repeats < 1 or a.trials < 1 or a.batch_size < 1 or a.samples < 1:
-        p.error("--repeats, --trials, --batch-size and --samples must be >= 1")
+    if min(a.repeats, a.trials, a.batch_size, a.samples, a.threads or 1) < 1:
+        p.error("--repeats, --trials, --batch-size, --samples and --threads must be >= 1")
     return a
 
 
@@ -333,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     t_start = time.perf_counter()
+    if _LOAD_START[0] > 0.5:
+        log(f"warning: load average {_LOAD_START[0]:.2f} before the start: other processes "
+            "share the CPU, timings will be noisy (compare the paired ratios)")
     rows: list[Row] = []
     models: dict[str, Any] = {}
     if not args.skip_digits:
@@ -360,9 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
     else:
         print(table(rows))
-        print(f"\nratio = median trial time / golden time (target <= {TARGET_RATIO}); "
-              f"eng0 = engine without faults; total = sampling + run. "
-              f"onnxruntime {ort.__version__}, {os.cpu_count()} CPUs, {elapsed:.0f} s.")
+        load = f"{_LOAD_START[0]:.2f} -> {os.getloadavg()[0]:.2f}"
+        print(f"\nrun/g = median run / median interleaved golden (target <= {TARGET_RATIO}); "
+              "paired = median of per-trial run/golden; eng0 = engine without faults;\n"
+              f"total = sampling + run; n = trials timed. onnxruntime {ort.__version__}, "
+              f"{os.cpu_count()} CPUs, load average {load}, {elapsed:.0f} s.")
+        bad = [f"{m} {t}" for m, f in models.items() for t, v in f["targets"].items()
+               if not v["golden_bit_identical"]]
+        if bad:
+            print("WARNING: engine golden outputs differ from the plain session for: "
+                  + ", ".join(bad))
     return 0
 
 

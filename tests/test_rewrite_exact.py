@@ -21,6 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 import enpheeph_onnx
 from enpheeph_onnx import (
     Fault,
+    FaultModel,
     FaultPlan,
     apply_faults,
     discover_sites,
@@ -44,10 +45,6 @@ from .helpers import (
     feed_array,
     raw_bits,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-DIGITS = ROOT / "models" / "digits_cnn.onnx"
-DIGITS_DATA = ROOT / "models" / "digits_test.npz"
 
 ACT_DTYPES = ["float32", "float16", "bfloat16", "int8", "uint8"]
 WEIGHT_DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "uint8", "int32"]
@@ -446,17 +443,11 @@ def test_inject_rejects_bad_model() -> None:
 # --------------------------------------------------------------------------------------
 
 
-@functools.cache
-def digits() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    with np.load(DIGITS_DATA) as z:
-        data = {k: z[k] for k in z.files}
-    return load_model(DIGITS), data
-
-
-def test_digits_weight_fault_changes_exactly_one_element() -> None:
-    model, data = digits()
+def test_digits_weight_fault_changes_exactly_one_element(
+        model_path: Path, digits: dict[str, np.ndarray]) -> None:
+    model = load_model(model_path)
     fault = parse_fault("conv1.weight[0,0,1,1]:bitflip:30")
-    res = inject(DIGITS, [fault])
+    res = inject(model_path, [fault])
     old = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     new = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
     assert old.keys() == new.keys()
@@ -473,7 +464,7 @@ def test_digits_weight_fault_changes_exactly_one_element() -> None:
     assert len(res.model.graph.node) == len(model.graph.node)
 
     # the faulty model runs; the run-time engine gives the same logits bit for bit
-    x = data["input"][:64]
+    x = digits["input"][:64]
     golden = run(model, {"input": x})["logits"]
     faulty = run(res.model, {"input": x})["logits"]
     assert not np.array_equal(as_bits(golden), as_bits(faulty))

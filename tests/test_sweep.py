@@ -391,6 +391,7 @@ def test_report_command_writes_plots(tmp_path: Path, model_path: Path, data_path
     out = tmp_path / "report"
     code, stdout, err = invoke("report", db, "-o", out)
     assert code == 0, err
+    assert len(stdout.splitlines()) == 4
     names = sorted(p.name for p in out.iterdir())
     assert names == ["accuracy_vs_rate.png", "bits_layers.png", "layers.png", "summary.md"]
     md = (out / "summary.md").read_text()

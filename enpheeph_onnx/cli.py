@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -486,6 +487,11 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         cp = None
         cfg = _build_config(model, batch_size=batch_size, provider=provider, **opts)
     data = load_dataset(data_path, input_names(load_model(model)))
+
+    def _terminate(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM: keep finished trials
     try:
         res = run_campaign(model, data, cfg, db, resume=resume, plan=cp, gates=gates,
                            progress=progress)
@@ -493,6 +499,8 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         click.echo(f"interrupted: finished trials are kept in {db}; continue with --resume"
                    if db else "interrupted", err=True)
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     s = res.summary
     if as_json:
         click.echo(json.dumps(res.to_json(), indent=1, default=_json_default))

@@ -30,14 +30,21 @@ PROVIDERS: dict[str, list[str]] = {
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """The session options of every run, golden and faulty alike.
 
-    Graph optimizations stop at ``ORT_ENABLE_EXTENDED``: the layout level (NCHWc
-    re-packing) applies only to constant weights, so with it a campaign session whose
-    weights are overridable inputs would compute in a different order than the
-    standalone model. At ``EXTENDED`` the campaign golden run, the unmodified model and
-    an ``inject``-ed model are bit-identical, which every test of this package relies on.
+    Two settings keep every session computing in the same order whether a weight is a
+    constant or an overridable input (a campaign feeds perturbed weights as inputs):
+
+    * graph optimizations stop at ``ORT_ENABLE_EXTENDED``: the layout level (NCHWc
+      re-packing) applies only to constant weights;
+    * ``session.disable_prepacking = 1``: onnxruntime otherwise pre-packs constant
+      Gemm/MatMul weights, which changes the summation order for inner dimensions >= 256
+      (differences up to ~1e-5 measured).
+
+    With them the campaign golden run, the unmodified model and an ``inject``-ed model
+    are bit-identical, which the tests of this package assert.
     """
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.add_session_config_entry("session.disable_prepacking", "1")
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads

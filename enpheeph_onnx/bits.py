@@ -186,7 +186,8 @@ def value_bits(value: float, dtype: DType) -> int:
         EnpheephError: the value is not representable in an integer dtype.
     """
     if dtype.is_float:
-        arr = np.array([value], dtype=np.float64).astype(dtype.numpy)
+        with np.errstate(over="ignore"):  # beyond the range rounds to +-inf, as IEEE-754 does
+            arr = np.array([value], dtype=np.float64).astype(dtype.numpy)
     else:
         info = np.iinfo(dtype.numpy)
         if not float(value).is_integer() or not info.min <= value <= info.max:

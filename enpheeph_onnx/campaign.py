@@ -433,25 +433,43 @@ class Sampler:
                                 self.nbits[which] - 1)
         values = cfg.value.draw(rng, total) if cfg.value is not None else None
         sample_of = np.repeat(np.arange(groups), counts)
-        faults = []
-        for k in range(total):
-            w = int(which[k])
+        # unravel each site's element numbers in one vectorized call
+        coords: list[list[int | None]] = [[] for _ in range(total)]
+        for w in np.unique(which).tolist():
+            sel = np.flatnonzero(which == w)
             s = self.sites[w]
-            coords = iter(np.unravel_index(int(elem[k]), self.static[w]) if self.static[w]
-                          else ())
-            index: list[int | None] = [int(next(coords)) if isinstance(d, int) else None
-                                       for d in s.shape]
-            if cfg.per_sample:
-                index[0] = int(sample_of[k])
-            if values is not None:
+            static = self.static[w]
+            cols = np.unravel_index(elem[sel], static) if static else ()
+            cols_iter = [c.tolist() for c in cols]
+            per_dim: list[list[int | None]] = []
+            j = 0
+            for d in s.shape:
+                if isinstance(d, int):
+                    per_dim.append(cols_iter[j])  # type: ignore[arg-type]
+                    j += 1
+                else:
+                    per_dim.append([None] * len(sel))
+            if cfg.per_sample and s.shape:
+                per_dim[0] = sample_of[sel].tolist()
+            for k, idx in zip(sel.tolist(), zip(*per_dim, strict=True) if per_dim else
+                              [()] * len(sel), strict=True):
+                coords[k] = idx  # type: ignore[assignment]
+        faults = []
+        names = [s.name for s in self.sites]
+        if values is not None:
+            for k in range(total):
+                w = int(which[k])
                 v = float(values[k])
-                if s.name in self.ranges:
-                    lo, hi = self.ranges[s.name]
+                if names[w] in self.ranges:
+                    lo, hi = self.ranges[names[w]]
                     v = float(min(max(round(v), lo), hi))
-                faults.append(Fault(s.name, tuple(index), FaultModel.VALUE, (), v))
-            else:
-                bit = int(self.usable[w][bitpos[k]])
-                faults.append(Fault(s.name, tuple(index), cfg.fault_model, (bit,)))
+                faults.append(Fault.trusted(names[w], tuple(coords[k]), FaultModel.VALUE, (), v))
+        else:
+            bits = [self.usable[w][b] for w, b in zip(which.tolist(), bitpos.tolist(),
+                                                        strict=True)]
+            model = cfg.fault_model
+            for k, w in enumerate(which.tolist()):
+                faults.append(Fault.trusted(names[w], tuple(coords[k]), model, (int(bits[k]),)))
         return tuple(faults)
 
 

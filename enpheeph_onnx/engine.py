@@ -23,13 +23,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
 from .bits import BY_NAME, BitTransform, DType
-from .faults import Fault
+from .faults import Fault, FaultModel
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
 from .runtime import Provider, make_session, run_batched, session_options
@@ -237,7 +238,7 @@ class FaultEngine:
             out = base.copy()
             u = out.reshape(-1).view(d.container)
             u[lin] = ((u[lin] & a) | o) ^ x
-            feeds[name] = out
+            feeds[name] = _feedable(out, d)
         return feeds
 
     def value_feeds(self, faults: Iterable[Fault], batch: Mapping[str, np.ndarray],
@@ -290,6 +291,16 @@ class FaultEngine:
         return {nm: np.concatenate(c) for nm, c in zip(names, chunks, strict=True)}
 
 
+def _feedable(arr: np.ndarray, d: DType) -> Any:
+    """``arr`` as onnxruntime accepts it: bfloat16 (ml_dtypes) only as an ``OrtValue``."""
+    if d.name == "bfloat16":
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            np.ascontiguousarray(arr).view(np.uint16), onnx.TensorProto.BFLOAT16)
+    return arr
+
+
 def fold_faults(faults: Sequence[Fault], shape: tuple[int, ...], dtype: DType
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Flatten faults on one tensor into unique linear indices and per-element masks.
@@ -312,42 +323,91 @@ def fold_faults(faults: Sequence[Fault], shape: tuple[int, ...], dtype: DType
             t = cache[key] = f.transform(dtype)
         return t
 
-    if all(None not in f.index for f in faults):  # fast path: one element per fault
-        idx = np.array([f.index for f in faults], dtype=np.int64).reshape(len(faults), -1)
-        inside = np.all(idx < np.asarray(shape, dtype=np.int64), axis=1) if shape else (
-            np.ones(len(faults), bool))
-        lin = np.ravel_multi_index(idx[inside].T, shape) if shape else np.zeros(
-            int(inside.sum()), np.int64)
-        tfs_all = [tf(f) for f, ok in zip(faults, inside.tolist(), strict=True) if ok]
-        order = np.arange(len(tfs_all))
-        tf_parts = tfs_all
+    rank = len(shape)
+    # 1. fold faults with the same index (K-level work, no expansion yet)
+    if faults and rank and all(f.model is FaultModel.BIT_FLIP for f in faults):
+        # flips commute: XOR-reduce the masks of equal indices, vectorized
+        rows = np.array([[-1 if i is None else i for i in f.index] for f in faults],
+                        dtype=np.int64)
+        masks = np.array([tf(f).xor_mask for f in faults], dtype=c)
+        # encode each index as one integer: '*' -> 0, i -> i + 1, out of range -> n + 1
+        dims = tuple(n + 2 for n in shape)
+        codes = np.ravel_multi_index(tuple(np.minimum(rows + 1, np.asarray(shape) + 1).T),
+                                     dims)
+        uniq_codes, inv = np.unique(codes, return_inverse=True)
+        uniq = np.stack(np.unravel_index(uniq_codes, dims), axis=1) - 1
+        x_k = np.zeros(len(uniq), dtype=c)
+        np.bitwise_xor.at(x_k, inv.ravel(), masks)
+        keys = [tuple(None if v < 0 else v for v in row) for row in uniq.tolist()]
+        a_k = np.full(len(uniq), dtype.all_ones, dtype=c)
+        o_k = np.zeros(len(uniq), dtype=c)
     else:
-        lin_parts, tf_parts = [], []
+        keyed: dict[tuple[int | None, ...], BitTransform] = {}
         for f in faults:
-            axes = [np.arange(n) if i is None else np.arange(i, min(i + 1, n))
-                    for i, n in zip(f.index, shape, strict=True)]
-            grid = np.meshgrid(*axes, indexing="ij")
-            lin_parts.append(np.ravel_multi_index([g.ravel() for g in grid], shape)
-                             if shape else np.zeros(1, np.int64))
-            tf_parts.append(tf(f))
-        lin = np.concatenate(lin_parts).astype(np.int64) if lin_parts else np.zeros(0, np.int64)
-        order = np.repeat(np.arange(len(tf_parts)), [len(x) for x in lin_parts])
-    lin = np.asarray(lin, dtype=np.int64)
-    uniq, counts = np.unique(lin, return_counts=True)
-    if np.all(counts == 1):
-        tfs = [tf_parts[k] for k in order.tolist()]
-        keep = lin
+            t = tf(f)
+            prev = keyed.get(f.index)
+            keyed[f.index] = t if prev is None else prev.then(t)
+        keys = list(keyed)
+        tfs = list(keyed.values())
+        a_k = np.array([t.and_mask for t in tfs], dtype=c)
+        o_k = np.array([t.or_mask for t in tfs], dtype=c)
+        x_k = np.array([t.xor_mask for t in tfs], dtype=c)
+    if not keys:
+        return np.zeros(0, np.int64), a_k, o_k, x_k
+    # 2. expand '*' coordinates; vectorized when every key has the same '*' pattern
+    stars = {tuple(i is None for i in k) for k in keys}
+    if len(stars) == 1:
+        star = next(iter(stars))
+        coords = np.array([[0 if i is None else i for i in k] for k in keys],
+                          dtype=np.int64).reshape(len(keys), rank)
+        inside = np.all(coords < np.asarray(shape, dtype=np.int64), axis=1) if rank else (
+            np.ones(len(keys), bool))
+        base = (np.ravel_multi_index(coords[inside].T, shape) if rank
+                else np.zeros(int(inside.sum()), np.int64))
+        strides = np.cumprod((*shape[1:], 1)[::-1])[::-1] if rank else np.ones(0, np.int64)
+        offsets = np.zeros(1, np.int64)
+        for axis, is_star in enumerate(star):
+            if is_star:
+                offsets = (offsets[:, None] + np.arange(shape[axis], dtype=np.int64)[None, :]
+                           * strides[axis]).ravel()
+        lin = (base[:, None] + offsets[None, :]).ravel()
+        owner = np.repeat(np.flatnonzero(inside), len(offsets))
     else:
-        folded: dict[int, BitTransform] = {}
-        for li, k in zip(lin.tolist(), order.tolist(), strict=True):
-            t = tf_parts[k]
+        parts, owners = [], []
+        for k, idx in enumerate(keys):
+            axes = [np.arange(n) if i is None else np.arange(i, min(i + 1, n))
+                    for i, n in zip(idx, shape, strict=True)]
+            grid = np.meshgrid(*axes, indexing="ij")
+            flat = (np.ravel_multi_index([g.ravel() for g in grid], shape) if rank
+                    else np.zeros(1, np.int64))
+            parts.append(np.asarray(flat, np.int64))
+            owners.append(np.full(len(parts[-1]), k))
+        lin = np.concatenate(parts)
+        owner = np.concatenate(owners)
+    lin = lin.astype(np.int64, copy=False)
+    if len(np.unique(lin)) == len(lin):
+        return lin, a_k[owner], o_k[owner], x_k[owner]
+    # 3. overlapping index patterns (e.g. [*,3] and [5,3]): fold per element in plan order
+    return _fold_in_order(faults, shape, tf, c)
+
+
+def _fold_in_order(faults: Sequence[Fault], shape: tuple[int, ...], tf, c: np.dtype  # type: ignore[no-untyped-def]
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    folded: dict[int, BitTransform] = {}
+    for f in faults:
+        axes = [np.arange(n) if i is None else np.arange(i, min(i + 1, n))
+                for i, n in zip(f.index, shape, strict=True)]
+        grid = np.meshgrid(*axes, indexing="ij")
+        flat = (np.ravel_multi_index([g.ravel() for g in grid], shape) if shape
+                else np.zeros(1, np.int64))
+        t = tf(f)
+        for li in np.asarray(flat).ravel().tolist():
             folded[li] = folded[li].then(t) if li in folded else t
-        keep = uniq
-        tfs = [folded[li] for li in uniq.tolist()]
-    a = np.array([t.and_mask for t in tfs], dtype=c)
-    o = np.array([t.or_mask for t in tfs], dtype=c)
-    x = np.array([t.xor_mask for t in tfs], dtype=c)
-    return keep, a, o, x
+    keep = np.array(sorted(folded), dtype=np.int64)
+    tfs = [folded[li] for li in keep.tolist()]
+    return (keep, np.array([t.and_mask for t in tfs], dtype=c),
+            np.array([t.or_mask for t in tfs], dtype=c),
+            np.array([t.xor_mask for t in tfs], dtype=c))
 
 
 def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port

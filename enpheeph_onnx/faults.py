@@ -99,6 +99,19 @@ class Fault:
                 "coordinates count from 0"
             )
 
+    @classmethod
+    def trusted(cls, site: str, index: Index, model: FaultModel, bits: tuple[int, ...] = (),
+                value: float | None = None) -> Fault:
+        """Build a fault from already-validated parts (sorted unique bits, ints >= 0),
+        skipping ``__post_init__``: the samplers create millions of faults."""
+        f = object.__new__(cls)
+        object.__setattr__(f, "site", site)
+        object.__setattr__(f, "index", index)
+        object.__setattr__(f, "model", model)
+        object.__setattr__(f, "bits", bits)
+        object.__setattr__(f, "value", value)
+        return f
+
     def index_text(self) -> str:
         return "[" + ",".join("*" if i is None else str(i) for i in self.index) + "]"
 

@@ -129,7 +129,8 @@ def _weight_site(name: str, source: str, tensor: onnx.TensorProto, consumers: li
     if d is None:
         return None
     arr = numpy_helper.to_array(tensor)
-    zeros = float(np.count_nonzero(arr == 0) / arr.size) if arr.size else 0.0
+    with np.errstate(invalid="ignore"):
+        zeros = float(np.count_nonzero(arr == 0) / arr.size) if arr.size else 0.0
     ops = ",".join(sorted({n.op_type for n in consumers}))
     node = node_name or (consumers[0].name if consumers else "")
     return FaultSite(name, SiteKind.WEIGHT, source, ops, node, _layer_of(name, node),

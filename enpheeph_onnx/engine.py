@@ -122,27 +122,38 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
         else:
             by_producer.setdefault(s.name, []).append(s)
 
-    def fault_node(s: FaultSite, src: str, dst: str) -> onnx.NodeProto:
+    def fault_nodes(s: FaultSite, src: str, dst: str) -> list[onnx.NodeProto]:
         d = BY_NAME[s.dtype]
         f = feed_function(d)
         funcs.setdefault(f.name, f)
         p = _Port(s, d, f"enpheeph/{s.name}/indices", f"enpheeph/{s.name}/and",
                   f"enpheeph/{s.name}/or", f"enpheeph/{s.name}/xor")
         ports[s.name] = p
-        rank = len(s.shape)
+        rank = max(len(s.shape), 1)  # a scalar is fed as a 1-element vector
         k = f"faults_{len(ports)}"  # one dim name per site: K differs between sites
         g.input.append(helper.make_tensor_value_info(p.indices, onnx.TensorProto.INT64,
                                                      [k, rank]))
         mt = helper.np_dtype_to_tensor_dtype(_mask_dtype(d))
         for name in (p.and_, p.or_, p.xor):
             g.input.append(helper.make_tensor_value_info(name, mt, [k]))
-        return helper.make_node(f.name, [src, p.indices, p.and_, p.or_, p.xor], [dst],
-                                name=f"enpheeph/{s.name}/FeedFaults", domain=FAULT_DOMAIN)
+        node = f"enpheeph/{s.name}/FeedFaults"
+        if s.shape:
+            return [helper.make_node(f.name, [src, p.indices, p.and_, p.or_, p.xor], [dst],
+                                     name=node, domain=FAULT_DOMAIN)]
+        one, scalar = f"{node}/shape1", f"{node}/shape0"
+        g.initializer.extend([numpy_helper.from_array(np.array([1], np.int64), one),
+                              numpy_helper.from_array(np.zeros(0, np.int64), scalar)])
+        return [
+            helper.make_node("Reshape", [src, one], [f"{node}/vec"], name=f"{node}/Reshape1"),
+            helper.make_node(f.name, [f"{node}/vec", p.indices, p.and_, p.or_, p.xor],
+                             [f"{node}/out"], name=node, domain=FAULT_DOMAIN),
+            helper.make_node("Reshape", [f"{node}/out", scalar], [dst], name=f"{node}/Reshape0"),
+        ]
 
     renamed: dict[str, str] = {}
     for s in inputs_first:
         out = f"enpheeph/{s.name}/out"
-        new_nodes.append(fault_node(s, s.name, out))
+        new_nodes.extend(fault_nodes(s, s.name, out))
         renamed[s.name] = out
     for n in g.node:
         for k, name in enumerate(n.input):
@@ -153,7 +164,7 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
             if name in by_producer:
                 pre = f"enpheeph/{name}/in"
                 n.output[k] = pre
-                extra.append(fault_node(by_producer[name][0], pre, name))
+                extra.extend(fault_nodes(by_producer[name][0], pre, name))
         new_nodes.append(n)
         new_nodes.extend(extra)
     del g.node[:]
@@ -288,7 +299,8 @@ class FaultEngine:
             feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start)}
             for i, out in enumerate(self.session.run(names, feeds)):
                 chunks[i].append(out)
-        return {nm: np.concatenate(c) for nm, c in zip(names, chunks, strict=True)}
+        return {nm: (np.concatenate(c) if len(c) > 1 else c[0])
+                for nm, c in zip(names, chunks, strict=True)}
 
 
 def _feedable(arr: np.ndarray, d: DType) -> Any:
@@ -413,14 +425,15 @@ def _fold_in_order(faults: Sequence[Fault], shape: tuple[int, ...], tf, c: np.dt
 def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     mdt = _mask_dtype(p.dtype)
-    rank = len(p.site.shape)
+    rank = max(len(p.site.shape), 1)
     if not faults:
         empty = np.zeros(0, dtype=mdt)
         return np.zeros((0, rank), np.int64), empty, empty.copy(), empty.copy()
     if shape is None:
         raise RuntimeError(f"cannot infer the concrete shape of {p.site.name!r} for this batch")
     lin, a, o, x = fold_faults(faults, shape, p.dtype)
-    idx = np.stack(np.unravel_index(lin, shape), axis=1).astype(np.int64).reshape(-1, rank)
+    idx = (np.stack(np.unravel_index(lin, shape), axis=1) if shape else lin[:, None]
+           ).astype(np.int64).reshape(-1, rank)
     if not p.dtype.is_float:
         a, o, x = a.view(p.dtype.numpy), o.view(p.dtype.numpy), x.view(p.dtype.numpy)
     return idx, a, o, x

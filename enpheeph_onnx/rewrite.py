@@ -243,7 +243,7 @@ class _Builder:
         self.nodes: list[str] = []
 
     def const(self, name: str, value: np.ndarray) -> gs.Constant:
-        return gs.Constant(name, np.ascontiguousarray(value))
+        return gs.Constant(name, np.array(value, order="C", copy=True))  # keeps 0-d
 
     def node(self, op: str, name: str, inputs: list[gs.Tensor], domain: str = "",
              attrs: dict[str, object] | None = None) -> gs.Variable:
@@ -282,6 +282,10 @@ class _Builder:
         return self.node("Concat", f"{prefix}/axis{axis}/Concat", parts, attrs={"axis": axis})
 
 
+def _prefix(site: str, generation: int) -> str:
+    return f"enpheeph/{site}" if generation == 0 else f"enpheeph/{site}/gen{generation}"
+
+
 def insert_fault_nodes(
     model: onnx.ModelProto, sites: dict[str, FaultSite], faults: Iterable[Fault]
 ) -> tuple[onnx.ModelProto, list[str]]:
@@ -296,19 +300,25 @@ def insert_fault_nodes(
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
     b = _Builder(graph)
+    taken = set(tensors) | {n.name for n in graph.nodes}
     for name, fs in by_site.items():
         site = sites[name]
         x = tensors[name]
         consumers = [n for n in graph.nodes if any(t is x for t in n.inputs)]
+        # a site faulted before (re-injection) gets the next free generation of names
+        gen = 0
+        while any(t.startswith(_prefix(name, gen) + "/") for t in taken):
+            gen += 1
+        base = _prefix(name, gen)
         if site.kind is SiteKind.ACTIVATION:
-            x.name = f"enpheeph/{name}/in"
+            x.name = f"{base}/in"
         cur: gs.Tensor = x
         for n, group in enumerate(_group(fs, site.shape)):
-            cur = b.fault(cur, f"enpheeph/{name}/{n}", group, site)
+            cur = b.fault(cur, f"{base}/{n}", group, site)
         if site.kind is SiteKind.ACTIVATION:
             cur.name = name
         else:
-            cur.name = f"enpheeph/{name}/out"
+            cur.name = f"{base}/out"
         cur.dtype = x.dtype
         cur.shape = x.shape
         for node in consumers:

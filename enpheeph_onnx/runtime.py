@@ -168,4 +168,5 @@ def run_batched(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
             batch.update(extra)
         for i, out in enumerate(sess.run(names, batch)):
             chunks[i].append(out)
-    return {name: np.concatenate(c) for name, c in zip(names, chunks, strict=True)}
+    return {name: (np.concatenate(c) if len(c) > 1 else c[0])
+            for name, c in zip(names, chunks, strict=True)}

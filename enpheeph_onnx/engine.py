@@ -33,7 +33,7 @@ from .bits import BY_NAME, BitTransform, DType
 from .faults import Fault, FaultModel
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
-from .runtime import Provider, make_session, run_batched, session_options
+from .runtime import Provider, join_batches, make_session, run_batched, session_options
 from .sites import FaultSite, SiteKind, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,8 @@ class FaultEngine:
             feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start)}
             for i, out in enumerate(self.session.run(names, feeds)):
                 chunks[i].append(out)
-        return {nm: (np.concatenate(c) if len(c) > 1 else c[0])
-                for nm, c in zip(names, chunks, strict=True)}
+        sizes = [min(step, n - start) for start in range(0, n, step)]
+        return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}
 
 
 def _feedable(arr: np.ndarray, d: DType) -> Any:

@@ -168,5 +168,24 @@ def run_batched(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
             batch.update(extra)
         for i, out in enumerate(sess.run(names, batch)):
             chunks[i].append(out)
-    return {name: (np.concatenate(c) if len(c) > 1 else c[0])
-            for name, c in zip(names, chunks, strict=True)}
+    sizes = [min(step, n - start) for start in range(0, n, step)]
+    return {name: join_batches(name, c, sizes) for name, c in zip(names, chunks, strict=True)}
+
+
+def join_batches(name: str, chunks: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """Join one output's per-batch results: concatenated along axis 0 when it follows the
+    batch (first dim = batch size), else the (identical) per-batch value.
+
+    Raises:
+        EnpheephError: a non-batched output that differs between batches.
+    """
+    if len(chunks) == 1:
+        return chunks[0]
+    if all(c.ndim and len(c) == k for c, k in zip(chunks, sizes, strict=True)):
+        return np.concatenate(chunks)
+    if all(c.shape == chunks[0].shape and c.tobytes() == chunks[0].tobytes() for c in chunks):
+        return chunks[0]
+    raise EnpheephError(
+        f"output {name!r} does not follow the batch and differs between batches; "
+        f"use a --batch-size of at least {sum(sizes)}"
+    )

@@ -124,8 +124,9 @@ def chain_sites(dtype: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def chain_model(dtype: str, w_bits: np.ndarray | None = None, constant: bool = False,
-                opset: int = OPSET) -> onnx.ModelProto:
-    """The two-chain model above; ``W`` holds ``w_bits`` (container dtype, shape [3, 4])."""
+                x_dims: Sequence[int | str] = ("N", *X_TAIL)) -> onnx.ModelProto:
+    """The two-chain model above; ``W`` holds ``w_bits`` (container dtype, shape [3, 4]);
+    ``X``, ``act`` and ``Y`` have shape ``x_dims`` (strings are dynamic dims)."""
     d = BY_NAME[dtype]
     if w_bits is None:
         w_bits = np.arange(np.prod(W_SHAPE), dtype=d.container).reshape(W_SHAPE)
@@ -152,12 +153,12 @@ def chain_model(dtype: str, w_bits: np.ndarray | None = None, constant: bool = F
         wy_type = d.onnx
     graph = helper.make_graph(
         nodes, f"chain_{dtype}",
-        [helper.make_tensor_value_info("X", io_type, ["N", *X_TAIL])],
-        [helper.make_tensor_value_info("Y", io_type, ["N", *X_TAIL]),
+        [helper.make_tensor_value_info("X", io_type, list(x_dims))],
+        [helper.make_tensor_value_info("Y", io_type, list(x_dims)),
          helper.make_tensor_value_info("WY", wy_type, list(W_SHAPE))],
         initializer=[] if constant else [w],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               ir_version=IR_VERSION, producer_name="enpheeph-tests")
     onnx.checker.check_model(model, full_check=True)
     return model

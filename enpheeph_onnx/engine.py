@@ -10,8 +10,8 @@ The campaign model is the source model with
   ``enpheeph/<site>/indices`` (int64 ``[K, rank]``) and ``.../and``, ``.../or``,
   ``.../xor`` (container dtype ``[K]``); its body is
   ``GatherND -> BitCast -> BitwiseAnd -> BitwiseOr -> BitwiseXor -> BitCast -> ScatterND``,
-  so only the K faulted elements are touched. ``K = 0`` reproduces the golden outputs bit
-  for bit.
+  so only the K faulted elements are touched, behind an ``If`` that skips it all (an
+  ``Identity``) when ``K = 0``, which reproduces the golden outputs bit for bit.
 
 Several faults on the same element within one trial are folded host-side into one affine
 bit transform (:meth:`enpheeph_onnx.bits.BitTransform.then`), in plan order, because
@@ -43,8 +43,10 @@ def feed_function(dtype: DType) -> onnx.FunctionProto:
     """``FeedFaults_<dtype>(x, indices, and, or, xor) -> y``: the run-time fault node.
 
     ``y = ScatterND(x, indices, f(GatherND(x, indices)))`` with
-    ``f(u) = ((u & and) | or) ^ xor`` on the stored bits. Source: ONNX operator spec,
-    GatherND-13, ScatterND-18, BitCast-26, Bitwise*-18.
+    ``f(u) = ((u & and) | or) ^ xor`` on the stored bits, inside an ``If`` that passes
+    ``x`` through (``Identity``) when no fault is fed (K = 0): most sites of a trial
+    carry no fault, and ScatterND would copy the whole tensor. Source: ONNX operator
+    spec, GatherND-13, ScatterND-18, BitCast-26, Bitwise*-18, If-21.
     """
     nodes = [helper.make_node("GatherND", ["x", "indices"], ["g"])]
     u = "g"
@@ -60,10 +62,21 @@ def feed_function(dtype: DType) -> onnx.FunctionProto:
     if dtype.is_float:
         nodes.append(helper.make_node("BitCast", ["t_xor"], ["upd"], to=dtype.onnx))
         upd = "upd"
-    nodes.append(helper.make_node("ScatterND", ["x", "indices", upd], ["y"]))
+    nodes.append(helper.make_node("ScatterND", ["x", "indices", upd], ["y_faulty"]))
+    apply = helper.make_graph(nodes, "apply_faults", [], [
+        helper.make_tensor_value_info("y_faulty", dtype.onnx, None)])
+    skip = helper.make_graph([helper.make_node("Identity", ["x"], ["y_same"])], "no_fault", [],
+                             [helper.make_tensor_value_info("y_same", dtype.onnx, None)])
+    gate = [
+        helper.make_node("Shape", ["indices"], ["k"], start=0, end=1),
+        helper.make_node("Constant", [], ["zero"], value_ints=[0]),
+        helper.make_node("Greater", ["k", "zero"], ["any1"]),
+        helper.make_node("Squeeze", ["any1"], ["any"]),
+        helper.make_node("If", ["any"], ["y"], then_branch=apply, else_branch=skip),
+    ]
     return helper.make_function(
         FAULT_DOMAIN, f"FeedFaults_{dtype.name}", ["x", "indices", "and", "or", "xor"], ["y"],
-        nodes, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
+        gate, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
         doc_string="enpheeph-onnx run-time fault feed: faults given as inputs",
     )
 
@@ -245,10 +258,18 @@ class FaultEngine:
         for name, fs in by_site.items():
             base = self._weights[name]
             d = BY_NAME[self.sites[name].dtype]
-            lin, a, o, x = fold_faults(fs, base.shape, d)
             out = base.copy()
             u = out.reshape(-1).view(d.container)
-            u[lin] = ((u[lin] & a) | o) ^ x
+            if len(fs) <= _FEW and all(None not in f.index for f in fs):
+                # few single-element faults: apply them in order, no numpy set-up cost
+                strides = [int(st) // out.itemsize for st in out.strides]
+                for f in fs:
+                    t = f.transform(d)
+                    li = sum(i * st for i, st in zip(f.index, strides, strict=True))
+                    u[li] = ((int(u[li]) & t.and_mask) | t.or_mask) ^ t.xor_mask
+            else:
+                lin, a, o, x = fold_faults(fs, base.shape, d)
+                u[lin] = ((u[lin] & a) | o) ^ x
             feeds[name] = _feedable(out, d)
         return feeds
 
@@ -301,6 +322,10 @@ class FaultEngine:
                 chunks[i].append(out)
         sizes = [min(step, n - start) for start in range(0, n, step)]
         return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}
+
+
+_FEW = 32
+"""Up to this many faults on one weight are applied one by one (cheaper than vectorizing)."""
 
 
 def _feedable(arr: np.ndarray, d: DType) -> Any:

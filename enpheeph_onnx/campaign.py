@@ -758,7 +758,8 @@ def run_campaign(
             start = time.perf_counter()
             out = engine.run(feeds, faults, config.batch_size) if faults else golden
             seconds = time.perf_counter() - start
-            codes = classify(golden, out, output)
+            ref = engine.reference(feeds, faults, config.batch_size) if faults else golden
+            codes = classify(ref, out, output)
             correct = None
             if data.labels is not None:
                 correct = np.argmax(out[output].reshape(len(data), -1), 1) == data.labels

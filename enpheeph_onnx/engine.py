@@ -21,6 +21,7 @@ bit transform (:meth:`enpheeph_onnx.bits.BitTransform.then`), in plan order, bec
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -193,31 +194,83 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
     return m, ports
 
 
+@dataclass
+class _Variant:
+    """One instrumented model and its session: weights overridable, value faults fed at
+    the sites in ``ports``."""
+
+    model: onnx.ModelProto
+    session: Any
+    ports: dict[str, _Port]
+    golden: dict[str, np.ndarray] | None = None
+
+
 class FaultEngine:
-    """One instrumented model and one onnxruntime session for many fault trials.
+    """Instrumented models and onnxruntime sessions for many fault trials.
+
+    Every targeted weight is an overridable initializer in every session. Activation and
+    input faults need fault nodes, and a fault node costs even when idle (it blocks
+    onnxruntime's fusions of the nodes around it), so the engine keeps sessions
+    instrumented at only the sites a trial hits (an LRU cache of ``max_variants``
+    sessions keyed by the set of hit sites; past it, one session instrumented at every
+    site). Each session's faulty outputs are compared with that same session's golden
+    outputs (:meth:`reference`), so instrumentation never shows up as an SDC.
 
     Args:
         model: the source model (not modified).
         sites: candidate fault sites (weights, activations, inputs) of ``model``.
         provider: ``"cpu"`` or ``"cuda"`` (verified, see :func:`make_session`).
         threads: intra-op threads (``None``: onnxruntime's default).
+        max_variants: sessions kept for sets of hit activation/input sites.
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
-                 provider: Provider = "cpu", threads: int | None = None) -> None:
+                 provider: Provider = "cpu", threads: int | None = None,
+                 max_variants: int = 16) -> None:
         self.source = model
         self.sites = {s.name: s for s in sites}
-        self.model, self.ports = instrument(model, sites)
+        self.provider = provider
         self.options = session_options(threads)
-        self.session = make_session(self.model, provider, self.options)
+        self.max_variants = max_variants
+        self._weight_sites = [s for s in sites if s.kind is SiteKind.WEIGHT]
+        self._value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]
+        self._full = frozenset(s.name for s in self._value_sites)
+        self._variants: OrderedDict[frozenset[str], _Variant] = OrderedDict()
+        self._ref_data: Mapping[str, np.ndarray] | None = None
+        self._ref_batch: int | None = None
+        base = self._variant(frozenset())
+        self.model, self.session = base.model, base.session
         self.providers = self.session.get_providers()
         self._weights: dict[str, np.ndarray] = {}
         tensors = {t.name: t for t in self.model.graph.initializer}
-        for s in sites:
-            if s.kind is SiteKind.WEIGHT:
-                self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
+        for s in self._weight_sites:
+            self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
         self._shape_cache: dict[tuple[tuple[str, tuple[int, ...]], ...],
                                 dict[str, tuple[int, ...]]] = {}
+
+    def _variant(self, key: frozenset[str]) -> _Variant:
+        v = self._variants.get(key)
+        if v is None:
+            chosen = [*self._weight_sites, *(s for s in self._value_sites if s.name in key)]
+            model, ports = instrument(self.source, chosen)
+            v = _Variant(model, make_session(model, self.provider, self.options), ports)
+            self._variants[key] = v
+            log.debug("built a session instrumented at %d site(s)", len(key))
+        self._variants.move_to_end(key)
+        return v
+
+    def _key(self, faults: Iterable[Fault]) -> frozenset[str]:
+        hit = frozenset(f.site for f in faults if f.site in self._full)
+        if not hit or hit in self._variants:
+            return hit
+        if len(self._variants) - (self._full in self._variants) < self.max_variants:
+            return hit
+        return self._full
+
+    @property
+    def ports(self) -> dict[str, _Port]:
+        """The fault inputs of a session instrumented at every activation/input site."""
+        return self._variant(self._full).ports
 
     @property
     def input_names(self) -> list[str]:
@@ -274,16 +327,19 @@ class FaultEngine:
         return feeds
 
     def value_feeds(self, faults: Iterable[Fault], batch: Mapping[str, np.ndarray],
-                    start: int = 0) -> dict[str, np.ndarray]:
+                    start: int = 0, ports: dict[str, _Port] | None = None
+                    ) -> dict[str, np.ndarray]:
         """Index and mask inputs for every fed site, for one batch (``*`` expanded).
 
         ``start`` is the batch's offset in the data: an integer coordinate on a site's
         dynamic leading (batch) dimension names a sample of the whole data, so it is
         shifted into the batch, or dropped when the sample is in another batch.
+        ``ports``: those of the session that runs (default: every site instrumented).
         """
-        by_site: dict[str, list[Fault]] = {name: [] for name in self.ports}
+        ports = self.ports if ports is None else ports
+        by_site: dict[str, list[Fault]] = {name: [] for name in ports}
         for f in faults:
-            if f.site in self.ports:
+            if f.site in ports:
                 site = self.sites[f.site]
                 if start and site.shape and not isinstance(site.shape[0], int) and (
                         f.index[0] is not None):
@@ -293,7 +349,7 @@ class FaultEngine:
                 by_site[f.site].append(f)
         shapes = self._concrete_shapes(batch) if any(by_site.values()) else {}
         feeds: dict[str, np.ndarray] = {}
-        for name, p in self.ports.items():
+        for name, p in ports.items():
             idx, a, o, x = _site_feed(by_site[name], shapes.get(name), p)
             feeds[p.indices], feeds[p.and_], feeds[p.or_], feeds[p.xor] = idx, a, o, x
         return feeds
@@ -310,15 +366,33 @@ class FaultEngine:
         Returns:
             Outputs keyed by name, concatenated along axis 0.
         """
+        return self._run(self._variant(self._key(faults)), data, faults, batch_size)
+
+    def reference(self, data: Mapping[str, np.ndarray], faults: Sequence[Fault] = (),
+                  batch_size: int | None = None) -> dict[str, np.ndarray]:
+        """The golden outputs of the session that :meth:`run` uses for ``faults``: the
+        reference to classify that run's outputs against. Cached per session for the
+        last ``data`` object."""
+        if data is not self._ref_data or batch_size != self._ref_batch:
+            for v in self._variants.values():
+                v.golden = None
+            self._ref_data, self._ref_batch = data, batch_size
+        v = self._variant(self._key(faults))
+        if v.golden is None:
+            v.golden = self._run(v, data, (), batch_size)
+        return v.golden
+
+    def _run(self, v: _Variant, data: Mapping[str, np.ndarray], faults: Sequence[Fault],
+             batch_size: int | None) -> dict[str, np.ndarray]:
         names = self.output_names
         wfeeds = self.weight_feeds(faults)
         n = len(next(iter(data.values())))
         step = batch_size or n
         chunks: list[list[np.ndarray]] = [[] for _ in names]
         for start in range(0, n, step):
-            batch = {k: v[start:start + step] for k, v in data.items()}
-            feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start)}
-            for i, out in enumerate(self.session.run(names, feeds)):
+            batch = {k: val[start:start + step] for k, val in data.items()}
+            feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start, v.ports)}
+            for i, out in enumerate(v.session.run(names, feeds)):
                 chunks[i].append(out)
         sizes = [min(step, n - start) for start in range(0, n, step)]
         return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}

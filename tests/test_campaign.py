@@ -131,3 +131,26 @@ def test_bad_config() -> None:
         CampaignConfig(trials=0)
     with pytest.raises(EnpheephError, match="needs --value"):
         CampaignConfig(fault_model=FaultModel.VALUE)
+
+
+def test_session_variants_agree_with_full_instrumentation(model_path: Path,
+                                                          digits: dict[str, np.ndarray]) -> None:
+    m = load_model(model_path)
+    acts = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
+    x = {"input": digits["input"]}
+    cached = FaultEngine(m, acts, max_variants=16)
+    full_only = FaultEngine(m, acts, max_variants=0)
+    plans = [[parse_fault("/relu1/Relu_output_0[*,3,2,2]:bitflip:30")],
+             [parse_fault("/conv2/Conv_output_0[*,1,1,1]:bitflip:29"),
+              parse_fault("/fc1/Gemm_output_0[*,5]:stuck-at-1:30")],
+             [parse_fault("logits[*,2]:bitflip:31")]]
+    golden = cached.run(x)["logits"]
+    for faults in plans:
+        a = cached.run(x, faults, 100)["logits"]
+        b = full_only.run(x, faults, 100)["logits"]
+        assert a.tobytes() == b.tobytes()
+        assert cached.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
+        assert full_only.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
+    # one session per distinct set of hit sites, plus the base (weights only)
+    assert len(cached._variants) == 1 + len(plans)
+    assert set(full_only._variants) == {frozenset(), frozenset(s.name for s in acts)}

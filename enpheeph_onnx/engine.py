@@ -211,9 +211,9 @@ class FaultEngine:
     Every targeted weight is an overridable initializer in every session. Activation and
     input faults need fault nodes, and a fault node costs even when idle (it blocks
     onnxruntime's fusions of the nodes around it), so the engine keeps sessions
-    instrumented at only the sites a trial hits (an LRU cache of ``max_variants``
-    sessions keyed by the set of hit sites; past it, one session instrumented at every
-    site). Each session's faulty outputs are compared with that same session's golden
+    instrumented at only the sites a trial hits, built when a set of hit sites comes back
+    (at most ``max_variants`` of them; otherwise one session instrumented at every site
+    serves). Each session's faulty outputs are compared with that same session's golden
     outputs (:meth:`reference`), so instrumentation never shows up as an SDC.
 
     Args:
@@ -236,6 +236,7 @@ class FaultEngine:
         self._value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]
         self._full = frozenset(s.name for s in self._value_sites)
         self._variants: OrderedDict[frozenset[str], _Variant] = OrderedDict()
+        self._seen: dict[frozenset[str], int] = {}
         self._ref_data: Mapping[str, np.ndarray] | None = None
         self._ref_batch: int | None = None
         base = self._variant(frozenset())
@@ -260,12 +261,15 @@ class FaultEngine:
         return v
 
     def _key(self, faults: Iterable[Fault]) -> frozenset[str]:
+        """The session for a trial: the one for exactly its hit sites if it exists or the
+        set was seen before (a set seen once, e.g. random sites of a multi-fault trial,
+        is not worth a session build), else the one instrumented everywhere."""
         hit = frozenset(f.site for f in faults if f.site in self._full)
         if not hit or hit in self._variants:
             return hit
-        if len(self._variants) - (self._full in self._variants) < self.max_variants:
-            return hit
-        return self._full
+        self._seen[hit] = self._seen.get(hit, 0) + 1
+        room = len(self._variants) - (self._full in self._variants) < self.max_variants
+        return hit if room and self._seen[hit] >= 2 else self._full
 
     @property
     def ports(self) -> dict[str, _Port]:

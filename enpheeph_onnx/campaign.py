@@ -203,6 +203,12 @@ class CampaignConfig:
         exact_count: round(rate x N) faults instead of Poisson(rate x N).
         trials: trials per level.
         per_sample: each input sample gets its own faults (activations and inputs only).
+        pruned_weights: ``"skip"`` (default: a sparse accelerator does not store pruned
+            weights, so faults cannot hit them), ``"only"`` (faults that resurrect pruned
+            weights) or ``"include"``; pruned = stored value equal to the real value 0.
+        time_steps: for annotated spiking/recurrent models: ``"3"``, ``"3-5"`` (transient
+            faults at those steps: only sites of those steps are selected) or ``"all"``
+            (permanent: a fault on a neuron state hits that neuron at every step).
         seed: root seed of the per-trial random streams.
         batch_size: samples per ``session.run``.
         provider: ``"cpu"`` or ``"cuda"``.
@@ -219,12 +225,19 @@ class CampaignConfig:
     exact_count: bool = False
     trials: int = 100
     per_sample: bool = False
+    pruned_weights: str = "skip"
+    time_steps: str | None = None
     seed: int = 0
     batch_size: int = 512
     provider: Provider = "cpu"
     output: str | None = None
 
     def __post_init__(self) -> None:
+        if self.pruned_weights not in ("skip", "only", "include"):
+            raise EnpheephError(f"--pruned-weights {self.pruned_weights!r}: use skip, only or "
+                                "include")
+        if self.time_steps is not None:
+            parse_steps(self.time_steps)
         object.__setattr__(self, "bits", tuple(sorted(set(self.bits))))
         object.__setattr__(self, "rates", tuple(float(r) for r in self.rates))
         if self.fault_model is FaultModel.VALUE and self.value is None:
@@ -280,6 +293,8 @@ class CampaignConfig:
             "exact_count": self.exact_count,
             "trials": self.trials,
             "per_sample": self.per_sample,
+            "pruned_weights": self.pruned_weights,
+            "time_steps": self.time_steps,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "provider": self.provider,
@@ -296,7 +311,8 @@ class CampaignConfig:
             value=ValueDistribution.parse(d["value"]) if d.get("value") else None,
             count=CountMode(d["count"]), faults_per_trial=d["faults_per_trial"],
             rates=tuple(d["rates"]), exact_count=d["exact_count"], trials=d["trials"],
-            per_sample=d["per_sample"], seed=d["seed"], batch_size=d["batch_size"],
+            per_sample=d["per_sample"], pruned_weights=d.get("pruned_weights", "skip"),
+            time_steps=d.get("time_steps"), seed=d["seed"], batch_size=d["batch_size"],
             provider=d["provider"], output=d["output"])
 
     def sampling_json(self) -> dict[str, Any]:
@@ -339,6 +355,39 @@ def parse_rates(text: str) -> tuple[float, ...]:
 
 # -- sampling -------------------------------------------------------------------------------
 
+def parse_steps(text: str) -> tuple[int, ...] | None:
+    """``"3"`` -> (3,), ``"3-5"`` -> (3, 4, 5), ``"1,4"``; ``"all"``/``"*"`` -> None (every step).
+
+    Raises:
+        EnpheephError: malformed text.
+    """
+    t = text.strip().lower()
+    if t in ("all", "*"):
+        return None
+    try:
+        return parse_bits(t)
+    except EnpheephError:
+        raise EnpheephError(f"malformed time steps {text!r}: use '3', '3-5', '1,4' or 'all'"
+                            ) from None
+
+
+def allowed_elements(model: onnx.ModelProto, sites: list[FaultSite], mode: str
+                     ) -> dict[str, np.ndarray]:
+    """Flat indices a weight fault may hit under ``--pruned-weights`` (``skip``: unpruned
+    elements, ``only``: pruned ones); weights absent from the result allow every element."""
+    if mode == "include":
+        return {}
+    from .sites import constant_values, pruned_mask, quantization_params
+
+    consts = constant_values(model)
+    qp = quantization_params(model)
+    out = {}
+    for s in sites:
+        if s.kind is SiteKind.WEIGHT and s.name in consts:
+            mask = pruned_mask(consts[s.name], qp.get(s.name)).reshape(-1)
+            out[s.name] = np.flatnonzero(mask if mode == "only" else ~mask)
+    return out
+
 def select_sites(sites: list[FaultSite], cfg: CampaignConfig) -> list[FaultSite]:
     """The sites ``cfg`` may hit (those with at least one candidate bit and one element).
 
@@ -350,6 +399,18 @@ def select_sites(sites: list[FaultSite], cfg: CampaignConfig) -> list[FaultSite]
               and (cfg.fault_model is FaultModel.VALUE or any(b < s.bits for b in bits))]
     if cfg.per_sample:
         chosen = [s for s in chosen if s.shape and not isinstance(s.shape[0], int)]
+    if cfg.time_steps is not None:
+        steps = parse_steps(cfg.time_steps)
+        chosen = [s for s in chosen if s.time_step is not None
+                  and (steps is None or s.time_step in steps)]
+        if steps is not None:
+            known = {s.time_step for s in sites if s.time_step is not None}
+            beyond = [t for t in steps if known and t > max(known)]
+            if beyond or not known:
+                raise EnpheephError(
+                    f"time step {beyond[0] if beyond else steps[0]} does not exist: the model "
+                    + (f"has steps 0-{max(known)}" if known else "has no time-step annotations")
+                )
     if not chosen:
         kinds = ",".join(k.value for k in cfg.selection.kinds)
         extra = "".join([f", --sites {' '.join(cfg.selection.patterns)}"
@@ -370,9 +431,12 @@ def _usable_bits(s: FaultSite, cfg: CampaignConfig) -> tuple[int, ...]:
     return tuple(b for b in cfg.bits if b < s.bits)
 
 
-def fault_population(sites: list[FaultSite], cfg: CampaignConfig) -> int:
+def fault_population(sites: list[FaultSite], cfg: CampaignConfig,
+                     allowed: dict[str, np.ndarray] | None = None) -> int:
     """Elements x candidate bits over the selected sites (Leveugle's N)."""
-    return int(sum(s.static_elements * len(_usable_bits(s, cfg)) for s in sites))
+    allowed = allowed or {}
+    return int(sum((len(allowed[s.name]) if s.name in allowed else s.static_elements)
+                   * len(_usable_bits(s, cfg)) for s in sites))
 
 
 def trial_rng(seed: int, trial: int) -> np.random.Generator:
@@ -389,18 +453,42 @@ class Sampler:
         samples: inputs per trial (for ``per_sample``).
     """
 
-    def __init__(self, sites: list[FaultSite], cfg: CampaignConfig, samples: int) -> None:
-        self.sites, self.cfg, self.samples = sites, cfg, samples
-        self.usable = [np.array(_usable_bits(s, cfg), dtype=np.int64) for s in sites]
+    def __init__(self, sites: list[FaultSite], cfg: CampaignConfig, samples: int,
+                 allowed: dict[str, np.ndarray] | None = None) -> None:
+        self.cfg, self.samples = cfg, samples
+        self.allowed = {k: v for k, v in (allowed or {}).items()}
+        # permanent faults on neuron states: sample one representative per (layer, role)
+        # and replicate the fault onto every time step
+        self.replicas: dict[str, list[str]] = {}
+        if cfg.time_steps is not None and parse_steps(cfg.time_steps) is None:
+            groups: dict[tuple[str, str | None], list[FaultSite]] = {}
+            for s in sites:
+                if s.time_step is not None:
+                    groups.setdefault((s.layer, s.role), []).append(s)
+            reps = []
+            for members in groups.values():
+                members.sort(key=lambda m: m.time_step or 0)
+                self.replicas[members[0].name] = [m.name for m in members]
+                reps.append(members[0])
+            sites = reps
+        counts = [len(self.allowed[s.name]) if s.name in self.allowed else s.static_elements
+                  for s in sites]
+        self.sites = [s for s, c in zip(sites, counts, strict=True) if c > 0]
+        if not self.sites:
+            raise EnpheephError(
+                f"no element to hit: with --pruned-weights {cfg.pruned_weights} the selected "
+                "weights have none (a dense model has no pruned weights to hit with 'only')"
+            )
+        self.usable = [np.array(_usable_bits(s, cfg), dtype=np.int64) for s in self.sites]
         self.nbits = np.array([len(u) for u in self.usable], dtype=np.int64)
-        self.elems = np.array([s.static_elements for s in sites], dtype=np.int64)
+        self.elems = np.array([c for c in counts if c > 0], dtype=np.int64)
         ber = cfg.count is CountMode.BIT_ERROR_RATE
         weights = self.elems * self.nbits if ber else self.elems
         self.offsets = np.concatenate([[0], np.cumsum(weights)])
         self.population = int(self.offsets[-1])
-        self.static = [[d for d in s.shape if isinstance(d, int)] for s in sites]
+        self.static = [[d for d in s.shape if isinstance(d, int)] for s in self.sites]
         self.ranges = {}
-        for s in sites:
+        for s in self.sites:
             d = BY_NAME[s.dtype]
             if not d.is_float:
                 info = np.iinfo(d.numpy)
@@ -439,7 +527,10 @@ class Sampler:
             sel = np.flatnonzero(which == w)
             s = self.sites[w]
             static = self.static[w]
-            cols = np.unravel_index(elem[sel], static) if static else ()
+            flat_elem = elem[sel]
+            if s.name in self.allowed:
+                flat_elem = self.allowed[s.name][flat_elem]
+            cols = np.unravel_index(flat_elem, static) if static else ()
             cols_iter = [c.tolist() for c in cols]
             per_dim: list[list[int | None]] = []
             j = 0
@@ -470,6 +561,9 @@ class Sampler:
             model = cfg.fault_model
             for k, w in enumerate(which.tolist()):
                 faults.append(Fault.trusted(names[w], tuple(coords[k]), model, (int(bits[k]),)))
+        if self.replicas:
+            faults = [Fault.trusted(r, f.index, f.model, f.bits, f.value)
+                      for f in faults for r in self.replicas.get(f.site, [f.site])]
         return tuple(faults)
 
 
@@ -543,7 +637,8 @@ def plan_campaign(model: ModelSource, cfg: CampaignConfig, samples: int) -> Camp
         EnpheephError: bad model or an empty site selection.
     """
     proto = load_model(model)
-    sampler = Sampler(select_sites(discover_sites(proto), cfg), cfg, samples)
+    sites = select_sites(discover_sites(proto), cfg)
+    sampler = Sampler(sites, cfg, samples, allowed_elements(proto, sites, cfg.pruned_weights))
     trials = tuple(PlannedTrial(t, sampler.level_of(t), cfg.levels[sampler.level_of(t)],
                                 sampler.sample(t)) for t in range(cfg.total_trials))
     return CampaignPlan(cfg, model_sha256(model), samples, trials)
@@ -713,7 +808,8 @@ def run_campaign(
         sampler = None
     else:
         sites = select_sites(all_sites, config)
-        sampler = Sampler(sites, config, len(data))
+        sampler = Sampler(sites, config, len(data),
+                          allowed_elements(proto, sites, config.pruned_weights))
         trials_todo = None
     engine = FaultEngine(proto, sites, config.provider)
     output = config.output or engine.output_names[0]
@@ -808,10 +904,11 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
 
 
 def trials_for_margin(sites: list[FaultSite], cfg: CampaignConfig, margin: float,
-                      confidence: float, p: float = 0.5) -> int:
+                      confidence: float, p: float = 0.5,
+                      allowed: dict[str, np.ndarray] | None = None) -> int:
     """Trials per level for a margin of error at a confidence level (Leveugle et al.,
     DATE 2009), with N = elements x candidate bits of the selected sites."""
-    return sample_size(fault_population(sites, cfg), margin, confidence, p)
+    return sample_size(fault_population(sites, cfg, allowed), margin, confidence, p)
 
 
 def load_summary(db: str | os.PathLike[str]) -> dict[str, Any]:

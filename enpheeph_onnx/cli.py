@@ -312,6 +312,14 @@ def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Confidence level for --margin."),
         click.option("--per-sample", is_flag=True,
                      help="Each input gets its own faults (activations/inputs only)."),
+        click.option("--pruned-weights", type=click.Choice(["skip", "only", "include"]),
+                     default="skip", show_default=True,
+                     help="Pruned (zero) weights: skip them (a sparse accelerator does not "
+                          "store them), hit only them (resurrection), or include them."),
+        click.option("--time-steps", default=None,
+                     help="Spiking/recurrent models: only neuron states of these time steps "
+                          "('3', '3-5'; transient faults), or 'all' (permanent faults: the "
+                          "same neuron at every step)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Root seed; the same seed gives identical trials."),
         click.option("--output", "output_name", default=None,
@@ -346,13 +354,14 @@ def _build_config(model: Path, kinds: str | None, target: str | None,
                   value_text: str | None, bits_text: str, fault_rate: str | None,
                   bit_error_rate: str | None, exact_count: bool, faults_per_trial: int | None,
                   trials: int | None, margin: float | None, confidence: float,
-                  per_sample: bool, seed: int, output_name: str | None, batch_size: int = 512,
-                  provider: str = "cpu") -> Any:
+                  per_sample: bool, pruned_weights: str, time_steps: str | None, seed: int,
+                  output_name: str | None, batch_size: int = 512, provider: str = "cpu") -> Any:
     from .campaign import (
         CampaignConfig,
         CountMode,
         SiteSelection,
         ValueDistribution,
+        allowed_elements,
         parse_rates,
         select_sites,
         trials_for_margin,
@@ -381,11 +390,13 @@ def _build_config(model: Path, kinds: str | None, target: str | None,
         value=ValueDistribution.parse(value_text) if value_text is not None else None,
         count=count, faults_per_trial=1 if faults_per_trial is None else faults_per_trial,
         rates=rates, exact_count=exact_count, trials=trials or 100, per_sample=per_sample,
-        seed=seed, batch_size=batch_size, provider=provider,  # type: ignore[arg-type]
+        pruned_weights=pruned_weights, time_steps=time_steps, seed=seed, batch_size=batch_size, provider=provider,  # type: ignore[arg-type]
         output=output_name)
     if margin is not None:
-        sites = select_sites(discover_sites(load_model(model)), cfg)
-        n = trials_for_margin(sites, cfg, margin, confidence)
+        proto = load_model(model)
+        sites = select_sites(discover_sites(proto), cfg)
+        n = trials_for_margin(sites, cfg, margin, confidence,
+                              allowed=allowed_elements(proto, sites, cfg.pruned_weights))
         log.info("--margin %g at %g confidence: %d trials per level", margin, confidence, n)
         cfg = replace(cfg, trials=n)
     return cfg
@@ -616,21 +627,94 @@ def report(db: Path, out_dir: Path) -> None:
 
 
 @main.command()
-@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("db", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
-              show_default=True)
+              show_default=True, help="Results export: file format.")
 @click.option("--table", type=click.Choice(["trials", "faults", "outcomes"]), default="trials",
               show_default=True,
-              help="trials: one row per trial; faults: one per fault; outcomes: one per "
-                   "(trial, input).")
+              help="Results export: trials (one row per trial), faults (one per fault) or "
+                   "outcomes (one per (trial, input)).")
+@click.option("--model", "factory", metavar="PKG.MODULE:FACTORY",
+              help="Model export: a callable returning the torch module.")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model export: state dict loaded with torch.load(weights_only=True).")
+@click.option("--input-shape", default=None,
+              help="Model export: example input shape, e.g. 1,1,8,8 (batch first).")
+@click.option("--input-name", default="input", show_default=True)
+@click.option("--output-name", default="logits", show_default=True)
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Model export: quantize (QDQ, static) with --calibration data.")
+@click.option("--calibration", type=click.Path(dir_okay=False, path_type=Path),
+              help="Model export: .npz of calibration inputs (keyed by input name).")
 @click.option("-o", "--out", "out", required=True,
               type=click.Path(dir_okay=False, path_type=Path))
-def export(db: Path, fmt: str, table: str, out: Path) -> None:
-    """Export a stored campaign as CSV or Parquet for pandas/polars."""
-    from .export import export_table
+def export(db: Path | None, fmt: str, table: str, factory: str | None, weights: Path | None,
+           input_shape: str | None, input_name: str, output_name: str, quantize: str | None,
+           calibration: Path | None, out: Path) -> None:
+    """Export results or a model.
 
-    n = export_table(db, table, fmt, out)
-    _summary(True, f"export: {n} {table} rows -> {out}")
+    \b
+    Results: export RESULTS.sqlite [--format csv|parquet] [--table ...] -o PATH
+      a stored campaign as CSV or Parquet for pandas/polars.
+    Model:   export --model pkg.module:factory [--weights W.pt] --input-shape 1,1,8,8
+                    [--quantize int8 --calibration DATA.npz] -o MODEL.onnx
+      a PyTorch module (dense, pruned with torch.nn.utils.prune, ...) to ONNX at opset 26,
+      checked against torch before writing; pruning masks are folded and recorded.
+    """
+    if factory is None:
+        if db is None:
+            raise EnpheephError("give RESULTS.sqlite to export results, or --model "
+                                "pkg.module:factory to export a model")
+        from .export_results import export_table
+
+        n = export_table(db, table, fmt, out)
+        _summary(True, f"export: {n} {table} rows -> {out}")
+        return
+    if db is not None:
+        raise EnpheephError("give either RESULTS.sqlite or --model, not both")
+    if quantize and calibration is None:
+        raise EnpheephError("--quantize int8 needs --calibration DATA.npz (representative "
+                            "inputs, keyed by input name)")
+    if input_shape is None:
+        raise EnpheephError("--model needs --input-shape, e.g. 1,1,8,8")
+    try:
+        shape = tuple(int(x) for x in input_shape.split(","))
+    except ValueError:
+        raise EnpheephError(f"--input-shape {input_shape!r}: write integers like 1,1,8,8"
+                            ) from None
+    if any(d < 1 for d in shape):
+        raise EnpheephError(f"--input-shape {input_shape!r}: dimensions must be >= 1")
+    from .export.core import export_model, load_factory, load_weights
+    from .runtime import load_npz
+
+    calib = load_npz(calibration) if calibration is not None else None
+    if calib is not None and input_name not in calib:
+        raise EnpheephError(f"calibration data {calibration} lacks the input {input_name!r} "
+                            f"(it has {sorted(calib)})")
+    make = load_factory(factory)
+    try:
+        module = make()
+    except Exception as e:
+        raise EnpheephError(f"--model {factory}: the factory failed: {type(e).__name__}: {e}"
+                            ) from None
+    if weights is not None:
+        load_weights(module, weights)
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    example = torch.rand(shape, generator=gen)
+    meta = {"enpheeph.source": factory}
+    if quantize:
+        from .export.quantize import quantize_int8
+
+        float_model = export_model(module, (example,), None, input_names=(input_name,),
+                                   output_names=(output_name,), metadata=meta)
+        assert calib is not None
+        quantize_int8(float_model, {input_name: calib[input_name]}, out)
+    else:
+        export_model(module, (example,), out, input_names=(input_name,),
+                     output_names=(output_name,), metadata=meta)
+    _summary(True, f"export: {factory} -> {out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

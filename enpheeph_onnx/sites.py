@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .bits import DType, dtype_for_onnx
+from .bits import BY_NAME, DType, dtype_for_onnx
 from .errors import EnpheephError
 
 Dim = int | str | None
@@ -56,6 +56,16 @@ class FaultSite:
         bits: bits per stored element.
         elements: element count, or ``None`` when a dimension is not static.
         zero_fraction: fraction of elements equal to zero (weights only), else ``None``.
+        sparsity: fraction of *pruned* elements of a weight: those whose stored value is
+            zero (the real value 0: for a quantized weight, its zero point). Pruned models
+            are recognised by these zeros, whether or not the exporter recorded the pruning
+            (``enpheeph.pruned`` metadata); ``None`` for non-weights.
+        scale, zero_point: quantization parameters of an int8/uint8 tensor (a scalar, or a
+            list per channel) when a (De)QuantizeLinear or QLinear* node names them.
+        role: for annotated models (``enpheeph.annotations`` metadata, e.g. spiking
+            networks exported by :mod:`enpheeph_onnx.export`), the tensor's role:
+            ``"membrane"``, ``"spike"``, ``"synaptic_current"``, ``"threshold"``, ...
+        time_step: the time step of an unrolled recurrent/spiking network, else ``None``.
     """
 
     name: str
@@ -69,6 +79,11 @@ class FaultSite:
     bits: int
     elements: int | None
     zero_fraction: float | None = None
+    sparsity: float | None = None
+    scale: float | list[float] | None = None
+    zero_point: int | list[int] | None = None
+    role: str | None = None
+    time_step: int | None = None
 
     @property
     def static_elements(self) -> int:
@@ -196,7 +211,116 @@ def discover_sites(model: onnx.ModelProto) -> list[FaultSite]:
         for o in n.output:
             if o:
                 value_site(o, SiteKind.ACTIVATION, "node_output", n.op_type, n.name)
-    return sites
+    return _annotate(model, sites)
+
+
+# -- model-aware annotations: quantization, pruning, spiking time steps ----------------------
+
+# (op type, domain) -> [(tensor position, scale position, zero-point position)]; position
+# -1 - k means output k.
+_QPARAMS: dict[tuple[str, str], list[tuple[int, int, int]]] = {
+    ("DequantizeLinear", ""): [(0, 1, 2)],
+    ("QuantizeLinear", ""): [(-1, 1, 2)],
+    ("QLinearConv", ""): [(0, 1, 2), (3, 4, 5), (-1, 6, 7)],
+    ("QLinearMatMul", ""): [(0, 1, 2), (3, 4, 5), (-1, 6, 7)],
+    ("QGemm", "com.microsoft"): [(0, 1, 2), (3, 4, 5), (-1, 7, 8)],
+}
+
+
+def constant_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializers and ``Constant`` node values of the main graph, by tensor name."""
+    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output:
+            attr = next((a for a in n.attribute if a.name == "value"), None)
+            if attr is not None:
+                out.setdefault(n.output[0], numpy_helper.to_array(attr.t))
+    return out
+
+
+def quantization_params(model: onnx.ModelProto
+                        ) -> dict[str, tuple[np.ndarray, np.ndarray | None, int]]:
+    """``tensor -> (scale, zero_point, axis)`` for the quantized tensors of ``model``:
+    inputs of ``DequantizeLinear``, outputs of ``QuantizeLinear`` and the quantized
+    operands of ``QLinearConv``/``QLinearMatMul``/``QGemm`` (ONNX operator spec,
+    DequantizeLinear-21: ``y = (x - zero_point) * scale``)."""
+    consts = constant_values(model)
+    out: dict[str, tuple[np.ndarray, np.ndarray | None, int]] = {}
+    for n in model.graph.node:
+        spec = _QPARAMS.get((n.op_type, "" if n.domain == "ai.onnx" else n.domain))
+        if spec is None:
+            continue
+        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        for t, sc, zp in spec:
+            tensor = n.output[-1 - t] if t < 0 else (n.input[t] if t < len(n.input) else "")
+            scale = consts.get(n.input[sc]) if sc < len(n.input) else None
+            zero = consts.get(n.input[zp]) if zp < len(n.input) and n.input[zp] else None
+            if tensor and scale is not None:
+                out.setdefault(tensor, (np.asarray(scale), None if zero is None
+                                        else np.asarray(zero), int(axis)))
+    return out
+
+
+def pruned_mask(values: np.ndarray, qparams: tuple[np.ndarray, np.ndarray | None, int] | None
+                ) -> np.ndarray:
+    """Boolean mask of the pruned elements of a weight: stored value equal to the real
+    value 0 (0 for floats; the zero point for quantized weights)."""
+    if qparams is None or qparams[1] is None:
+        with np.errstate(invalid="ignore"):
+            return np.asarray(values == 0)
+    zp = qparams[1]
+    if zp.ndim == 0 or values.ndim == 0:
+        return np.asarray(values == zp)
+    axis = qparams[2] % values.ndim
+    shape = [1] * values.ndim
+    shape[axis] = -1
+    return np.asarray(values == zp.reshape(shape))
+
+
+def _scalar_or_list(a: np.ndarray | None, kind: type) -> float | int | list | None:
+    if a is None:
+        return None
+    return kind(a.reshape(-1)[0]) if a.size == 1 else [kind(v) for v in a.reshape(-1)]
+
+
+def annotations(model: onnx.ModelProto) -> dict[str, dict[str, object]]:
+    """Per-tensor annotations written by the exporter (``enpheeph.annotations`` metadata:
+    ``{"tensors": {name: {"layer": ..., "role": ..., "time_step": ...}}}``)."""
+    import json
+
+    for p in model.metadata_props:
+        if p.key == "enpheeph.annotations":
+            try:
+                return dict(json.loads(p.value).get("tensors", {}))
+            except (ValueError, AttributeError):
+                return {}
+    return {}
+
+
+def _annotate(model: onnx.ModelProto, sites: list[FaultSite]) -> list[FaultSite]:
+    from dataclasses import replace
+
+    qp = quantization_params(model)
+    notes = annotations(model)
+    consts = constant_values(model) if any(s.kind is SiteKind.WEIGHT for s in sites) else {}
+    out = []
+    for s in sites:
+        changes: dict[str, object] = {}
+        q = qp.get(s.name)
+        if q is not None and not BY_NAME[s.dtype].is_float:
+            changes["scale"] = _scalar_or_list(q[0], float)
+            changes["zero_point"] = _scalar_or_list(q[1], int) if q[1] is not None else 0
+        if s.kind is SiteKind.WEIGHT and s.name in consts:
+            arr = consts[s.name]
+            changes["sparsity"] = (float(np.count_nonzero(pruned_mask(arr, q)) / arr.size)
+                                   if arr.size else 0.0)
+        note = notes.get(s.name)
+        if note:
+            for key in ("layer", "role", "time_step"):
+                if key in note:
+                    changes[key] = note[key]
+        out.append(replace(s, **changes) if changes else s)
+    return out
 
 
 def site_map(sites: list[FaultSite]) -> dict[str, FaultSite]:

@@ -1,0 +1,260 @@
+"""PyTorch -> ONNX export at opset 26 / IR <= 13, checked against torch before writing.
+
+The TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) is used: it is the one
+that exports torch.ao quantized modules, and it names node outputs after module paths
+(``/conv1/Conv_output_0``), which keeps fault sites readable. Its opset (18) is raised to
+26 with ``onnx.version_converter``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ..errors import EnpheephError
+from ..model import TARGET_OPSET, clamp_ir_version, ensure_opset, save_model
+from ..runtime import make_session
+
+log = logging.getLogger(__name__)
+
+TORCH_EXPORT_OPSET = 18
+
+Postprocess = Callable[[onnx.ModelProto], tuple[onnx.ModelProto, dict[str, dict[str, Any]]]]
+"""Rewrites the raw export and returns it with per-tensor annotations."""
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise EnpheephError(
+            "exporting needs PyTorch: pip install torch==2.13.0 && pip install "
+            "'enpheeph-onnx[torch]'"
+        ) from None
+    return torch
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """Import ``package.module:factory`` and return the callable.
+
+    Raises:
+        EnpheephError: malformed spec, module not importable, attribute missing.
+    """
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        raise EnpheephError(f"--model {spec!r}: write package.module:factory")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as e:  # any import-time error of user code
+        raise EnpheephError(f"cannot import {mod_name!r} for --model: "
+                            f"{type(e).__name__}: {e}") from None
+    obj: Any = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise EnpheephError(f"module {mod_name!r} has no {attr!r} (from --model {spec!r})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise EnpheephError(f"--model {spec!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def load_weights(module: Any, path: str | os.PathLike[str]) -> None:
+    """``module.load_state_dict(torch.load(path, weights_only=True))``, strictly.
+
+    Raises:
+        EnpheephError: unreadable file or weights that do not match the module.
+    """
+    torch = _torch()
+    try:
+        state = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise EnpheephError(f"weights file not found: {path}") from None
+    except Exception as e:
+        raise EnpheephError(f"cannot load weights {path}: {type(e).__name__}: "
+                            f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if isinstance(state, Mapping) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        module.load_state_dict(state, strict=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()
+        raise EnpheephError(f"weights {path} do not match the model: "
+                            f"{' '.join(x.strip() for x in first[:2])}") from None
+
+
+def fold_pruning(module: Any) -> dict[str, dict[str, Any]]:
+    """Fold ``torch.nn.utils.prune`` masks into the weights (``prune.remove``), in place.
+
+    Returns ``{parameter name: {"method": ..., "amount": ..., "sparsity": ...}}`` for every
+    pruned parameter (the name as the ONNX initializer will carry it, e.g.
+    ``conv1.weight``); ``method`` is the pruning class (``L1Unstructured``,
+    ``LnStructured``, ``RandomUnstructured``, ``PruningContainer`` for iterated pruning).
+    """
+    torch = _torch()
+    from torch.nn.utils import prune
+
+    found: dict[str, dict[str, Any]] = {}
+    for mod_name, mod in module.named_modules():
+        for hook in list(mod._forward_pre_hooks.values()):
+            if not isinstance(hook, prune.BasePruningMethod):
+                continue
+            pname = hook._tensor_name
+            mask = getattr(mod, pname + "_mask")
+            full = f"{mod_name}.{pname}" if mod_name else pname
+            found[full] = {"method": type(hook).__name__,
+                           "amount": getattr(hook, "amount", None),
+                           "sparsity": float(1.0 - mask.float().mean().item())}
+            prune.remove(mod, pname)
+    return found
+
+
+def _strip_unused_opsets(model: onnx.ModelProto) -> None:
+    used = {n.domain or "" for n in model.graph.node}
+    for f in model.functions:
+        used |= {n.domain or "" for n in f.node}
+        used.add(f.domain)
+    keep = [o for o in model.opset_import if (o.domain or "") in used or o.domain in ("",)]
+    del model.opset_import[:]
+    model.opset_import.extend(keep)
+
+
+def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
+    keep = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in entries.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+
+
+def _to_numpy(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def export_model(
+    module: Any,
+    example_inputs: Sequence[Any],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    input_names: Sequence[str] = ("input",),
+    output_names: Sequence[str] = ("logits",),
+    dynamic_batch: bool = True,
+    check_inputs: Sequence[Sequence[Any]] = (),
+    atol: float = 1e-5,
+    exact: bool = False,
+    postprocess: Postprocess | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> onnx.ModelProto:
+    """Export a torch module to ONNX (opset 26, IR <= 13) and check it against torch.
+
+    Args:
+        module: a ``torch.nn.Module`` (put in eval mode here).
+        example_inputs: the tensors of one forward call (batch along dim 0).
+        out: path to write atomically, or ``None``.
+        input_names, output_names: ONNX names of the inputs and outputs.
+        dynamic_batch: make dim 0 of every input and output the symbolic ``batch``.
+        check_inputs: more input tuples to compare torch and onnxruntime on.
+        atol: largest allowed absolute difference between torch and onnxruntime outputs.
+        exact: outputs must be equal (e.g. spike counts); ``atol`` is then ignored.
+        postprocess: rewrites the raw export and returns per-tensor annotations, stored
+            as ``enpheeph.annotations`` metadata (read by :func:`~enpheeph_onnx.discover_sites`).
+
+    Pruned modules (``torch.nn.utils.prune``, unstructured or structured) are exported
+    with their masks folded in (on a copy of ``module``); the pruned parameters are
+    recorded as ``enpheeph.pruned`` metadata (method, amount, sparsity).
+        metadata: extra ``metadata_props``.
+
+    Returns:
+        The exported, checked ``ModelProto``.
+
+    Raises:
+        EnpheephError: torch cannot export the module, the opset conversion fails, or
+            onnxruntime's outputs differ from torch's.
+    """
+    torch = _torch()
+    import copy
+
+    module = copy.deepcopy(module)  # folding pruning masks must not change the caller's
+    module.eval()
+    pruned = fold_pruning(module)
+    example = tuple(example_inputs)
+    dyn = None
+    if dynamic_batch:
+        dyn = {name: {0: "batch"} for name in [*input_names, *output_names]}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example, buf, dynamo=False,
+                              opset_version=TORCH_EXPORT_OPSET,
+                              input_names=list(input_names), output_names=list(output_names),
+                              dynamic_axes=dyn, do_constant_folding=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnpheephError(f"torch cannot export this model: {first}") from None
+    model = onnx.load_from_string(buf.getvalue())
+    notes: dict[str, dict[str, Any]] = {}
+    if postprocess is not None:
+        model, notes = postprocess(model)
+    if any(o.domain in ("", "ai.onnx") and o.version < TARGET_OPSET for o in model.opset_import):
+        model = ensure_opset(model)
+    clamp_ir_version(model)
+    _strip_unused_opsets(model)
+    meta = {"enpheeph.exporter": "enpheeph_onnx.export", **(metadata or {})}
+    if pruned:
+        meta["enpheeph.pruned"] = json.dumps(pruned, sort_keys=True)
+    if notes:
+        meta["enpheeph.annotations"] = json.dumps({"tensors": notes}, sort_keys=True)
+    _set_metadata(model, meta)
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise EnpheephError(f"the exported model fails the ONNX checker: "
+                            f"{str(e).strip().splitlines()[0]}") from None
+    check_against_torch(module, model, [example, *[tuple(c) for c in check_inputs]],
+                        input_names, output_names, atol, exact)
+    if out is not None:
+        save_model(model, out)
+    return model
+
+
+def check_against_torch(module: Any, model: onnx.ModelProto, inputs: Sequence[Sequence[Any]],
+                        input_names: Sequence[str], output_names: Sequence[str], atol: float,
+                        exact: bool) -> float:
+    """Largest |torch - onnxruntime| over ``inputs``.
+
+    Raises:
+        EnpheephError: it exceeds ``atol`` (or is non-zero with ``exact``).
+    """
+    torch = _torch()
+    sess = make_session(model)
+    worst = 0.0
+    for args in inputs:
+        with torch.no_grad():
+            ref = module(*args)
+        refs = ref if isinstance(ref, tuple | list) else (ref,)
+        feeds = {n: _to_numpy(a) for n, a in zip(input_names, args, strict=True)}
+        got = sess.run(list(output_names), feeds)
+        for name, r, g in zip(output_names, refs, got, strict=True):
+            r = _to_numpy(r)
+            if r.shape != g.shape:
+                raise EnpheephError(f"exported output {name!r} has shape {g.shape}, torch "
+                                    f"{r.shape}")
+            diff = float(np.max(np.abs(r.astype(np.float64) - g.astype(np.float64)))
+                         ) if r.size else 0.0
+            worst = max(worst, diff)
+            if (exact and diff != 0) or diff > atol:
+                raise EnpheephError(
+                    f"onnxruntime and torch disagree on output {name!r} (max abs diff "
+                    f"{diff:.3g} > {0 if exact else atol:g}); the model did not export faithfully"
+                )
+    log.info("export checked against torch: max abs diff %.3g", worst)
+    return worst

@@ -8,6 +8,7 @@ that exports torch.ao quantized modules, and it names node outputs after module 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -117,6 +118,34 @@ def fold_pruning(module: Any) -> dict[str, dict[str, Any]]:
     return found
 
 
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence what the TorchScript exporter prints (also at the C level, e.g. the whole
+    Torch IR graph on failure): our own one-line error says what went wrong."""
+    import sys
+    import tempfile
+
+    saved = []
+    with tempfile.TemporaryFile() as sink, contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
+        for fd in (1, 2):
+            try:
+                saved.append((fd, os.dup(fd)))
+            except OSError:
+                continue
+        for s in (sys.__stdout__, sys.__stderr__):
+            if s is not None:
+                s.flush()
+        try:
+            for fd, _ in saved:
+                os.dup2(sink.fileno(), fd)
+            yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _strip_unused_opsets(model: onnx.ModelProto) -> None:
     used = {n.domain or "" for n in model.graph.node}
     for f in model.functions:
@@ -167,8 +196,9 @@ def export_model(
         postprocess: rewrites the raw export and returns per-tensor annotations, stored
             as ``enpheeph.annotations`` metadata (read by :func:`~enpheeph_onnx.discover_sites`).
 
-    Pruned modules (``torch.nn.utils.prune``, unstructured or structured) are exported
-    with their masks folded in (on a copy of ``module``); the pruned parameters are
+    ``module`` is put in eval mode, and the masks of pruned modules
+    (``torch.nn.utils.prune``, unstructured or structured) are folded into their weights
+    in place (``prune.remove``: the forward is unchanged); the pruned parameters are
     recorded as ``enpheeph.pruned`` metadata (method, amount, sparsity).
         metadata: extra ``metadata_props``.
 
@@ -180,9 +210,6 @@ def export_model(
             onnxruntime's outputs differ from torch's.
     """
     torch = _torch()
-    import copy
-
-    module = copy.deepcopy(module)  # folding pruning masks must not change the caller's
     module.eval()
     pruned = fold_pruning(module)
     example = tuple(example_inputs)
@@ -191,7 +218,7 @@ def export_model(
         dyn = {name: {0: "batch"} for name in [*input_names, *output_names]}
     buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _quiet():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, example, buf, dynamo=False,
                               opset_version=TORCH_EXPORT_OPSET,

@@ -1,0 +1,178 @@
+"""Model export (torch -> ONNX), pruned models and --pruned-weights sampling."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from enpheeph_onnx import discover_sites, load_model
+from enpheeph_onnx.campaign import (
+    CampaignConfig,
+    CountMode,
+    Sampler,
+    allowed_elements,
+    load_dataset,
+    run_campaign,
+    select_sites,
+)
+from enpheeph_onnx.model import default_opset
+from enpheeph_onnx.runtime import make_session
+
+from .conftest import ROOT
+from .test_cli import assert_user_error, invoke
+
+torch = pytest.importorskip("torch")
+PRUNED = ROOT / "models" / "digits_cnn_pruned.onnx"
+
+
+def _weights(path: Path) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+
+
+def test_export_command_matches_torch(tmp_path: Path) -> None:
+    from tests.exportable import small_cnn
+
+    out = tmp_path / "m.onnx"
+    code, _, err = invoke("export", "--model", "tests.exportable:small_cnn", "--input-shape",
+                          "2,1,8,8", "-o", out)
+    assert code == 0, err
+    m = onnx.load(out)
+    assert default_opset(m) == 26 and m.ir_version <= 13
+    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        ref = small_cnn().eval()(torch.from_numpy(x)).numpy()
+    got = make_session(m).run(None, {"input": x})[0]
+    assert np.abs(got - ref).max() <= 1e-5
+    assert [i.name for i in m.graph.input] == ["input"]
+    assert m.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_export_with_weights_file(tmp_path: Path) -> None:
+    from tests.exportable import small_cnn
+
+    net = small_cnn()
+    with torch.no_grad():
+        net.fc.bias.fill_(3.0)
+    w = tmp_path / "w.pt"
+    torch.save(net.state_dict(), w)
+    out = tmp_path / "m.onnx"
+    assert invoke("export", "--model", "tests.exportable:small_cnn", "--weights", w,
+                  "--input-shape", "1,1,8,8", "-o", out)[0] == 0
+    assert (_weights(out)["fc.bias"] == 3.0).all()
+
+
+def test_export_pruned_records_and_folds_masks(tmp_path: Path) -> None:
+    from tests.exportable import pruned_cnn
+
+    out = tmp_path / "p.onnx"
+    assert invoke("export", "--model", "tests.exportable:pruned_cnn", "--input-shape",
+                  "2,1,8,8", "-o", out)[0] == 0
+    m = onnx.load(out)
+    meta = json.loads({p.key: p.value for p in m.metadata_props}["enpheeph.pruned"])
+    assert set(meta) == {"fc.weight", "conv1.weight"}
+    assert meta["fc.weight"]["method"] == "L1Unstructured"
+    assert meta["fc.weight"]["sparsity"] == pytest.approx(0.6)
+    w = _weights(out)
+    assert np.count_nonzero(w["fc.weight"] == 0) == round(0.6 * w["fc.weight"].size)
+    # structured: 2 of 4 output channels of conv1 are all zero
+    assert sum(bool((w["conv1.weight"][c] == 0).all()) for c in range(4)) == 2
+    sites = {s.name: s for s in discover_sites(m)}
+    assert sites["fc.weight"].sparsity == pytest.approx(0.6)
+    assert sites["conv1.weight"].sparsity == pytest.approx(0.5)
+    x = np.random.default_rng(1).random((3, 1, 8, 8), dtype=np.float32)
+    with torch.no_grad():
+        ref = pruned_cnn().eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(make_session(m).run(None, {"input": x})[0] - ref).max() <= 1e-5
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--model", "nosuch.module:make", "--input-shape", "1,1,8,8"], ["cannot import"]),
+    (["--model", "tests.exportable:nothing", "--input-shape", "1,1,8,8"], ["has no"]),
+    (["--model", "tests.exportable", "--input-shape", "1,1,8,8"], ["package.module:factory"]),
+    (["--model", "tests.exportable:broken", "--input-shape", "1,1,8,8"], ["factory failed"]),
+    (["--model", "tests.exportable:unexportable", "--input-shape", "1,1,8,8"],
+     ["torch cannot export", "fft"]),
+    (["--model", "tests.exportable:small_cnn"], ["--input-shape"]),
+    (["--model", "tests.exportable:small_cnn", "--input-shape", "1,x"], ["--input-shape"]),
+    (["--model", "tests.exportable:small_cnn", "--input-shape", "1,1,8,8", "--quantize",
+      "int8"], ["--calibration"]),
+    ([], ["RESULTS.sqlite", "--model"]),
+])
+def test_export_bad_input(tmp_path: Path, args: list[str], words: list[str]) -> None:
+    out = tmp_path / "m.onnx"
+    assert_user_error(*invoke("export", *args, "-o", out), *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_weights_that_do_not_match(tmp_path: Path) -> None:
+    w = tmp_path / "w.pt"
+    torch.save({"other.weight": torch.zeros(2)}, w)
+    out = tmp_path / "m.onnx"
+    assert_user_error(*invoke("export", "--model", "tests.exportable:small_cnn", "--weights", w,
+                              "--input-shape", "1,1,8,8", "-o", out), "do not match")
+    assert not out.exists()
+
+
+# -- the shipped pruned model ------------------------------------------------------------------
+
+def test_shipped_pruned_model(digits: dict[str, np.ndarray]) -> None:
+    m = load_model(PRUNED)
+    w = _weights(PRUNED)
+    names = [n for n in w if n.endswith("weight")]
+    zeros = sum(int(np.count_nonzero(w[n] == 0)) for n in names)
+    assert zeros / sum(w[n].size for n in names) >= 0.5
+    logits = make_session(m).run(None, {"input": digits["input"]})[0]
+    acc = float(np.mean(np.argmax(logits, 1) == digits["labels"]))
+    assert acc >= 0.9972 - 0.03
+
+
+@pytest.mark.parametrize("mode", ["skip", "only", "include"])
+def test_pruned_weights_sampling(mode: str) -> None:
+    m = load_model(PRUNED)
+    cfg = CampaignConfig(faults_per_trial=200, trials=5, pruned_weights=mode, seed=3)
+    sites = select_sites(discover_sites(m), cfg)
+    allowed = allowed_elements(m, sites, mode)
+    sampler = Sampler(sites, cfg, 1, allowed)
+    w = _weights(PRUNED)
+    hits = [w[f.site][f.index] for t in range(5) for f in sampler.sample(t)]
+    zero = np.array([h == 0 for h in hits])
+    if mode == "skip":
+        assert not zero.any()
+    elif mode == "only":
+        assert zero.all()
+        assert {f.site for f in sampler.sample(0)} <= {"conv1.weight", "conv2.weight",
+                                                        "fc1.weight", "fc2.weight"}
+    else:
+        assert zero.any() and not zero.all()
+    total = sum(v.size for v in w.values())
+    pruned = sum(int(np.count_nonzero(v == 0)) for v in w.values())
+    expect = {"skip": total - pruned, "only": pruned, "include": total}[mode]
+    assert sampler.population == expect
+
+
+def test_pruned_only_on_dense_model_is_an_error(model_path: Path) -> None:
+    from enpheeph_onnx.errors import EnpheephError
+
+    m = load_model(model_path)
+    cfg = CampaignConfig(pruned_weights="only")
+    sites = select_sites(discover_sites(m), cfg)
+    with pytest.raises(EnpheephError, match="no element to hit"):
+        Sampler(sites, cfg, 1, allowed_elements(m, sites, "only"))
+
+
+def test_campaign_on_pruned_model_resurrection(data_path: Path) -> None:
+    data = load_dataset(data_path, ["input"])
+    base = dict(count=CountMode.FAULT_RATE, rates=(1e-3,), bits=tuple(range(23, 31)),
+                trials=4, seed=0)
+    skip = run_campaign(PRUNED, data, CampaignConfig(**base), progress=False)
+    only = run_campaign(PRUNED, data, CampaignConfig(**base, pruned_weights="only"),
+                        progress=False)
+    assert skip.golden_accuracy == only.golden_accuracy
+    assert all(len(t.faults) > 0 for t in only.trials)
+    w = _weights(PRUNED)
+    assert all(w[f.site][f.index] == 0 for t in only.trials for f in t.faults)

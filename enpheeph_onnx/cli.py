@@ -390,7 +390,8 @@ def _build_config(model: Path, kinds: str | None, target: str | None,
         value=ValueDistribution.parse(value_text) if value_text is not None else None,
         count=count, faults_per_trial=1 if faults_per_trial is None else faults_per_trial,
         rates=rates, exact_count=exact_count, trials=trials or 100, per_sample=per_sample,
-        pruned_weights=pruned_weights, time_steps=time_steps, seed=seed, batch_size=batch_size, provider=provider,  # type: ignore[arg-type]
+        pruned_weights=pruned_weights, time_steps=time_steps, seed=seed,
+        batch_size=batch_size, provider=provider,  # type: ignore[arg-type]
         output=output_name)
     if margin is not None:
         proto = load_model(model)

@@ -100,7 +100,7 @@ def fold_pruning(module: Any) -> dict[str, dict[str, Any]]:
     ``conv1.weight``); ``method`` is the pruning class (``L1Unstructured``,
     ``LnStructured``, ``RandomUnstructured``, ``PruningContainer`` for iterated pruning).
     """
-    torch = _torch()
+    _torch()  # a clear error when torch is missing
     from torch.nn.utils import prune
 
     found: dict[str, dict[str, Any]] = {}

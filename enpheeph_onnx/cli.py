@@ -610,18 +610,39 @@ def sample_size_cmd(population: float, margin: float, confidence: float, p: floa
 
 
 @main.command()
-@click.argument("db", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dbs", nargs=-1, required=True,
+                type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--out", "out_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
               help="Folder for the PNG plots and summary.md.")
-def report(db: Path, out_dir: Path) -> None:
+@click.option("--label", "labels", multiple=True,
+              help="Name of each campaign in the comparison figure (default: file stems).")
+def report(dbs: tuple[Path, ...], out_dir: Path, labels: tuple[str, ...]) -> None:
     """Write plots (accuracy and critical SDC vs fault rate, per layer, bit x layer) and
-    summary.md for a stored campaign."""
-    from .campaign import load_summary
-    from .report import write_report
+    summary.md for stored campaigns.
 
-    summary = load_summary(db)
-    paths = write_report(summary, out_dir, title=f"enpheeph-onnx campaign: {db.name}")
+    With several RESULTS.sqlite files, each gets a subfolder named after its label and
+    compare_accuracy_vs_rate.png puts their accuracy-versus-fault-rate curves side by side
+    (e.g. the dense, pruned, int8 and spiking variants of a model).
+    """
+    from .campaign import load_summary
+    from .report import write_comparison, write_report
+
+    if labels and len(labels) != len(dbs):
+        raise EnpheephError(f"{len(labels)} --label for {len(dbs)} databases: give one each")
+    names = list(labels) if labels else [db.stem for db in dbs]
+    if len(set(names)) != len(names):
+        raise EnpheephError("campaign labels must differ: use --label")
+    summaries = {name: load_summary(db) for name, db in zip(names, dbs, strict=True)}
+    paths: list[Path] = []
+    if len(dbs) == 1:
+        paths += write_report(summaries[names[0]], out_dir,
+                              title=f"enpheeph-onnx campaign: {dbs[0].name}")
+    else:
+        paths.append(write_comparison(summaries, out_dir))  # creates out_dir
+        for name in names:
+            paths += write_report(summaries[name], out_dir / name,
+                                  title=f"enpheeph-onnx campaign: {name}")
     for p in paths:
         click.echo(str(p))
     _summary(True, f"report: {len(paths)} files in {out_dir}")

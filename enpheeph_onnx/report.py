@@ -540,3 +540,73 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
     lines.append("Rates are fractions with 95 % Wilson score intervals as `rate [low, high]`; "
                  f"{_NA} where no outcome was observed.")
     return "\n".join(lines) + "\n"
+
+
+COMPARE_PNG = "compare_accuracy_vs_rate.png"
+
+
+def write_comparison(summaries: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike[str],
+                     title: str = "enpheeph-onnx: accuracy versus fault rate") -> Path:
+    """One figure comparing several campaigns: top-1 accuracy (with 95 % bands, left) and
+    accuracy normalised by each model's golden accuracy (right) versus fault rate (log
+    axis), one line per campaign (e.g. the dense, pruned, int8 and spiking variants of a
+    model).
+
+    Args:
+        summaries: label -> campaign summary (as for :func:`write_report`); campaigns of a
+            fixed fault count are plotted against their mean number of faults per trial.
+        out_dir: folder (created when missing; its parent must exist).
+        title: figure title.
+
+    Returns:
+        The path of ``compare_accuracy_vs_rate.png``.
+
+    Raises:
+        EnpheephError: no summaries, or a folder problem as in :func:`write_report`.
+    """
+    if not summaries:
+        raise EnpheephError("nothing to compare: give at least one campaign")
+    kinds = {str(s.get("rate_kind", "fault_rate")) for s in summaries.values()}
+    out = _prepare_out_dir(out_dir)
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11.0, 4.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax_acc, ax_rel = fig.subplots(1, 2)
+    log_x = False
+    for label, s in summaries.items():
+        levels = [r for r in (s.get("per_rate") or []) if r.get("accuracy")]
+        if not levels:
+            continue
+        kind = s.get("rate_kind", "fault_rate")
+        x = np.array([_num(r["rate"]) if kind != "fixed" else _num(r["mean_faults"])
+                      for r in levels])
+        mean = np.array([_num(r["accuracy"]["mean"]) for r in levels])
+        low = np.array([_num(r["accuracy"]["ci_low"]) for r in levels])
+        high = np.array([_num(r["accuracy"]["ci_high"]) for r in levels])
+        golden = _num(s.get("golden_accuracy"))
+        positive = x > 0
+        log_x = log_x or bool(positive.any())
+        line = ax_acc.plot(x, mean, marker="o", label=f"{label} (golden {golden:.3f})")[0]
+        ax_acc.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if golden and golden == golden:
+            ax_rel.plot(x, mean / golden, marker="o", color=line.get_color(), label=label)
+    xlabel = ("bit error rate (faults per bit)" if kinds == {"bit_error_rate"}
+              else "fault rate (faults per parameter)" if "fixed" not in kinds
+              else "faults per trial")
+    for ax in (ax_acc, ax_rel):
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+    ax_acc.set_ylabel("top-1 accuracy")
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_rel.set_ylabel("accuracy / golden accuracy")
+    ax_rel.set_ylim(-0.02, 1.1)
+    ax_acc.legend(fontsize=8, loc="lower left")
+    fig.suptitle(title)
+    dest = out / COMPARE_PNG
+    _save(fig, dest)
+    return dest

@@ -44,7 +44,14 @@ from .model import (
     model_sha256,
     save_model,
 )
-from .sites import FaultSite, SiteKind, discover_sites, lookup_site, site_map
+from .sites import (
+    FaultSite,
+    SiteKind,
+    discover_sites,
+    expand_state_addresses,
+    lookup_site,
+    site_map,
+)
 
 log = logging.getLogger(__name__)
 
@@ -380,7 +387,9 @@ def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> Injection
     sha = model_sha256(model)
     work = onnx.ModelProto()
     work.CopyFrom(source)
-    sites = site_map(discover_sites(work))
+    found = discover_sites(work)
+    plan = FaultPlan(tuple(expand_state_addresses(plan.faults, found)))
+    sites = site_map(found)
     validate_faults(sites, plan, work)
     converted = None
     if any(sites[f.site].kind is not SiteKind.WEIGHT for f in plan):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -363,3 +364,58 @@ def lookup_site(sites: dict[str, FaultSite], name: str,
             f"unknown fault site {name!r}{hint} (list them with 'enpheeph-onnx sites MODEL')"
         )
     return site
+
+
+def expand_state_addresses(faults: Sequence[Any], sites: list[FaultSite]) -> list[Any]:
+    """Resolve neuron-state addresses ``LAYER.ROLE@STEPS`` into faults on tensors.
+
+    In annotated spiking/recurrent models each time step's state is its own tensor;
+    ``lif1.membrane@3[*,5]:bitflip:30`` addresses layer ``lif1``'s membrane potential at
+    step 3, ``@3-5`` or ``@1,4`` several steps (transient faults), ``@all`` every step (a
+    permanent fault). A fault whose site is an existing tensor name is kept as it is.
+
+    Raises:
+        EnpheephError: unknown layer/role, or a time step the model does not have.
+    """
+    from dataclasses import replace
+
+    names = {s.name for s in sites}
+    out: list[Any] = []
+    for f in faults:
+        if f.site in names or "@" not in f.site:
+            out.append(f)
+            continue
+        base, _, steps_text = f.site.rpartition("@")
+        layer, _, role = base.rpartition(".")
+        states = [s for s in sites if s.time_step is not None and s.layer == layer
+                  and s.role == role]
+        if not states:
+            known = sorted({f"{s.layer}.{s.role}" for s in sites if s.time_step is not None})
+            raise EnpheephError(
+                f"unknown neuron state {base!r} in {f.site!r}: "
+                + (f"the model has {', '.join(known)}" if known
+                   else "the model has no time-step annotations (export it with "
+                        "enpheeph_onnx.export)")
+            )
+        t = steps_text.strip().lower()
+        if t in ("all", "*"):
+            wanted = None
+        else:
+            from .faults import parse_bits
+
+            try:
+                wanted = set(parse_bits(t))
+            except EnpheephError:
+                raise EnpheephError(f"malformed time steps {steps_text!r} in {f.site!r}: use "
+                                    "@3, @3-5, @1,4 or @all") from None
+        have = {s.time_step for s in states}
+        missing = sorted(wanted - have) if wanted is not None else []
+        if missing:
+            raise EnpheephError(
+                f"time step {missing[0]} does not exist for {base!r}: the model has steps "
+                f"{min(have)}-{max(have)}"  # type: ignore[type-var]
+            )
+        for s in sorted(states, key=lambda s: s.time_step or 0):
+            if wanted is None or s.time_step in wanted:
+                out.append(replace(f, site=s.name))
+    return out

@@ -37,7 +37,10 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
       re-packing) applies only to constant weights;
     * ``session.disable_prepacking = 1``: onnxruntime otherwise pre-packs constant
       Gemm/MatMul weights, which changes the summation order for inner dimensions >= 256
-      (differences up to ~1e-5 measured).
+      (differences up to ~1e-5 measured);
+    * ``session.disable_quant_qdq = 1``: QDQ (int8) models are computed as the ONNX spec
+      defines them rather than by fused integer kernels, which need constant
+      quantization parameters and saturate on CPUs without VNNI.
 
     With them the campaign golden run, the unmodified model and an ``inject``-ed model
     are bit-identical, which the tests of this package assert.
@@ -45,6 +48,12 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     so.add_session_config_entry("session.disable_prepacking", "1")
+    # QDQ models run as the ONNX spec defines them (DequantizeLinear -> float op ->
+    # QuantizeLinear), not as fused integer kernels: fusion needs constant scales and zero
+    # points (campaign sessions make them overridable), and on CPUs without VNNI the fused
+    # uint8 x int8 kernels saturate 16-bit sums, so a faulted weight would give results
+    # that depend on the machine.
+    so.add_session_config_entry("session.disable_quant_qdq", "1")
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads

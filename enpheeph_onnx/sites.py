@@ -217,14 +217,15 @@ def discover_sites(model: onnx.ModelProto) -> list[FaultSite]:
 
 # -- model-aware annotations: quantization, pruning, spiking time steps ----------------------
 
-# (op type, domain) -> [(tensor position, scale position, zero-point position)]; position
-# -1 - k means output k.
-_QPARAMS: dict[tuple[str, str], list[tuple[int, int, int]]] = {
-    ("DequantizeLinear", ""): [(0, 1, 2)],
-    ("QuantizeLinear", ""): [(-1, 1, 2)],
-    ("QLinearConv", ""): [(0, 1, 2), (3, 4, 5), (-1, 6, 7)],
-    ("QLinearMatMul", ""): [(0, 1, 2), (3, 4, 5), (-1, 6, 7)],
-    ("QGemm", "com.microsoft"): [(0, 1, 2), (3, 4, 5), (-1, 7, 8)],
+# (op type, domain) -> [(tensor position, scale position, zero-point position, axis)];
+# position -1 - k means output k; axis None = the node's "axis" attribute (default 1),
+# "transB" = 0 if the node transposes B else 1 (per-channel scales follow output channels).
+_QPARAMS: dict[tuple[str, str], list[tuple[int, int, int, int | str | None]]] = {
+    ("DequantizeLinear", ""): [(0, 1, 2, None)],
+    ("QuantizeLinear", ""): [(-1, 1, 2, None)],
+    ("QLinearConv", ""): [(0, 1, 2, 1), (3, 4, 5, 0), (-1, 6, 7, 1)],
+    ("QLinearMatMul", ""): [(0, 1, 2, -2), (3, 4, 5, -1), (-1, 6, 7, -1)],
+    ("QGemm", "com.microsoft"): [(0, 1, 2, 1), (3, 4, 5, "transB"), (-1, 7, 8, 1)],
 }
 
 
@@ -251,8 +252,11 @@ def quantization_params(model: onnx.ModelProto
         spec = _QPARAMS.get((n.op_type, "" if n.domain == "ai.onnx" else n.domain))
         if spec is None:
             continue
-        axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-        for t, sc, zp in spec:
+        attr_axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+        trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)
+        for t, sc, zp, ax in spec:
+            axis = attr_axis if ax is None else ((0 if trans_b else 1) if ax == "transB"
+                                                 else ax)
             tensor = n.output[-1 - t] if t < 0 else (n.input[t] if t < len(n.input) else "")
             scale = consts.get(n.input[sc]) if sc < len(n.input) else None
             zero = consts.get(n.input[zp]) if zp < len(n.input) and n.input[zp] else None

@@ -103,7 +103,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from ..errors import EnpheephError
 from .core import _torch, export_model
@@ -499,13 +499,12 @@ def _tidy_names(g: onnx.GraphProto) -> None:
         if new == n.name or new in taken:
             continue
         taken.add(new)
-        for i, o in enumerate(n.output):
+        for o in n.output:
             if o.startswith(n.name + "_output_"):
                 to = new + o[len(n.name):]
                 if to not in taken:
                     tensors[o] = to
                     taken.add(to)
-        del i
         n.name = new
     _rename_everywhere(g, tensors)
 
@@ -550,32 +549,56 @@ def _as_tensor(x: Any, what: str, num_steps: int) -> Any:
     return x
 
 
-def threshold_margin(unrolled: Any, inputs: Sequence[Any]) -> tuple[float, str, int] | None:
-    """The smallest ``|U[t] - U_thr|`` over every membrane potential of ``unrolled`` on
-    ``inputs`` in torch: ``(distance, layer, step)``, or ``None`` without any.
-
-    A distance within float rounding (about ``1e-6`` relative) is a threshold tie: the
-    spike may differ between runtimes that sum in different orders.
-    """
+def _record(unrolled: Any, x: Any) -> list[tuple[str, str, int, Any]]:
     torch = _torch()
-    best: tuple[float, str, int] | None = None
-    thr = {name: mod.threshold.detach() for name, mod, _ in unrolled.layers}
     was = unrolled.record
     unrolled.record = True
     try:
         with torch.no_grad():
-            for x in inputs:
-                unrolled(x)
-                for k, y in unrolled.marked:
-                    layer, role, t = unrolled.table[k]
-                    if role != "membrane" or y is None or y.numel() == 0:
-                        continue
-                    d = float((y - thr[layer]).abs().min())
-                    if best is None or d < best[0]:
-                        best = (d, layer, t)
+            unrolled(x)
+        return [(*unrolled.table[k], y) for k, y in unrolled.marked]
     finally:
         unrolled.record = was
         unrolled.marked = []
+
+
+def trace_states(net: Any, num_steps: int, x: Any) -> dict[str, np.ndarray]:
+    """Every neuron state torch computes on ``x``, keyed by its ONNX tensor name.
+
+    Args:
+        net, num_steps: as for :func:`export_snn`.
+        x: float32 ``[batch, T, *features]`` (torch tensor or numpy array).
+
+    Returns:
+        ``{"lif1.membrane.t0": array, ...}``: float32 ``[batch, *neurons]`` per layer, role
+        and step, the values the exported model's tensors of the same names hold.
+
+    Raises:
+        EnpheephError: as :func:`unroll`, or a malformed ``x``.
+    """
+    unrolled = unroll(net, num_steps)
+    x = _as_tensor(x, "x", unrolled.num_steps)
+    return {f"{layer}.{role}.t{t}": y.cpu().numpy()
+            for layer, role, t, y in _record(unrolled, x)}
+
+
+def threshold_margin(unrolled: Any, inputs: Sequence[Any]) -> tuple[float, str, int] | None:
+    """The smallest ``|U[t] - U_thr|`` over every membrane potential of ``unrolled`` (the
+    module :func:`unroll` returns) on ``inputs`` in torch: ``(distance, layer, step)``, or
+    ``None`` when there is none.
+
+    A distance within float rounding (about ``1e-7`` times the magnitudes summed) is a
+    threshold tie: the spike may differ between runtimes that sum in other orders.
+    """
+    best: tuple[float, str, int] | None = None
+    thr = {name: mod.threshold.detach() for name, mod, _ in unrolled.layers}
+    for x in inputs:
+        for layer, role, t, y in _record(unrolled, x):
+            if role != "membrane" or y.numel() == 0:
+                continue
+            d = float((y - thr[layer]).abs().min())
+            if best is None or d < best[0]:
+                best = (d, layer, t)
     return best
 
 
@@ -645,4 +668,4 @@ def export_snn(
 
 
 __all__ = ["PARAM_ROLES", "ROLES", "SPECS", "NeuronSpec", "export_snn", "neuron_layers",
-           "threshold_margin", "unroll"]
+           "threshold_margin", "trace_states", "unroll"]

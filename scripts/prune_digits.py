@@ -23,9 +23,9 @@ from torch import nn
 from torch.nn.utils import prune
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_digits as td  # noqa: E402
+import train_digits as td
 
-from enpheeph_onnx.export import export_model  # noqa: E402
+from enpheeph_onnx.export import export_model
 
 LOGGER = logging.getLogger("prune_digits")
 AMOUNT = 0.6

@@ -6,6 +6,9 @@ does not import torch, the functions do.
 
 from __future__ import annotations
 
-from .core import export_model, load_factory
+from .core import ExportMismatchError, export_model, load_factory
+from .quantize import quantize_int8
+from .snn import export_snn, trace_states, unroll
 
-__all__ = ["export_model", "load_factory"]
+__all__ = ["ExportMismatchError", "export_model", "export_snn", "load_factory", "quantize_int8",
+           "trace_states", "unroll"]

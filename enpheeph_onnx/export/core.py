@@ -146,6 +146,31 @@ def _quiet() -> Any:
                 os.close(copy)
 
 
+class ExportMismatchError(EnpheephError):
+    """onnxruntime's outputs differ from torch's for the exported model."""
+
+
+def _split_initializer_identities(g: onnx.GraphProto) -> None:
+    """Undo the TorchScript exporter's deduplication of equal-valued parameters
+    (``Identity(init) -> name``): each becomes an initializer of its own (same value), so a
+    weight fault hits one parameter only, as memory does."""
+    inits = {t.name: t for t in g.initializer}
+    outputs = {o.name for o in g.output}
+    keep = []
+    for n in g.node:
+        if (n.op_type == "Identity" and len(n.input) == 1 and n.input[0] in inits
+                and n.output[0] not in inits and n.output[0] not in outputs):
+            t = onnx.TensorProto()
+            t.CopyFrom(inits[n.input[0]])
+            t.name = n.output[0]
+            g.initializer.append(t)
+            inits[t.name] = t
+        else:
+            keep.append(n)
+    del g.node[:]
+    g.node.extend(keep)
+
+
 def _strip_unused_opsets(model: onnx.ModelProto) -> None:
     used = {n.domain or "" for n in model.graph.node}
     for f in model.functions:
@@ -231,6 +256,7 @@ def export_model(
     notes: dict[str, dict[str, Any]] = {}
     if postprocess is not None:
         model, notes = postprocess(model)
+    _split_initializer_identities(model.graph)
     if any(o.domain in ("", "ai.onnx") and o.version < TARGET_OPSET for o in model.opset_import):
         model = ensure_opset(model)
     clamp_ir_version(model)
@@ -279,7 +305,7 @@ def check_against_torch(module: Any, model: onnx.ModelProto, inputs: Sequence[Se
                          ) if r.size else 0.0
             worst = max(worst, diff)
             if (exact and diff != 0) or diff > atol:
-                raise EnpheephError(
+                raise ExportMismatchError(
                     f"onnxruntime and torch disagree on output {name!r} (max abs diff "
                     f"{diff:.3g} > {0 if exact else atol:g}); the model did not export faithfully"
                 )

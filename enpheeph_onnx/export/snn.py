@@ -67,7 +67,11 @@ What the ONNX model holds
   the graph);
 * every other node of step ``t`` is named ``/<module path>/<op>_t<t>`` (e.g.
   ``/fc1/Gemm_t3``, output ``/fc1/Gemm_t3_output_0``), weights keep their ``net`` names
-  (``fc1.weight``).
+  (``fc1.weight``). The zero initial states are computed as ``Cast(Greater(I, I))`` of
+  the layer's step-0 input ``I`` (exactly 0 whatever ``I`` holds; unlike
+  ``ConstantOfShape(Shape(I))`` it keeps the symbolic ``batch`` through ONNX shape
+  inference). The scalars of the neuron equations (``0`` of the spike comparison, the
+  ``clamp`` bounds) are ``Constant`` nodes, i.e. weight sites with source ``constant``.
 
 How the annotation works: while tracing, every state a neuron returns passes through a
 tiny marker module (``x * 1.0``) with a unique scope name; the postprocessing finds those
@@ -88,6 +92,8 @@ a membrane potential and its threshold seen in torch, so a tie can be told from 
 export bug. Weights and biases on a dyadic grid (multiples of ``2**-k`` with a bounded
 magnitude) make every sum of 0/1 spikes exact in any order, and the two runtimes then agree
 bit for bit on every state (``scripts/train_digits_snn.py`` does this).
+:func:`trace_states` returns torch's value of every annotated tensor, by its ONNX name, to
+compare with onnxruntime's (add them as graph outputs).
 """
 
 from __future__ import annotations
@@ -106,7 +112,7 @@ import onnx
 from onnx import helper
 
 from ..errors import EnpheephError
-from .core import _torch, export_model
+from .core import ExportMismatchError, _split_initializer_identities, _torch, export_model
 
 log = logging.getLogger(__name__)
 
@@ -345,25 +351,6 @@ def unroll(net: Any, num_steps: int) -> Any:
 
 # -- postprocessing of the raw export -----------------------------------------------------
 
-def _split_initializer_identities(g: onnx.GraphProto) -> None:
-    """Undo the exporter's initializer deduplication: ``Identity(init) -> name`` becomes an
-    initializer ``name`` of its own (same value), so a fault hits one parameter only."""
-    inits = {t.name: t for t in g.initializer}
-    keep = []
-    for n in g.node:
-        if (n.op_type == "Identity" and len(n.input) == 1 and n.input[0] in inits
-                and n.output[0] not in inits):
-            t = onnx.TensorProto()
-            t.CopyFrom(inits[n.input[0]])
-            t.name = n.output[0]
-            g.initializer.append(t)
-            inits[t.name] = t
-        else:
-            keep.append(n)
-    del g.node[:]
-    g.node.extend(keep)
-
-
 def _rename_everywhere(g: onnx.GraphProto, names: dict[str, str]) -> None:
     if not names:
         return
@@ -412,14 +399,12 @@ def _remove_markers(g: onnx.GraphProto, table: list[tuple[str, str, int]],
             "export_snn: the TorchScript export lost the state markers of "
             + ", ".join(f"{table[k][0]}.{table[k][1]}.t{table[k][2]}" for k in lost[:3])
             + ("..." if len(lost) > 3 else "") + "; this torch version is not supported")
-    producers = {o: n for n in g.node for o in n.output if o}
+    producers = {o for n in g.node for o in n.output if o}
     fixed = {i.name for i in g.input} | {t.name for t in g.initializer} | {
         o.name for o in g.output}
     taken = _all_names(g)
     alias: dict[str, str] = {}
-    claimed: set[str] = set()
-    drop: set[int] = set()
-    identities: list[onnx.NodeProto] = []
+    replace: dict[str, onnx.NodeProto | None] = {}
     notes: dict[str, dict[str, Any]] = {}
     for k in sorted(markers):
         node = markers[k]
@@ -427,30 +412,24 @@ def _remove_markers(g: onnx.GraphProto, table: list[tuple[str, str, int]],
         target = f"{layer}.{role}.t{t}"
         if target in taken:
             raise EnpheephError(f"export_snn: tensor name {target!r} is already used")
-        src = node.input[0]
-        while src in alias:
-            src = alias[src]
+        src = alias.get(node.input[0], node.input[0])
         notes[target] = {"layer": layer, "role": role, "time_step": t}
-        drop.add(id(node))
-        if src in producers and src not in fixed and src not in claimed:
-            claimed.add(src)
-            alias[src] = target
-            alias[node.output[0]] = target
-        else:  # an input, a weight or an already named tensor: keep a distinct copy
-            identities.append(helper.make_node("Identity", [src], [target],
-                                               name=f"/{layer}/Identity_{role}_t{t}"))
-            alias[node.output[0]] = target
-    keep = [n for n in g.node if id(n) not in drop]
+        alias[node.output[0]] = target
+        if src in producers and src not in fixed and src not in alias.values():
+            alias[src] = target  # the marked tensor itself takes the name
+            replace[node.name] = None
+        else:  # an input, a weight or an already named tensor: a distinct copy, in place
+            replace[node.name] = helper.make_node(
+                "Identity", [src], [target], name=f"/{layer}/Identity_{role}_t{t}")
+    nodes = []
+    for n in g.node:
+        if n.name not in replace:
+            nodes.append(n)
+        elif replace[n.name] is not None:
+            nodes.append(replace[n.name])
     del g.node[:]
-    g.node.extend(keep)
-    g.node.extend(identities)
-    final = {}
-    for a in alias:
-        b = alias[a]
-        while b in alias and alias[b] != b:
-            b = alias[b]
-        final[a] = b
-    _rename_everywhere(g, final)
+    g.node.extend(nodes)
+    _rename_everywhere(g, alias)
     return notes
 
 
@@ -653,7 +632,7 @@ def export_snn(
                             exact=True, postprocess=functools.partial(_postprocess, unrolled),
                             metadata=meta)
     except EnpheephError as e:
-        if "disagree" not in str(e):
+        if not isinstance(e, ExportMismatchError):
             raise
         margin = threshold_margin(unrolled, [example, *checks])
         where = ("" if margin is None else

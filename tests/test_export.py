@@ -176,3 +176,26 @@ def test_campaign_on_pruned_model_resurrection(data_path: Path) -> None:
     assert all(len(t.faults) > 0 for t in only.trials)
     w = _weights(PRUNED)
     assert all(w[f.site][f.index] == 0 for t in only.trials for f in t.faults)
+
+
+def test_export_quantize_int8_command(tmp_path: Path) -> None:
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
+    out = tmp_path / "q.onnx"
+    code, _, err = invoke("export", "--model", "tests.exportable:small_cnn", "--input-shape",
+                          "1,1,8,8", "--quantize", "int8", "--calibration", calib, "-o", out)
+    assert code == 0, err
+    m = onnx.load(out)
+    assert default_opset(m) == 26
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    sites = [s for s in discover_sites(m) if s.kind.value == "weight" and s.dtype == "int8"
+             and s.name.endswith("_quantized")]
+    assert sites and all(s.scale is not None and s.zero_point is not None for s in sites)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image=np.zeros((4, 1, 8, 8), np.float32))
+    out2 = tmp_path / "q2.onnx"
+    assert_user_error(*invoke("export", "--model", "tests.exportable:small_cnn",
+                              "--input-shape", "1,1,8,8", "--quantize", "int8",
+                              "--calibration", bad, "-o", out2), "lacks the input")
+    assert not out2.exists()

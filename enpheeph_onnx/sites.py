@@ -269,7 +269,10 @@ def quantization_params(model: onnx.ModelProto
 def pruned_mask(values: np.ndarray, qparams: tuple[np.ndarray, np.ndarray | None, int] | None
                 ) -> np.ndarray:
     """Boolean mask of the pruned elements of a weight: stored value equal to the real
-    value 0 (0 for floats; the zero point for quantized weights)."""
+    value 0 (0 for floats; the zero point for quantized weights). A scalar (a zero point,
+    a neuron threshold) is a parameter, never a pruned weight."""
+    if values.size <= 1:
+        return np.zeros(values.shape, dtype=bool)
     if qparams is None or qparams[1] is None:
         with np.errstate(invalid="ignore"):
             return np.asarray(values == 0)

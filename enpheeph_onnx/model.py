@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -136,6 +136,15 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
+    """Set ``metadata_props`` keys in place (replacing existing values of those keys)."""
+    keep = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for k, v in entries.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
 
 
 def save_model(model: onnx.ModelProto, dest: str | os.PathLike[str]) -> None:

@@ -43,6 +43,7 @@ from .model import (
     load_model,
     model_sha256,
     save_model,
+    set_metadata,
 )
 from .sites import (
     FaultSite,
@@ -351,13 +352,6 @@ def insert_fault_nodes(
     return out, b.nodes
 
 
-def _set_metadata(model: onnx.ModelProto, entries: dict[str, str]) -> None:
-    keep = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for k, v in entries.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-
 
 def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> InjectionResult:
     """Declare faults, get a faulty model.
@@ -399,7 +393,7 @@ def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> Injection
     clamp_ir_version(work)
     weights = perturb_weights(work, sites, plan)
     work, nodes = insert_fault_nodes(work, sites, plan)
-    _set_metadata(work, {
+    set_metadata(work, {
         "enpheeph.faults": plan.dumps(),
         "enpheeph.source_sha256": sha,
         "enpheeph.version": __version__,

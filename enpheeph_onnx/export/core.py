@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ..errors import EnpheephError
-from ..model import TARGET_OPSET, clamp_ir_version, ensure_opset, save_model
+from ..model import TARGET_OPSET, clamp_ir_version, ensure_opset, save_model, set_metadata
 from ..runtime import make_session
 
 log = logging.getLogger(__name__)
@@ -181,13 +181,6 @@ def _strip_unused_opsets(model: onnx.ModelProto) -> None:
     model.opset_import.extend(keep)
 
 
-def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
-    keep = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for k, v in entries.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-
 
 def _to_numpy(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy()
@@ -266,7 +259,7 @@ def export_model(
         meta["enpheeph.pruned"] = json.dumps(pruned, sort_keys=True)
     if notes:
         meta["enpheeph.annotations"] = json.dumps({"tensors": notes}, sort_keys=True)
-    _set_metadata(model, meta)
+    set_metadata(model, meta)
     try:
         onnx.checker.check_model(model, full_check=True)
     except Exception as e:

@@ -43,6 +43,7 @@ from ..model import (
     ensure_opset,
     load_model,
     save_model,
+    set_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -136,13 +137,6 @@ def _captured_root_logging() -> Iterator[list[logging.LogRecord]]:
     finally:
         root.handlers[:] = saved
 
-
-def _set_metadata(model: onnx.ModelProto, entries: Mapping[str, str]) -> None:
-    keep = [p for p in model.metadata_props if p.key not in entries]
-    del model.metadata_props[:]
-    model.metadata_props.extend(keep)
-    for k, v in entries.items():
-        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
 
 
 def quantize_int8(
@@ -299,7 +293,7 @@ def quantize_int8(
     record: dict[str, Any] = {"format": quant_format, "weights": "int8",
                               "activations": "int8", "per_channel": bool(per_channel),
                               "reduce_range": bool(reduce_range)}
-    _set_metadata(result, {METADATA_KEY: json.dumps(record, sort_keys=True)})
+    set_metadata(result, {METADATA_KEY: json.dumps(record, sort_keys=True)})
     try:
         onnx.checker.check_model(result, full_check=True)
     except Exception as e:

@@ -82,6 +82,69 @@ def feed_function(dtype: DType) -> onnx.FunctionProto:
     )
 
 
+def _broadcastable(s: FaultSite) -> bool:
+    """A dynamic batch dimension first and static dimensions after it."""
+    return (len(s.shape) >= 2 and not isinstance(s.shape[0], int)
+            and all(isinstance(d, int) for d in s.shape[1:]))
+
+
+def broadcast_function(dtype: DType) -> onnx.FunctionProto:
+    """``BroadcastFaults_<dtype>(x, positions, and, or, xor) -> y``: faults that hit the
+    same element of every sample of the batch (``[*, c, h, w]``), fed once per trial.
+
+    ``x`` is viewed as ``[batch, -1]``; ``positions`` (int64 ``[K]``) are flat per-sample
+    element numbers, expanded over the batch inside the graph, so the host's work does
+    not grow with the batch. Body: ``Reshape -> GatherElements -> BitCast -> Bitwise ->
+    BitCast -> ScatterElements -> Reshape`` behind an ``If`` that passes ``x`` through when
+    ``K = 0``. Source: ONNX operator spec, GatherElements-13, ScatterElements-18, Expand-13.
+    """
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Shape", ["x"], ["batch"], start=0, end=1),
+        helper.make_node("Constant", [], ["minus1"], value_ints=[-1]),
+        helper.make_node("Concat", ["batch", "minus1"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),
+        helper.make_node("Constant", [], ["axis0"], value_ints=[0]),
+        helper.make_node("Unsqueeze", ["positions", "axis0"], ["pos_row"]),
+        helper.make_node("Concat", ["batch", "k"], ["grid_shape"], axis=0),
+        helper.make_node("Expand", ["pos_row", "grid_shape"], ["grid"]),
+        helper.make_node("GatherElements", ["flat", "grid"], ["g"], axis=1),
+    ]
+    u = "g"
+    if dtype.is_float:
+        nodes.append(helper.make_node("BitCast", ["g"], ["gu"], to=dtype.container_onnx))
+        u = "gu"
+    nodes += [
+        helper.make_node("BitwiseAnd", [u, "and"], ["t_and"]),
+        helper.make_node("BitwiseOr", ["t_and", "or"], ["t_or"]),
+        helper.make_node("BitwiseXor", ["t_or", "xor"], ["t_xor"]),
+    ]
+    upd = "t_xor"
+    if dtype.is_float:
+        nodes.append(helper.make_node("BitCast", ["t_xor"], ["upd"], to=dtype.onnx))
+        upd = "upd"
+    nodes += [
+        helper.make_node("ScatterElements", ["flat", "grid", upd], ["scattered"], axis=1),
+        helper.make_node("Reshape", ["scattered", "shape"], ["y_faulty"]),
+    ]
+    apply = helper.make_graph(nodes, "apply_faults", [], [
+        helper.make_tensor_value_info("y_faulty", dtype.onnx, None)])
+    skip = helper.make_graph([helper.make_node("Identity", ["x"], ["y_same"])], "no_fault", [],
+                             [helper.make_tensor_value_info("y_same", dtype.onnx, None)])
+    gate = [
+        helper.make_node("Shape", ["positions"], ["k"], start=0, end=1),
+        helper.make_node("Constant", [], ["zero"], value_ints=[0]),
+        helper.make_node("Greater", ["k", "zero"], ["any1"]),
+        helper.make_node("Squeeze", ["any1"], ["any"]),
+        helper.make_node("If", ["any"], ["y"], then_branch=apply, else_branch=skip),
+    ]
+    return helper.make_function(
+        FAULT_DOMAIN, f"BroadcastFaults_{dtype.name}", ["x", "positions", "and", "or", "xor"],
+        ["y"], gate, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
+        doc_string="enpheeph-onnx run-time fault feed: the same elements of every sample",
+    )
+
+
 def _mask_dtype(d: DType) -> np.dtype:
     return d.container if d.is_float else d.numpy
 
@@ -94,6 +157,7 @@ class _Port:
     and_: str
     or_: str
     xor: str
+    broadcast: tuple[str, str, str, str] | None = None  # positions, and, or, xor
 
 
 def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
@@ -151,6 +215,25 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
         for name in (p.and_, p.or_, p.xor):
             g.input.append(helper.make_tensor_value_info(name, mt, [k]))
         node = f"enpheeph/{s.name}/FeedFaults"
+        if _broadcastable(s):
+            bf = broadcast_function(d)
+            funcs.setdefault(bf.name, bf)
+            kb = f"{k}_b"
+            names = tuple(f"enpheeph/{s.name}/broadcast/{x}"
+                          for x in ("positions", "and", "or", "xor"))
+            g.input.append(helper.make_tensor_value_info(names[0], onnx.TensorProto.INT64,
+                                                         [kb]))
+            for name in names[1:]:
+                g.input.append(helper.make_tensor_value_info(name, mt, [kb]))
+            p = replace(p, broadcast=names)  # type: ignore[arg-type]
+            ports[s.name] = p
+            mid = f"enpheeph/{s.name}/broadcast/out"
+            return [
+                helper.make_node(bf.name, [src, *names], [mid], name=f"{node}/Broadcast",
+                                 domain=FAULT_DOMAIN),
+                helper.make_node(f.name, [mid, p.indices, p.and_, p.or_, p.xor], [dst],
+                                 name=node, domain=FAULT_DOMAIN),
+            ]
         if s.shape:
             return [helper.make_node(f.name, [src, p.indices, p.and_, p.or_, p.xor], [dst],
                                      name=node, domain=FAULT_DOMAIN)]
@@ -359,11 +442,32 @@ class FaultEngine:
                         continue
                     f = replace(f, index=(f.index[0] - start, *f.index[1:]))
                 by_site[f.site].append(f)
+        bcast: dict[str, list[Fault]] = {}
+        for name, p in ports.items():
+            fs = by_site[name]
+            if p.broadcast is not None and fs and all(
+                    f.index[0] is None and None not in f.index[1:] for f in fs):
+                bcast[name] = [Fault.trusted(f.site, f.index[1:], f.model, f.bits, f.value)
+                               for f in fs]
+                by_site[name] = []
         shapes = self._concrete_shapes(batch) if any(by_site.values()) else {}
         feeds: dict[str, np.ndarray] = {}
         for name, p in ports.items():
             idx, a, o, x = _site_feed(by_site[name], shapes.get(name), p)
             feeds[p.indices], feeds[p.and_], feeds[p.or_], feeds[p.xor] = idx, a, o, x
+            if p.broadcast is not None:
+                fs = bcast.get(name, [])
+                if fs:
+                    per_sample = tuple(int(n) for n in p.site.shape[1:])  # type: ignore[arg-type]
+                    lin, a, o, x = fold_faults(fs, per_sample, p.dtype)
+                    if not p.dtype.is_float:
+                        a, o, x = a.view(p.dtype.numpy), o.view(p.dtype.numpy), x.view(
+                            p.dtype.numpy)
+                else:
+                    lin = np.zeros(0, np.int64)
+                    a = o = x = np.zeros(0, dtype=_mask_dtype(p.dtype))
+                pos, band, bor, bxor = p.broadcast
+                feeds[pos], feeds[band], feeds[bor], feeds[bxor] = lin, a, o, x
         return feeds
 
     def run(self, data: Mapping[str, np.ndarray], faults: Sequence[Fault] = (),

@@ -354,14 +354,6 @@ class FaultEngine:
         room = len(self._variants) - (self._full in self._variants) < self.max_variants
         return hit if room and self._seen[hit] >= 2 else self._full
 
-    def warm_up(self, trials: Iterable[Sequence[Fault]]) -> None:
-        """Build now the sessions these trials will use (otherwise built when a set of hit
-        sites recurs); for benchmarks of the steady state of a long campaign."""
-        for faults in trials:
-            hit = frozenset(f.site for f in faults if f.site in self._full)
-            self._seen[hit] = self._seen.get(hit, 0) + 1
-            self._variant(self._key(faults))
-
     @property
     def ports(self) -> dict[str, _Port]:
         """The fault inputs of a session instrumented at every activation/input site."""

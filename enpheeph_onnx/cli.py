@@ -108,6 +108,20 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _site_notes(s: Any) -> str:
+    """Quantization parameters and spiking annotations, for the sites table."""
+    parts = []
+    if s.scale is not None:
+        scale = s.scale if isinstance(s.scale, float) else f"[{len(s.scale)} per channel]"
+        zp = s.zero_point if isinstance(s.zero_point, int | None) else "[per channel]"
+        parts.append(f"scale {scale:.4g} zp {zp}" if isinstance(scale, float)
+                     else f"scale {scale} zp {zp}")
+    if s.role:
+        parts.append(f"{s.layer} {s.role}" + ("" if s.time_step is None
+                                               else f" t={s.time_step}"))
+    return "; ".join(parts)
+
+
 def _shape_text(shape: tuple[Any, ...]) -> str:
     return "[" + ",".join("?" if d is None else str(d) for d in shape) + "]"
 
@@ -131,9 +145,10 @@ def sites(model: Path, as_json: bool, kinds: tuple[str, ...]) -> None:
         return
     rows = [[s.name, s.kind.value, s.op_type, s.dtype, str(s.bits), _shape_text(s.shape),
              "?" if s.elements is None else str(s.elements),
-             "" if s.zero_fraction is None else f"{s.zero_fraction:.3f}"] for s in found]
+             "" if s.sparsity is None else f"{s.sparsity:.3f}", _site_notes(s)]
+            for s in found]
     click.echo(_table(rows, ["name", "kind", "op", "dtype", "bits", "shape", "elements",
-                             "zeros"]))
+                             "sparsity", "notes"]))
     n_w = sum(s.kind.value == "weight" for s in found)
     params = sum(s.elements or 0 for s in found if s.kind.value == "weight")
     click.echo(f"{len(found)} sites: {n_w} weights ({params} parameters), "

@@ -95,6 +95,10 @@ def load_dataset(path: str | os.PathLike[str], names: list[str],
     if labels is None and require_labels:
         raise EnpheephError(f"data {path} has no 'labels' array (int64 class per sample)")
     inputs = {n: arrays[n] for n in names}
+    scalars = [n for n, a in inputs.items() if a.ndim == 0]
+    if scalars or (labels is not None and labels.ndim == 0):
+        raise EnpheephError(f"data {path}: {scalars[0] if scalars else 'labels'!r} is a "
+                            "scalar; arrays need the samples along axis 0")
     lengths = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
     if len(lengths) != 1:
         raise EnpheephError(f"data {path}: arrays have different lengths {sorted(lengths)}")
@@ -149,8 +153,9 @@ class CountMode(Enum):
 
 @dataclass(frozen=True)
 class ValueDistribution:
-    """Replacement values for the value fault model: ``constant:V`` (or just ``V``),
-    ``uniform:LOW,HIGH`` or ``normal:MEAN,STD``."""
+    """Replacement values for the value fault model: ``constant:V`` (or just ``V``; may be
+    ``nan`` or ``inf``), ``uniform:LOW,HIGH`` or ``normal:MEAN,STD`` (finite parameters).
+    On integer sites a value is rounded and saturated to the type's range, NaN giving 0."""
 
     kind: str
     a: float
@@ -169,6 +174,9 @@ class ValueDistribution:
         if kind == "constant" and len(nums) == 1:
             return cls("constant", nums[0])
         if kind in ("uniform", "normal") and len(nums) == 2:
+            if not all(math.isfinite(v) for v in nums):
+                raise EnpheephError(f"bad value distribution {text!r}: its parameters must "
+                                    "be finite (a constant may be nan or inf)")
             if (kind == "uniform" and nums[1] < nums[0]) or (kind == "normal" and nums[1] < 0):
                 raise EnpheephError(f"bad value distribution {text!r}: check its parameters")
             return cls(kind, nums[0], nums[1])
@@ -551,9 +559,10 @@ class Sampler:
             for k in range(total):
                 w = int(which[k])
                 v = float(values[k])
-                if names[w] in self.ranges:
+                if names[w] in self.ranges:  # integers saturate; NaN is stored as 0
                     lo, hi = self.ranges[names[w]]
-                    v = float(min(max(round(v), lo), hi))
+                    v = 0.0 if math.isnan(v) else float(min(max(v, lo), hi))
+                    v = float(round(v))
                 faults.append(Fault.trusted(names[w], tuple(coords[k]), FaultModel.VALUE, (), v))
         else:
             bits = [self.usable[w][b] for w, b in zip(which.tolist(), bitpos.tolist(),
@@ -818,19 +827,29 @@ def run_campaign(
         raise EnpheephError(f"unknown output {output!r}: the model has {engine.output_names}")
     feeds = check_feeds(_Inputs(engine), data.inputs)
     kinds = {s.name: (s.kind.value, s.layer) for s in all_sites}
+    golden = engine.run(feeds, (), config.batch_size)  # before any file is written
+    golden_acc = _accuracy(golden[output], data.labels)
     store = None
+    created = False
     if db is not None:
-        store = _open_store(db, resume, _meta(model, sha, config, engine.providers, len(data)),
-                            kinds, config)
+        created = not (resume and Path(db).exists())
+        meta = _meta(model, sha, config, engine.providers, len(data))
+        meta["data_sha256"] = data_sha256(data)
+        store = _open_store(db, resume, meta, kinds, config)
+    committed = False
     try:
-        golden = engine.run(feeds, (), config.batch_size)
-        golden_acc = _accuracy(golden[output], data.labels)
         if store:
-            old = store.meta().get("golden_accuracy")
+            stored = store.meta()
+            if stored.get("data_sha256", meta["data_sha256"]) != meta["data_sha256"]:
+                raise EnpheephError(
+                    f"cannot resume {db}: it was run on other data (sha256 "
+                    f"{str(stored.get('data_sha256'))[:12]}...); use the same --data or a new "
+                    "--db")
+            old = stored.get("golden_accuracy")
             if old is not None and golden_acc is not None and old != golden_acc:
                 raise EnpheephError(
                     f"cannot resume {db}: the golden accuracy changed ({old} -> {golden_acc}); "
-                    "was the data or the onnxruntime version changed? use a new --db")
+                    "was the onnxruntime version changed? use a new --db")
             store.set_meta("golden_accuracy", golden_acc)
         numbers = sorted(trials_todo) if trials_todo is not None else list(
             range(config.total_trials))
@@ -869,11 +888,22 @@ def run_campaign(
                 store.add(rec)
                 if time.monotonic() - last_commit >= commit_every:
                     store.flush()
+                    committed = True
                     last_commit = time.monotonic()
         if store:
             store.flush()
+            committed = True
             store.set_meta("status", "complete")
             records = list(store.trials())
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        if store and created and not committed:  # a failed new campaign leaves no file
+            store.close()
+            store = None
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        raise
     finally:
         if store:
             store.close()
@@ -902,6 +932,21 @@ def _accuracy(logits: np.ndarray, labels: np.ndarray | None) -> float | None:
         return None
     top = np.argmax(logits.reshape(len(logits), -1), axis=1)
     return float(np.mean(top == labels))
+
+
+def data_sha256(data: Dataset) -> str:
+    """SHA-256 over the data's input arrays (sorted by name) and labels: dtype, shape, bytes."""
+    import hashlib
+
+    h = hashlib.sha256()
+    arrays = sorted(data.inputs.items())
+    if data.labels is not None:
+        arrays.append(("labels", data.labels))
+    for name, a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def trials_for_margin(sites: list[FaultSite], cfg: CampaignConfig, margin: float,

@@ -108,6 +108,28 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _per_batch_fault(model: Any) -> str | None:
+    """The first recorded activation/input fault of an ``inject``-ed model whose first
+    coordinate is an integer on a dynamic (batch) dimension, as text; else None."""
+    from .faults import FaultPlan
+    from .sites import SiteKind, discover_sites
+
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "enpheeph.faults" not in meta:
+        return None
+    try:
+        plan = FaultPlan.from_json(json.loads(meta["enpheeph.faults"]))
+    except (ValueError, EnpheephError):
+        return None
+    sites = {s.name: s for s in discover_sites(model)}
+    for f in plan:
+        s = sites.get(f.site)
+        if (s is not None and s.kind is not SiteKind.WEIGHT and f.index and s.shape
+                and f.index[0] is not None and not isinstance(s.shape[0], int)):
+            return str(f)
+    return None
+
+
 def _site_notes(s: Any) -> str:
     """Quantization parameters and spiking annotations, for the sites table."""
     parts = []
@@ -210,8 +232,18 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
     from .runtime import check_feeds, load_npz, make_session, run_batched
 
     arrays = load_npz(inputs_path)
-    sess = make_session(load_model(model), provider)  # type: ignore[arg-type]
+    proto = load_model(model)
+    sess = make_session(proto, provider)  # type: ignore[arg-type]
     feeds = check_feeds(sess, arrays, str(inputs_path))
+    n = len(next(iter(feeds.values())))
+    for m, path in ((proto, model), *(((load_model(other), other),) if other else ())):
+        fixed = _per_batch_fault(m)
+        if fixed and batch_size < n:
+            raise EnpheephError(
+                f"{path} injects {fixed} into one sample index of each onnxruntime run; with "
+                f"--batch-size {batch_size} < {n} samples it would hit that index in every "
+                f"batch: use --batch-size {n}"
+            )
     outputs = run_batched(sess, feeds, batch_size)
     report: dict[str, Any] = {"model": str(model), "providers": sess.get_providers(),
                               "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name}
@@ -226,12 +258,15 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
             b = theirs[name]
             if a.shape != b.shape:
                 raise EnpheephError(f"output {name!r} shapes differ: {a.shape} vs {b.shape}")
-            diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+            fa, fb = a.astype(np.float64), b.astype(np.float64)
+            both_nan = np.isnan(fa) & np.isnan(fb)
+            with np.errstate(invalid="ignore"):
+                diff = np.where(both_nan, 0.0, np.abs(fa - fb))  # NaN vs number stays NaN
             top = (np.argmax(a.reshape(len(a), -1), 1) == np.argmax(b.reshape(len(b), -1), 1)
                    if a.ndim >= 1 and len(a) else np.array([True]))
-            cmp[name] = {"max_abs_diff": float(np.nanmax(diff)) if diff.size else 0.0,
-                         "nan_mismatch": int(np.count_nonzero(np.isnan(a) != np.isnan(b))),
-                         "bit_identical": bool(a.tobytes() == b.tobytes()),
+            cmp[name] = {"max_abs_diff": float(np.max(diff)) if diff.size else 0.0,
+                         "nan_mismatch": int(np.count_nonzero(np.isnan(fa) != np.isnan(fb))),
+                         "bit_identical": bool(a.dtype == b.dtype and a.tobytes() == b.tobytes()),
                          "top1_agreement": float(np.mean(top))}
         report["compare"] = {"model": str(other), "outputs": cmp}
     if out is not None:
@@ -239,16 +274,16 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
             np.savez(fh, **outputs)
         report["written"] = str(out)
     if as_json:
-        click.echo(json.dumps(report, indent=1))
+        click.echo(json.dumps(_finite(report), indent=1, allow_nan=False))
     else:
         for name, info in report["outputs"].items():
             click.echo(f"output {name}: shape {info['shape']} {info['dtype']}")
         if other is not None:
-            rows = [[k, f"{v['max_abs_diff']:.6g}", f"{v['top1_agreement']:.4f}",
-                     "yes" if v["bit_identical"] else "no"]
+            rows = [[k, f"{v['max_abs_diff']:.6g}", str(v["nan_mismatch"]),
+                     f"{v['top1_agreement']:.4f}", "yes" if v["bit_identical"] else "no"]
                     for k, v in report["compare"]["outputs"].items()]
-            click.echo(_table(rows, ["output", "max_abs_diff", "top1_agreement",
-                                     "bit_identical"]))
+            click.echo(_table(rows, ["output", "max_abs_diff", "nan_mismatch",
+                                     "top1_agreement", "bit_identical"]))
     _summary(True, f"run: {len(next(iter(feeds.values())))} sample(s) on "
                    f"{sess.get_providers()[0]}")
 
@@ -271,9 +306,14 @@ def _load_toml_config(ctx: click.Context, param: click.Parameter, value: Path | 
     data = data.get("campaign", data)
     known = {p.name: p for p in ctx.command.params if p.name not in ("config", "model")}
     flags = {opt.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params
-             for opt in getattr(p, "opts", []) if opt.startswith("--")}
+             for opt in [*getattr(p, "opts", []), *getattr(p, "secondary_opts", [])]
+             if opt.startswith("--")}
+    negated = {opt.lstrip("-").replace("-", "_") for p in ctx.command.params
+               for opt in getattr(p, "secondary_opts", [])}
     defaults: dict[str, Any] = {}
     for key, v in data.items():
+        if key.replace("-", "_") in negated and isinstance(v, bool):
+            v = not v  # e.g. no-progress = true
         name = flags.get(key.replace("-", "_"))
         if name is None or name not in known:
             raise EnpheephError(
@@ -506,6 +546,15 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
     if plan_path is not None:
         from .campaign import CampaignConfig
 
+        ctx = click.get_current_context()
+        given = [name for name in opts if name != "output_name"
+                 and ctx.get_parameter_source(name) not in (
+                     click.core.ParameterSource.DEFAULT, None)]
+        if given:
+            flag = "--" + given[0].replace("_text", "").replace("site_globs", "sites").replace(
+                "_", "-")
+            raise EnpheephError(f"{flag} has no effect with --plan: the plan fixes every "
+                                "trial's faults; drop it, or sample anew without --plan")
         cp = CampaignPlan.load(plan_path)
         cfg = CampaignConfig(selection=cp.config.selection, batch_size=batch_size,
                              provider=provider,  # type: ignore[arg-type]
@@ -530,7 +579,8 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         signal.signal(signal.SIGTERM, previous)
     s = res.summary
     if as_json:
-        click.echo(json.dumps(res.to_json(), indent=1, default=_json_default))
+        click.echo(json.dumps(_finite(res.to_json()), indent=1, default=_json_default,
+                              allow_nan=False))
     else:
         _print_summary(s)
     tail = f", results in {db}" if db else ""
@@ -549,6 +599,17 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()
     raise TypeError(type(o).__name__)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/Inf floats replaced by None: ``--json`` output is strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _ci(p: dict[str, Any]) -> str:

@@ -34,7 +34,14 @@ from .bits import BY_NAME, BitTransform, DType
 from .faults import Fault, FaultModel
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
-from .runtime import Provider, join_batches, make_session, run_batched, session_options
+from .runtime import (
+    Provider,
+    join_batches,
+    make_session,
+    run_batched,
+    run_session,
+    session_options,
+)
 from .sites import FaultSite, SiteKind, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -343,16 +350,19 @@ class FaultEngine:
         self._variants.move_to_end(key)
         return v
 
-    def _key(self, faults: Iterable[Fault]) -> frozenset[str]:
+    def _key(self, faults: Iterable[Fault], sighting: bool = True) -> frozenset[str]:
         """The session for a trial: the one for exactly its hit sites if it exists or the
         set was seen before (a set seen once, e.g. random sites of a multi-fault trial,
-        is not worth a session build), else the one instrumented everywhere."""
+        is not worth a session build), else the one instrumented everywhere.
+        ``sighting``: count this call as a sighting (:meth:`run` does, :meth:`reference`
+        does not, so both pick the same session for the same trial)."""
         hit = frozenset(f.site for f in faults if f.site in self._full)
         if not hit or hit in self._variants:
             return hit
-        self._seen[hit] = self._seen.get(hit, 0) + 1
+        if sighting:
+            self._seen[hit] = self._seen.get(hit, 0) + 1
         room = len(self._variants) - (self._full in self._variants) < self.max_variants
-        return hit if room and self._seen[hit] >= 2 else self._full
+        return hit if room and self._seen.get(hit, 0) >= 2 else self._full
 
     @property
     def ports(self) -> dict[str, _Port]:
@@ -478,14 +488,14 @@ class FaultEngine:
 
     def reference(self, data: Mapping[str, np.ndarray], faults: Sequence[Fault] = (),
                   batch_size: int | None = None) -> dict[str, np.ndarray]:
-        """The golden outputs of the session that :meth:`run` uses for ``faults``: the
-        reference to classify that run's outputs against. Cached per session for the
-        last ``data`` object."""
+        """The golden outputs of the session that :meth:`run` used for ``faults`` (call it
+        after :meth:`run`): the reference to classify that run's outputs against. Cached
+        per session for the last ``data`` object."""
         if data is not self._ref_data or batch_size != self._ref_batch:
             for v in self._variants.values():
                 v.golden = None
             self._ref_data, self._ref_batch = data, batch_size
-        v = self._variant(self._key(faults))
+        v = self._variant(self._key(faults, sighting=False))
         if v.golden is None:
             v.golden = self._run(v, data, (), batch_size)
         return v.golden
@@ -500,7 +510,7 @@ class FaultEngine:
         for start in range(0, n, step):
             batch = {k: val[start:start + step] for k, val in data.items()}
             feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start, v.ports)}
-            for i, out in enumerate(v.session.run(names, feeds)):
+            for i, out in enumerate(run_session(v.session, names, feeds)):
                 chunks[i].append(out)
         sizes = [min(step, n - start) for start in range(0, n, step)]
         return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}

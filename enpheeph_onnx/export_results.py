@@ -30,6 +30,27 @@ _QUERIES = {
 }
 
 
+_TYPES: dict[str, dict[str, str]] = {
+    "trials": {"trial": "int", "level": "int", "rate": "real", "n_faults": "int",
+               "accuracy": "real", "samples": "int", "masked": "int", "tolerable_sdc": "int",
+               "critical_sdc": "int", "due": "int", "seconds": "real", "faults": "text"},
+    "faults": {"trial": "int", "ordinal": "int", "site": "text", "kind": "text",
+               "layer": "text", "sample": "int", "idx": "text", "model": "text",
+               "bits": "text", "value": "real"},
+    "outcomes": {"trial": "int", "sample": "int", "outcome": "int", "outcome_name": "text",
+                 "correct": "int"},
+}
+"""Column types of the Parquet tables (fixed, so exports of different campaigns concat)."""
+
+
+def _typed(v: object, kind: str) -> object:
+    if v is None:
+        return None
+    if kind == "real":
+        return float(v)  # type: ignore[arg-type]  # "nan"/"inf" values are stored as text
+    return v
+
+
 def _rows(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple[object, ...]]]:
     cur = conn.execute(_QUERIES[table])
     cols = [d[0] for d in cur.description]
@@ -75,6 +96,9 @@ def export_table(db: str | os.PathLike[str], table: str, fmt: str,
                 w.writerow(cols)
                 w.writerows(rows)
         else:
-            columns = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
-            pq.write_table(pa.table(columns), Path(tmp))
+            types = {"int": pa.int64(), "real": pa.float64(), "text": pa.string()}
+            schema = pa.schema([(c, types[_TYPES[table][c]]) for c in cols])
+            columns = {c: [_typed(r[i], _TYPES[table][c]) for r in rows]
+                       for i, c in enumerate(cols)}
+            pq.write_table(pa.table(columns, schema=schema), Path(tmp))
     return len(rows)

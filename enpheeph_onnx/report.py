@@ -477,6 +477,9 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
     outcome_headers = [label for _, label in _OUTCOMES]
     lines = [f"# {_md_cell(title)}", ""]
+    if summary.get("status") not in (None, "complete"):
+        lines += [f"**Incomplete campaign** ({len(summary.get('trials') or [])} trials stored; "
+                  "continue it with `campaign ... --resume`).", ""]
 
     lines += ["## Campaign configuration", ""]
     config = summary.get("config") or {}

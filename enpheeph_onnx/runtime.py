@@ -10,7 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -148,8 +148,33 @@ def check_feeds(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray],
                 f"{where}: input {inp.name!r} has rank {a.ndim} but the model expects "
                 f"rank {len(inp.shape)} {inp.shape}"
             )
+        bad = [(i, n, want_n) for i, (n, want_n) in enumerate(zip(a.shape, inp.shape,
+                                                                  strict=True))
+               if isinstance(want_n, int) and n != want_n]
+        if bad:
+            i, n, want_n = bad[0]
+            raise EnpheephError(
+                f"{where}: input {inp.name!r} has shape {list(a.shape)} but the model expects "
+                f"{inp.shape} (dimension {i} is {n}, not {want_n})"
+            )
+        if a.ndim and a.shape[0] == 0:
+            raise EnpheephError(f"{where}: input {inp.name!r} holds no samples")
         feeds[inp.name] = a
     return feeds
+
+
+def run_session(sess: ort.InferenceSession, names: list[str] | None,
+                feeds: Mapping[str, Any]) -> list[Any]:
+    """``sess.run`` with onnxruntime's failures (e.g. a shape the model cannot take) turned
+    into a one-line :class:`EnpheephError`."""
+    try:
+        return sess.run(names, feeds)  # type: ignore[no-any-return]
+    except (ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+            ort.capi.onnxruntime_pybind11_state.Fail,
+            ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EnpheephError(f"onnxruntime cannot run the model on this data: {first}"
+                            ) from None
 
 
 _ORT_DTYPES = {
@@ -175,7 +200,7 @@ def run_batched(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
         batch = {k: v[start:start + step] for k, v in feeds.items()}
         if extra:
             batch.update(extra)
-        for i, out in enumerate(sess.run(names, batch)):
+        for i, out in enumerate(run_session(sess, names, batch)):
             chunks[i].append(out)
     sizes = [min(step, n - start) for start in range(0, n, step)]
     return {name: join_batches(name, c, sizes) for name, c in zip(names, chunks, strict=True)}

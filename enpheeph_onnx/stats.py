@@ -45,8 +45,8 @@ def sample_size(population: float, margin: float, confidence: float, p: float = 
     >>> sample_size(1e9, 0.01, 0.99)
     16587
     """
-    if not population >= 1:
-        raise EnpheephError(f"population must be >= 1, got {population}")
+    if not (population >= 1 and math.isfinite(population)):
+        raise EnpheephError(f"population must be a finite number >= 1, got {population}")
     if not 0 < margin < 1:
         raise EnpheephError(f"margin must be in (0, 1), e.g. 0.01 for 1 %; got {margin}")
     if not 0 < p < 1:

@@ -17,7 +17,8 @@ uncommitted batch, which ``--resume`` recomputes. Schema::
                                           -- 2 critical SDC, 3 DUE; correct: top-1 == label
 
 ``fault.sample`` is the input sample a per-sample fault hits, NULL when it hits every
-input of the trial.
+input of the trial; ``fault.value`` is a number, or the text ``nan``/``inf``/``-inf``
+(SQLite would store a REAL NaN as NULL).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ CREATE TABLE IF NOT EXISTS trial (
 CREATE TABLE IF NOT EXISTS fault (
     trial INTEGER NOT NULL, ordinal INTEGER NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
     layer TEXT NOT NULL, sample INTEGER, idx TEXT NOT NULL, model TEXT NOT NULL,
-    bits TEXT NOT NULL, value REAL, PRIMARY KEY (trial, ordinal));
+    bits TEXT NOT NULL, value, PRIMARY KEY (trial, ordinal));
 CREATE TABLE IF NOT EXISTS outcome (
     trial INTEGER NOT NULL, sample INTEGER NOT NULL, outcome INTEGER NOT NULL,
     correct INTEGER, PRIMARY KEY (trial, sample));
@@ -212,7 +213,7 @@ class ResultStore:
             sample = f.index[0] if (self.per_sample and kind != "weight" and f.index) else None
             rows.append((rec.trial, k, f.site, kind, layer, sample,
                          json.dumps(f.to_json()["index"]), f.model.value,
-                         json.dumps(list(f.bits)), f.value))
+                         json.dumps(list(f.bits)), f.to_json().get("value")))
         self.conn.executemany("INSERT INTO fault VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
         correct = rec.correct.tolist() if rec.correct is not None else [None] * rec.samples
         self.conn.executemany(

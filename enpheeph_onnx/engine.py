@@ -47,46 +47,60 @@ from .sites import FaultSite, SiteKind, infer_shapes
 log = logging.getLogger(__name__)
 
 
-def feed_function(dtype: DType) -> onnx.FunctionProto:
-    """``FeedFaults_<dtype>(x, indices, and, or, xor) -> y``: the run-time fault node.
-
-    ``y = ScatterND(x, indices, f(GatherND(x, indices)))`` with
-    ``f(u) = ((u & and) | or) ^ xor`` on the stored bits, inside an ``If`` that passes
-    ``x`` through (``Identity``) when no fault is fed (K = 0): most sites of a trial
-    carry no fault, and ScatterND would copy the whole tensor. Source: ONNX operator
-    spec, GatherND-13, ScatterND-18, BitCast-26, Bitwise*-18, If-21.
-    """
-    nodes = [helper.make_node("GatherND", ["x", "indices"], ["g"])]
-    u = "g"
+def _bit_ops(dtype: DType, gathered: str) -> tuple[list[onnx.NodeProto], str]:
+    """Nodes computing ``((u & and) | or) ^ xor`` on the stored bits of ``gathered``;
+    returns them and the name of the updated values (in ``dtype``)."""
+    nodes = []
+    u = gathered
     if dtype.is_float:
-        nodes.append(helper.make_node("BitCast", ["g"], ["gu"], to=dtype.container_onnx))
+        nodes.append(helper.make_node("BitCast", [gathered], ["gu"], to=dtype.container_onnx))
         u = "gu"
     nodes += [
         helper.make_node("BitwiseAnd", [u, "and"], ["t_and"]),
         helper.make_node("BitwiseOr", ["t_and", "or"], ["t_or"]),
         helper.make_node("BitwiseXor", ["t_or", "xor"], ["t_xor"]),
     ]
-    upd = "t_xor"
-    if dtype.is_float:
-        nodes.append(helper.make_node("BitCast", ["t_xor"], ["upd"], to=dtype.onnx))
-        upd = "upd"
-    nodes.append(helper.make_node("ScatterND", ["x", "indices", upd], ["y_faulty"]))
-    apply = helper.make_graph(nodes, "apply_faults", [], [
+    if not dtype.is_float:
+        return nodes, "t_xor"
+    nodes.append(helper.make_node("BitCast", ["t_xor"], ["upd"], to=dtype.onnx))
+    return nodes, "upd"
+
+
+def _gated_function(name: str, index_input: str, apply: list[onnx.NodeProto], dtype: DType,
+                    doc: str) -> onnx.FunctionProto:
+    """``name(x, <index_input>, and, or, xor) -> y``: ``apply`` (ending in ``y_faulty``)
+    inside an ``If`` that passes ``x`` through (``Identity``) when the index input is
+    empty (K = 0): most sites of a trial carry no fault, and a scatter would copy the
+    whole tensor. ``k`` (K as a 1-element int64 tensor) is visible to ``apply``."""
+    then = helper.make_graph(apply, "apply_faults", [], [
         helper.make_tensor_value_info("y_faulty", dtype.onnx, None)])
     skip = helper.make_graph([helper.make_node("Identity", ["x"], ["y_same"])], "no_fault", [],
                              [helper.make_tensor_value_info("y_same", dtype.onnx, None)])
     gate = [
-        helper.make_node("Shape", ["indices"], ["k"], start=0, end=1),
+        helper.make_node("Shape", [index_input], ["k"], start=0, end=1),
         helper.make_node("Constant", [], ["zero"], value_ints=[0]),
         helper.make_node("Greater", ["k", "zero"], ["any1"]),
         helper.make_node("Squeeze", ["any1"], ["any"]),
-        helper.make_node("If", ["any"], ["y"], then_branch=apply, else_branch=skip),
+        helper.make_node("If", ["any"], ["y"], then_branch=then, else_branch=skip),
     ]
     return helper.make_function(
-        FAULT_DOMAIN, f"FeedFaults_{dtype.name}", ["x", "indices", "and", "or", "xor"], ["y"],
-        gate, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
-        doc_string="enpheeph-onnx run-time fault feed: faults given as inputs",
-    )
+        FAULT_DOMAIN, name, ["x", index_input, "and", "or", "xor"], ["y"], gate,
+        opset_imports=[helper.make_opsetid("", TARGET_OPSET)], doc_string=doc)
+
+
+def feed_function(dtype: DType) -> onnx.FunctionProto:
+    """``FeedFaults_<dtype>(x, indices, and, or, xor) -> y``: the run-time fault node.
+
+    ``y = ScatterND(x, indices, f(GatherND(x, indices)))`` with
+    ``f(u) = ((u & and) | or) ^ xor`` on the stored bits, inside an ``If`` that passes
+    ``x`` through when no fault is fed (K = 0). Source: ONNX operator spec, GatherND-13,
+    ScatterND-18, BitCast-26, Bitwise*-18, If-21.
+    """
+    ops, upd = _bit_ops(dtype, "g")
+    apply = [helper.make_node("GatherND", ["x", "indices"], ["g"]), *ops,
+             helper.make_node("ScatterND", ["x", "indices", upd], ["y_faulty"])]
+    return _gated_function(f"FeedFaults_{dtype.name}", "indices", apply, dtype,
+                           "enpheeph-onnx run-time fault feed: faults given as inputs")
 
 
 def _broadcastable(s: FaultSite) -> bool:
@@ -105,7 +119,8 @@ def broadcast_function(dtype: DType) -> onnx.FunctionProto:
     BitCast -> ScatterElements -> Reshape`` behind an ``If`` that passes ``x`` through when
     ``K = 0``. Source: ONNX operator spec, GatherElements-13, ScatterElements-18, Expand-13.
     """
-    nodes = [
+    ops, upd = _bit_ops(dtype, "g")
+    apply = [
         helper.make_node("Shape", ["x"], ["shape"]),
         helper.make_node("Shape", ["x"], ["batch"], start=0, end=1),
         helper.make_node("Constant", [], ["minus1"], value_ints=[-1]),
@@ -116,40 +131,13 @@ def broadcast_function(dtype: DType) -> onnx.FunctionProto:
         helper.make_node("Concat", ["batch", "k"], ["grid_shape"], axis=0),
         helper.make_node("Expand", ["pos_row", "grid_shape"], ["grid"]),
         helper.make_node("GatherElements", ["flat", "grid"], ["g"], axis=1),
-    ]
-    u = "g"
-    if dtype.is_float:
-        nodes.append(helper.make_node("BitCast", ["g"], ["gu"], to=dtype.container_onnx))
-        u = "gu"
-    nodes += [
-        helper.make_node("BitwiseAnd", [u, "and"], ["t_and"]),
-        helper.make_node("BitwiseOr", ["t_and", "or"], ["t_or"]),
-        helper.make_node("BitwiseXor", ["t_or", "xor"], ["t_xor"]),
-    ]
-    upd = "t_xor"
-    if dtype.is_float:
-        nodes.append(helper.make_node("BitCast", ["t_xor"], ["upd"], to=dtype.onnx))
-        upd = "upd"
-    nodes += [
+        *ops,
         helper.make_node("ScatterElements", ["flat", "grid", upd], ["scattered"], axis=1),
         helper.make_node("Reshape", ["scattered", "shape"], ["y_faulty"]),
     ]
-    apply = helper.make_graph(nodes, "apply_faults", [], [
-        helper.make_tensor_value_info("y_faulty", dtype.onnx, None)])
-    skip = helper.make_graph([helper.make_node("Identity", ["x"], ["y_same"])], "no_fault", [],
-                             [helper.make_tensor_value_info("y_same", dtype.onnx, None)])
-    gate = [
-        helper.make_node("Shape", ["positions"], ["k"], start=0, end=1),
-        helper.make_node("Constant", [], ["zero"], value_ints=[0]),
-        helper.make_node("Greater", ["k", "zero"], ["any1"]),
-        helper.make_node("Squeeze", ["any1"], ["any"]),
-        helper.make_node("If", ["any"], ["y"], then_branch=apply, else_branch=skip),
-    ]
-    return helper.make_function(
-        FAULT_DOMAIN, f"BroadcastFaults_{dtype.name}", ["x", "positions", "and", "or", "xor"],
-        ["y"], gate, opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
-        doc_string="enpheeph-onnx run-time fault feed: the same elements of every sample",
-    )
+    return _gated_function(f"BroadcastFaults_{dtype.name}", "positions", apply, dtype,
+                           "enpheeph-onnx run-time fault feed: the same elements of every "
+                           "sample")
 
 
 def _mask_dtype(d: DType) -> np.dtype:

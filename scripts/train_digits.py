@@ -258,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
-    np.random.seed(args.seed)
 
     x_train, x_test, y_train, y_test = load_split(args.seed)
     LOGGER.info("train %d images, held-out test %d images", len(x_train), len(x_test))

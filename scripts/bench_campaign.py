@@ -81,10 +81,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing the package
     sys.path.insert(0, str(ROOT))
 
-from enpheeph_onnx.campaign import CampaignConfig, sample_trial, select_sites  # noqa: E402
-from enpheeph_onnx.engine import FaultEngine  # noqa: E402
-from enpheeph_onnx.runtime import make_session, session_options  # noqa: E402
-from enpheeph_onnx.sites import FaultSite, SiteKind, discover_sites  # noqa: E402
+from enpheeph_onnx.campaign import CampaignConfig, sample_trial, select_sites
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.runtime import make_session, session_options
+from enpheeph_onnx.sites import FaultSite, SiteKind, discover_sites
 
 BITS = tuple(range(32))
 COUNTS = (1, 10, 100, 1000)

@@ -36,9 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from enpheeph_onnx.export.quantize import quantize_int8  # noqa: E402
-from enpheeph_onnx.model import atomic_path, load_model  # noqa: E402
-from enpheeph_onnx.runtime import make_session  # noqa: E402
+from enpheeph_onnx.export.quantize import quantize_int8
+from enpheeph_onnx.model import atomic_path, load_model
+from enpheeph_onnx.runtime import make_session
 
 LOGGER = logging.getLogger("make_digits_int8")
 

@@ -17,6 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
+from enpheeph_onnx.isa import pin_cpu_isa, pin_torch
+
+pin_cpu_isa()  # before torch loads: the same bits on AVX2 and AVX-512 CPUs
+
 import numpy as np
 import torch
 from torch import nn
@@ -67,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    pin_torch(torch)
     x_train, x_test, y_train, y_test = td.load_split(args.seed)
     model = td.train(x_train, y_train, args.seed, DENSE_EPOCHS)
     with torch.no_grad():

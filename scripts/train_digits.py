@@ -36,6 +36,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from enpheeph_onnx.isa import pin_cpu_isa, pin_torch
+
+pin_cpu_isa()  # before torch loads: the same bits on AVX2 and AVX-512 CPUs
+
 import numpy as np
 import onnx
 import onnx.version_converter
@@ -256,8 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     started = time.perf_counter()
 
-    torch.set_num_threads(1)
-    torch.use_deterministic_algorithms(True)
+    pin_torch(torch)
 
     x_train, x_test, y_train, y_test = load_split(args.seed)
     LOGGER.info("train %d images, held-out test %d images", len(x_train), len(x_test))

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from enpheeph_onnx.isa import pin_cpu_isa
+
+pin_cpu_isa()  # before any test imports torch: the same kernels on AVX2 and AVX-512 CPUs
+
 import numpy as np
 import onnxruntime as ort
 import pytest

@@ -81,18 +81,34 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def fault_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option("--plan", "plan_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Fault plan JSON: {\"faults\": [{\"site\", \"index\", \"model\", "
-                          "\"bits\", \"value\"}]}.")(f)
+                     help="Fault plan: JSON {\"faults\": [{\"site\", \"index\", \"model\", "
+                          "\"bits\", \"value\"}]}, or a binary .npz plan (columns, for "
+                          "millions of faults; FaultSet.save_npz).")(f)
     return click.option("--fault", "fault_exprs", multiple=True, metavar="EXPR",
                         help="SITE[INDEX]:MODEL[:BITS], e.g. 'conv1.weight[0,0,1,1]:bitflip:30'"
                              " or '/relu1/Relu_output_0[*,3,2,2]:stuck-at-1:23-30' "
                              "(repeatable; applied after --plan, in order).")(f)
 
 
-def _plan(fault_exprs: tuple[str, ...], plan_path: Path | None) -> FaultPlan:
+def _plan(fault_exprs: tuple[str, ...], plan_path: Path | None) -> Any:
+    """A :class:`FaultPlan` (JSON plan and/or expressions) or, for a binary plan, a
+    :class:`FaultSet` with the expressions appended."""
+    from .faultset import FaultSet
+
+    extra = [parse_fault(e) for e in fault_exprs]
+    if plan_path is not None and _is_zip(plan_path):
+        fs = FaultSet.load_npz(plan_path)
+        return FaultSet.concat([fs, FaultSet.from_faults(extra)]) if extra else fs
     faults = list(FaultPlan.load(plan_path).faults) if plan_path else []
-    faults += [parse_fault(e) for e in fault_exprs]
-    return FaultPlan(tuple(faults))
+    return FaultPlan(tuple(faults + extra))
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(2) == b"PK"
+    except OSError as e:
+        raise EnpheephError(f"cannot read plan {path}: {e.strerror}") from None
 
 
 def _summary(ok: bool, text: str) -> None:
@@ -199,7 +215,8 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
     res.save(out)
     if as_json:
         click.echo(json.dumps({
-            "output": str(out), "faults": plan.to_json()["faults"],
+            "output": str(out),
+            "faults": plan.to_json()["faults"] if isinstance(plan, FaultPlan) else len(plan),
             "weights": [{"site": w.site, "elements_changed": w.elements_changed}
                         for w in res.weights],
             "nodes": list(res.nodes), "source_sha256": res.source_sha256,
@@ -375,6 +392,11 @@ def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Spiking/recurrent models: only neuron states of these time steps "
                           "('3', '3-5'; transient faults), or 'all' (permanent faults: the "
                           "same neuron at every step)."),
+        click.option("--stratify", default=None,
+                     type=click.Choice(["layer", "bit", "layer,bit", "bit,layer"]),
+                     help="Stratified sampling: --trials trials per layer, bit position or "
+                          "layer x bit cell at each level, each trial's faults confined to "
+                          "its stratum (measured per-layer/per-bit vulnerability)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Root seed; the same seed gives identical trials."),
         click.option("--output", "output_name", default=None,
@@ -409,8 +431,10 @@ def _build_config(model: Path, kinds: str | None, target: str | None,
                   value_text: str | None, bits_text: str, fault_rate: str | None,
                   bit_error_rate: str | None, exact_count: bool, faults_per_trial: int | None,
                   trials: int | None, margin: float | None, confidence: float,
-                  per_sample: bool, pruned_weights: str, time_steps: str | None, seed: int,
-                  output_name: str | None, batch_size: int = 512, provider: str = "cpu") -> Any:
+                  per_sample: bool, pruned_weights: str, time_steps: str | None,
+                  stratify: str | None, seed: int, output_name: str | None,
+                  batch_size: int = 512, provider: str = "cpu", store_faults: str = "all"
+                  ) -> Any:
     from .campaign import (
         CampaignConfig,
         CountMode,
@@ -447,7 +471,8 @@ def _build_config(model: Path, kinds: str | None, target: str | None,
         rates=rates, exact_count=exact_count, trials=trials or 100, per_sample=per_sample,
         pruned_weights=pruned_weights, time_steps=time_steps, seed=seed,
         batch_size=batch_size, provider=provider,  # type: ignore[arg-type]
-        output=output_name)
+        output=output_name, stratify=tuple((stratify or "").split(",")) if stratify else (),
+        store_faults=store_faults)
     if margin is not None:
         proto = load_model(model)
         sites = select_sites(discover_sites(proto), cfg)
@@ -486,11 +511,13 @@ def _fmt(x: float | None, spec: str = ".4f") -> str:
               help=".npz with the model inputs (keyed by name) and int 'labels'.")
 @sampling_options
 @click.option("-o", "--out", "out", required=True,
-              type=click.Path(dir_okay=False, path_type=Path), help="Campaign plan to write.")
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="Campaign plan to write (.json, or binary .npz).")
 def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
     """Sample the fault lists of a campaign without running them.
 
-    Replay them exactly with 'campaign MODEL --plan PLAN.json'.
+    Replay them exactly with 'campaign MODEL --plan PLAN'. A .json path gets a JSON plan;
+    any other (e.g. plan.npz) a compact binary one (columns, for millions of faults).
     """
     from .campaign import input_names, load_dataset, plan_campaign
     from .model import load_model
@@ -499,8 +526,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
     data = load_dataset(data_path, input_names(load_model(model)), require_labels=False)
     p = plan_campaign(model, cfg, len(data))
     p.save(out)
-    n = sum(len(t.faults) for t in p.trials)
-    _summary(True, f"plan: {len(p.trials)} trials, {n} faults -> {out}")
+    _summary(True, f"plan: {len(p.trials)} trials, {p.faults} faults -> {out}")
 
 
 @main.command()
@@ -519,17 +545,23 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 @click.option("--resume", is_flag=True,
               help="Continue the campaign stored in --db where it stopped.")
 @click.option("--fail-above", "fail_above", multiple=True, metavar="METRIC=THRESHOLD",
-              help="Exit 1 if METRIC exceeds THRESHOLD at any fault rate; METRIC is one of "
-                   "masked_rate, tolerable_sdc_rate, critical_sdc_rate, sdc_rate, due_rate, "
-                   "accuracy_drop (repeatable).")
+              help="Reliability gate: exit 1 unless the upper 95 % bound of METRIC is at most "
+                   "THRESHOLD at every fault rate; METRIC is one of masked_rate, "
+                   "tolerable_sdc_rate, critical_sdc_rate, sdc_rate, due_rate, accuracy_drop "
+                   "(repeatable).")
+@click.option("--store-faults", type=click.Choice(["all", "none"]), default="all",
+              show_default=True,
+              help="Store every trial's faults, or only their count (trials are "
+                   "reproducible from the seed either way).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only on a terminal].")
 @provider_option
 @batch_option
 @json_option
 def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
-             resume: bool, fail_above: tuple[str, ...], progress: bool | None, provider: str,
-             batch_size: int, as_json: bool, **opts: Any) -> None:
+             resume: bool, fail_above: tuple[str, ...], store_faults: str,
+             progress: bool | None, provider: str, batch_size: int, as_json: bool,
+             **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
 
     A golden run, then trials of sampled faults (a fixed count, or Poisson at each fault
@@ -558,10 +590,11 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         cp = CampaignPlan.load(plan_path)
         cfg = CampaignConfig(selection=cp.config.selection, batch_size=batch_size,
                              provider=provider,  # type: ignore[arg-type]
-                             output=opts.get("output_name"))
+                             output=opts.get("output_name"), store_faults=store_faults)
     else:
         cp = None
-        cfg = _build_config(model, batch_size=batch_size, provider=provider, **opts)
+        cfg = _build_config(model, batch_size=batch_size, provider=provider,
+                            store_faults=store_faults, **opts)
     data = load_dataset(data_path, input_names(load_model(model)))
 
     def _terminate(signum: int, frame: object) -> None:
@@ -577,21 +610,25 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    s = res.summary
+    s = res.to_json()
     if as_json:
-        click.echo(json.dumps(_finite(res.to_json()), indent=1, default=_json_default,
-                              allow_nan=False))
+        click.echo(json.dumps(_finite(s), indent=1, default=_json_default, allow_nan=False))
     else:
         _print_summary(s)
     tail = f", results in {db}" if db else ""
     head = (f"campaign: golden {_fmt(s['golden_accuracy'])}, mean {_fmt(s['mean_accuracy'])}, "
             f"drop {_fmt(s['accuracy_drop'])}, {len(res.trials)} trials{tail}")
-    failed = [g for g in res.gates if not g["passed"]]
+    failed = [g for g in res.gates if not g.passed]
     if failed:
         g = failed[0]
-        where = "" if g["rate"] is None else f" at rate {g['rate']:g}"
-        raise GateFailedError(f"{head}; {g['metric']} {_fmt(g['value'])} > {g['threshold']:g}"
-                              f"{where} ({len(failed)} gate check(s) failed)")
+        where = "" if g.rate is None else f" at rate {g.rate:g}"
+        raise GateFailedError(f"{head}; {g.metric} {_fmt(g.value)} (95 % upper bound "
+                              f"{_fmt(g.bound)}) > {g.threshold:g}{where} ({len(failed)} gate "
+                              "check(s) failed)")
+    if res.gates:
+        worst = max(res.gates, key=lambda g: (g.bound or 0.0) - g.threshold)
+        head += (f"; gates hold: worst {worst.metric} {_fmt(worst.value)} (95 % upper bound "
+                 f"{_fmt(worst.bound)}) <= {worst.threshold:g}")
     _summary(True, head)
 
 
@@ -628,34 +665,39 @@ def _print_summary(s: dict[str, Any]) -> None:
     click.echo("")
     rk = {"fault_rate": "fault rate", "bit_error_rate": "bit err rate", "fixed": "level"}
     rows = [[("-" if r["rate"] is None else f"{r['rate']:.1e}"), str(r["trials"]),
-             f"{r['mean_faults']:.2f}",
-             "-" if r["accuracy"] is None else
-             f"{r['accuracy']['mean']:.4f} [{r['accuracy']['ci_low']:.4f}, "
-             f"{r['accuracy']['ci_high']:.4f}]",
-             _ci(r["masked"]), _ci(r["critical_sdc"]), _ci(r["due"])] for r in s["per_rate"]]
+             f"{r['mean_faults']:.2f}", _acc(r), _ci(r["masked"]), _ci(r["critical_sdc"]),
+             _ci(r["due"]), _ci(r["p_trial_critical"])] for r in s["per_rate"]]
     click.echo(_table(rows, [rk[s["rate_kind"]], "trials", "faults", "accuracy [95% CI]",
-                             "masked", "critical SDC", "DUE"]))
-    if s["per_layer"]:
-        click.echo("")
-        rows = [[r["layer"], str(r["faults"]), str(r["critical_sdc"]["n"]),
-                 _ci(r["critical_sdc"]), _ci(r["sdc"]), _ci(r["due"])] for r in s["per_layer"]]
-        click.echo(_table(rows, ["layer", "faults", "pairs", "critical SDC", "SDC", "DUE"]))
-        click.echo("(pairs: (trial, input) pairs reached by faults in this layer only)")
+                             "masked", "critical SDC", "DUE", "P(trial critical)"]))
+    click.echo("(intervals over trials: t for accuracy, cluster-adjusted Wilson for outcome "
+               "rates, Wilson for P(trial critical))")
+    for key, label in (("per_layer", "layer"), ("per_bit", "bit")):
+        if s[key]:
+            click.echo("")
+            rows = [[str(r[label]), str(r["trials"]), f"{r['mean_faults']:.2f}", _acc(r),
+                     _ci(r["critical_sdc"]), _ci(r["due"]), _ci(r["p_trial_critical"])]
+                    for r in s[key]]
+            click.echo(_table(rows, [label, "trials", "faults", "accuracy [95% CI]",
+                                     "critical SDC", "DUE", "P(trial critical)"]))
+    if s["per_layer"] or s["per_bit"]:
+        click.echo("(stratified: trials of that stratum)" if s["attribution"] == "stratified"
+                   else "(trials whose faults all lie in that layer / have that bit; "
+                        "--stratify measures every layer and bit)")
     if len(s["trials"]) <= 50:
         click.echo("")
         rows = [[str(t["trial"]), "-" if t["rate"] is None else f"{t['rate']:.1e}",
-                 _fmt(t["accuracy"]), str(t["masked"]), str(t["tolerable_sdc"]),
-                 str(t["critical_sdc"]), str(t["due"]), str(len(t["faults"])),
-                 "; ".join(_fault_text(f) for f in t["faults"][:2])
-                 + (" ..." if len(t["faults"]) > 2 else "")] for t in s["trials"]]
-        click.echo(_table(rows, ["trial", "rate", "accuracy", "masked", "sdc", "critical",
-                                 "due", "faults", "first faults"]))
+                 t["stratum"] or "-", _fmt(t["accuracy"]), str(t["masked"]),
+                 str(t["tolerable_sdc"]), str(t["critical_sdc"]), str(t["due"]),
+                 str(t["n_faults"]), "; ".join(t["first_faults"])
+                 + (" ..." if t["n_faults"] > len(t["first_faults"]) else "")]
+                for t in s["trials"]]
+        click.echo(_table(rows, ["trial", "rate", "stratum", "accuracy", "masked", "sdc",
+                                 "critical", "due", "faults", "first faults"]))
 
 
-def _fault_text(obj: dict[str, Any]) -> str:
-    from .faults import Fault
-
-    return str(Fault.from_json(obj))
+def _acc(r: dict[str, Any]) -> str:
+    a = r["accuracy"]
+    return "-" if a is None else f"{a['mean']:.4f} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]"
 
 
 @main.command("sample-size")
@@ -701,7 +743,6 @@ def report(dbs: tuple[Path, ...], out_dir: Path, labels: tuple[str, ...]) -> Non
     compare_accuracy_vs_rate.png puts their accuracy-versus-fault-rate curves side by side
     (e.g. the dense, pruned, int8 and spiking variants of a model).
     """
-    from .campaign import load_summary
     from .report import write_comparison, write_report
 
     if labels and len(labels) != len(dbs):
@@ -709,7 +750,7 @@ def report(dbs: tuple[Path, ...], out_dir: Path, labels: tuple[str, ...]) -> Non
     names = list(labels) if labels else [db.stem for db in dbs]
     if len(set(names)) != len(names):
         raise EnpheephError("campaign labels must differ: use --label")
-    summaries = {name: load_summary(db) for name, db in zip(names, dbs, strict=True)}
+    summaries = {name: _stored_summary(db) for name, db in zip(names, dbs, strict=True)}
     paths: list[Path] = []
     if len(dbs) == 1:
         paths += write_report(summaries[names[0]], out_dir,
@@ -722,6 +763,14 @@ def report(dbs: tuple[Path, ...], out_dir: Path, labels: tuple[str, ...]) -> Non
     for p in paths:
         click.echo(str(p))
     _summary(True, f"report: {len(paths)} files in {out_dir}")
+
+
+def _stored_summary(db: Path) -> dict[str, Any]:
+    from .campaign import load_meta, load_summary
+
+    meta = load_meta(db)
+    return {**load_summary(db).to_json(), "model_sha256": meta.get("model_sha256"),
+            "status": meta.get("status", "incomplete")}
 
 
 @main.command()

@@ -30,8 +30,10 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .bits import BY_NAME, BitTransform, DType
-from .faults import Fault, FaultModel
+from .bits import BY_NAME, DType
+from .errors import EnpheephError
+from .faults import Fault
+from .faultset import FaultSet, fold
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
 from .runtime import (
@@ -338,13 +340,13 @@ class FaultEngine:
         self._variants.move_to_end(key)
         return v
 
-    def _key(self, faults: Iterable[Fault], sighting: bool = True) -> frozenset[str]:
+    def _key(self, faults: FaultSet, sighting: bool = True) -> frozenset[str]:
         """The session for a trial: the one for exactly its hit sites if it exists or the
         set was seen before (a set seen once, e.g. random sites of a multi-fault trial,
         is not worth a session build), else the one instrumented everywhere.
         ``sighting``: count this call as a sighting (:meth:`run` does, :meth:`reference`
         does not, so both pick the same session for the same trial)."""
-        hit = frozenset(f.site for f in faults if f.site in self._full)
+        hit = frozenset(faults.hit_sites() & self._full)
         if not hit or hit in self._variants:
             return hit
         if sighting:
@@ -386,32 +388,24 @@ class FaultEngine:
             self._shape_cache[key] = shapes
         return self._shape_cache[key]
 
-    def weight_feeds(self, faults: Iterable[Fault]) -> dict[str, np.ndarray]:
-        """Perturbed copies of the weights hit by ``faults`` (numpy reference bit ops)."""
-        by_site: dict[str, list[Fault]] = {}
-        for f in faults:
-            if self.sites[f.site].kind is SiteKind.WEIGHT:
-                by_site.setdefault(f.site, []).append(f)
+    def weight_feeds(self, faults: FaultSet | Iterable[Fault]) -> dict[str, np.ndarray]:
+        """Perturbed copies of the weights hit by ``faults`` (vectorized numpy bit ops)."""
+        fs = as_fault_set(faults)
         feeds = {}
-        for name, fs in by_site.items():
+        for name, rows in fs.by_site().items():
+            site = self.sites.get(name)
+            if site is None or site.kind is not SiteKind.WEIGHT:
+                continue
             base = self._weights[name]
-            d = BY_NAME[self.sites[name].dtype]
+            d = BY_NAME[site.dtype]
             out = base.copy()
             u = out.reshape(-1).view(d.container)
-            if len(fs) <= _FEW and all(None not in f.index for f in fs):
-                # few single-element faults: apply them in order, no numpy set-up cost
-                strides = [int(st) // out.itemsize for st in out.strides]
-                for f in fs:
-                    t = f.transform(d)
-                    li = sum(i * st for i, st in zip(f.index, strides, strict=True))
-                    u[li] = ((int(u[li]) & t.and_mask) | t.or_mask) ^ t.xor_mask
-            else:
-                lin, a, o, x = fold_faults(fs, base.shape, d)
-                u[lin] = ((u[lin] & a) | o) ^ x
+            lin, a, o, x = fold(fs, rows, base.shape, d)
+            u[lin] = ((u[lin] & a) | o) ^ x
             feeds[name] = _feedable(out, d)
         return feeds
 
-    def value_feeds(self, faults: Iterable[Fault], batch: Mapping[str, np.ndarray],
+    def value_feeds(self, faults: FaultSet | Iterable[Fault], batch: Mapping[str, np.ndarray],
                     start: int = 0, ports: dict[str, _Port] | None = None
                     ) -> dict[str, np.ndarray]:
         """Index and mask inputs for every fed site, for one batch (``*`` expanded).
@@ -421,38 +415,43 @@ class FaultEngine:
         shifted into the batch, or dropped when the sample is in another batch.
         ``ports``: those of the session that runs (default: every site instrumented).
         """
+        fs = as_fault_set(faults)
         ports = self.ports if ports is None else ports
-        by_site: dict[str, list[Fault]] = {name: [] for name in ports}
-        for f in faults:
-            if f.site in ports:
-                site = self.sites[f.site]
-                if start and site.shape and not isinstance(site.shape[0], int) and (
-                        f.index[0] is not None):
-                    if f.index[0] < start:
-                        continue
-                    f = replace(f, index=(f.index[0] - start, *f.index[1:]))
-                by_site[f.site].append(f)
-        bcast: dict[str, list[Fault]] = {}
-        for name, p in ports.items():
-            fs = by_site[name]
-            if p.broadcast is not None and fs and all(
-                    f.index[0] is None and None not in f.index[1:] for f in fs):
-                bcast[name] = [Fault.trusted(f.site, f.index[1:], f.model, f.bits, f.value)
-                               for f in fs]
-                by_site[name] = []
-        shapes = self._concrete_shapes(batch) if any(by_site.values()) else {}
+        rows_of = fs.by_site()
+        shapes: dict[str, tuple[int, ...]] | None = None
         feeds: dict[str, np.ndarray] = {}
+        n = len(next(iter(batch.values())))
         for name, p in ports.items():
-            idx, a, o, x = _site_feed(by_site[name], shapes.get(name), p)
+            rows = rows_of.get(name, np.zeros(0, np.int64))
+            site = p.site
+            sparse, bcast = rows, rows[:0]
+            if len(rows) and site.shape and not isinstance(site.shape[0], int):
+                lead = fs.index[rows, 0]
+                mine = (lead < 0) | ((lead >= start) & (lead < start + n))
+                rows = rows[mine]
+                if start and (lead[mine] >= 0).any():  # per-sample faults: shift into batch
+                    fs, rows = _shifted(fs, rows, start)
+                sparse = rows
+                if p.broadcast is not None:
+                    rank = len(site.shape)
+                    idx = fs.index[rows, :rank]
+                    if (idx[:, 0] < 0).all() and (idx[:, 1:] >= 0).all():
+                        sparse, bcast = rows[:0], rows
+            if len(sparse) and shapes is None:
+                shapes = self._concrete_shapes(batch)
+            shape = shapes.get(name) if shapes is not None else None
+            idx, a, o, x = _site_feed(fs, sparse, shape, p)
             feeds[p.indices], feeds[p.and_], feeds[p.or_], feeds[p.xor] = idx, a, o, x
             if p.broadcast is not None:
-                fs = bcast.get(name, [])
-                if fs:
-                    per_sample = tuple(int(n) for n in p.site.shape[1:])  # type: ignore[arg-type]
-                    lin, a, o, x = fold_faults(fs, per_sample, p.dtype)
+                per_sample = tuple(int(d) for d in site.shape[1:])  # type: ignore[arg-type]
+                if len(bcast):
+                    sub = fs.take(bcast)
+                    sub = FaultSet(sub.sites, sub.site, sub.index[:, 1:len(site.shape)],
+                                   sub.model, sub.bits, sub.value)
+                    lin, a, o, x = fold(sub, np.arange(len(sub)), per_sample, p.dtype)
                     if not p.dtype.is_float:
-                        a, o, x = a.view(p.dtype.numpy), o.view(p.dtype.numpy), x.view(
-                            p.dtype.numpy)
+                        a, o, x = (a.view(p.dtype.numpy), o.view(p.dtype.numpy),
+                                   x.view(p.dtype.numpy))
                 else:
                     lin = np.zeros(0, np.int64)
                     a = o = x = np.zeros(0, dtype=_mask_dtype(p.dtype))
@@ -460,21 +459,28 @@ class FaultEngine:
                 feeds[pos], feeds[band], feeds[bor], feeds[bxor] = lin, a, o, x
         return feeds
 
-    def run(self, data: Mapping[str, np.ndarray], faults: Sequence[Fault] = (),
+    def run(self, data: Mapping[str, np.ndarray], faults: FaultSet | Sequence[Fault] = (),
             batch_size: int | None = None) -> dict[str, np.ndarray]:
         """Outputs for ``data`` with ``faults`` applied (none: the golden run).
 
         Args:
             data: model inputs keyed by name, batch along axis 0.
-            faults: faults on the engine's sites, applied in order.
+            faults: faults on the engine's sites (a :class:`FaultSet` or :class:`Fault`
+                objects), applied in order.
             batch_size: samples per ``session.run`` (``None``: all at once).
 
         Returns:
             Outputs keyed by name, concatenated along axis 0.
-        """
-        return self._run(self._variant(self._key(faults)), data, faults, batch_size)
 
-    def reference(self, data: Mapping[str, np.ndarray], faults: Sequence[Fault] = (),
+        Raises:
+            EnpheephError: a fault that cannot be applied (bit beyond the element width,
+                value that does not fit, site the engine was not built for).
+        """
+        fs = as_fault_set(faults)
+        self._check_sites(fs)
+        return self._run(self._variant(self._key(fs)), data, fs, batch_size)
+
+    def reference(self, data: Mapping[str, np.ndarray], faults: FaultSet | Sequence[Fault] = (),
                   batch_size: int | None = None) -> dict[str, np.ndarray]:
         """The golden outputs of the session that :meth:`run` used for ``faults`` (call it
         after :meth:`run`): the reference to classify that run's outputs against. Cached
@@ -483,12 +489,18 @@ class FaultEngine:
             for v in self._variants.values():
                 v.golden = None
             self._ref_data, self._ref_batch = data, batch_size
-        v = self._variant(self._key(faults, sighting=False))
+        v = self._variant(self._key(as_fault_set(faults), sighting=False))
         if v.golden is None:
-            v.golden = self._run(v, data, (), batch_size)
+            v.golden = self._run(v, data, FaultSet.empty(), batch_size)
         return v.golden
 
-    def _run(self, v: _Variant, data: Mapping[str, np.ndarray], faults: Sequence[Fault],
+    def _check_sites(self, fs: FaultSet) -> None:
+        unknown = fs.hit_sites() - set(self.sites)
+        if unknown:
+            raise EnpheephError(f"fault site {sorted(unknown)[0]!r} is not one of the sites "
+                                "this engine was built for (a fault is never dropped)")
+
+    def _run(self, v: _Variant, data: Mapping[str, np.ndarray], faults: FaultSet,
              batch_size: int | None) -> dict[str, np.ndarray]:
         names = self.output_names
         wfeeds = self.weight_feeds(faults)
@@ -504,8 +516,17 @@ class FaultEngine:
         return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}
 
 
-_FEW = 32
-"""Up to this many faults on one weight are applied one by one (cheaper than vectorizing)."""
+def as_fault_set(faults: FaultSet | Iterable[Fault]) -> FaultSet:
+    """``faults`` as a :class:`FaultSet` (converted when given as :class:`Fault` objects)."""
+    return faults if isinstance(faults, FaultSet) else FaultSet.from_faults(faults)
+
+
+def _shifted(fs: FaultSet, rows: np.ndarray, start: int) -> tuple[FaultSet, np.ndarray]:
+    """``fs`` with the integer leading coordinate of ``rows`` shifted by ``-start``."""
+    index = fs.index.copy()
+    lead = index[rows, 0]
+    index[rows, 0] = np.where(lead >= 0, lead - start, lead)
+    return FaultSet(fs.sites, fs.site, index, fs.model, fs.bits, fs.value), rows
 
 
 def _feedable(arr: np.ndarray, d: DType) -> Any:
@@ -518,125 +539,17 @@ def _feedable(arr: np.ndarray, d: DType) -> Any:
     return arr
 
 
-def fold_faults(faults: Sequence[Fault], shape: tuple[int, ...], dtype: DType
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten faults on one tensor into unique linear indices and per-element masks.
-
-    ``*`` coordinates are expanded over ``shape``; coordinates beyond it are dropped (the
-    element does not exist in this batch). Several faults on one element are folded, in
-    order, into one transform.
-
-    Returns:
-        ``(linear_index int64[M], and[M], or[M], xor[M])``, masks in the container dtype;
-        applying ``u[i] = ((u[i] & and) | or) ^ xor`` equals applying the faults in order.
-    """
-    c = dtype.container
-    cache: dict[tuple[object, ...], BitTransform] = {}
-
-    def tf(f: Fault) -> BitTransform:
-        key = (f.model, f.bits, f.value)
-        t = cache.get(key)
-        if t is None:
-            t = cache[key] = f.transform(dtype)
-        return t
-
-    rank = len(shape)
-    # 1. fold faults with the same index (K-level work, no expansion yet)
-    if faults and rank and all(f.model is FaultModel.BIT_FLIP for f in faults):
-        # flips commute: XOR-reduce the masks of equal indices, vectorized
-        rows = np.array([[-1 if i is None else i for i in f.index] for f in faults],
-                        dtype=np.int64)
-        masks = np.array([tf(f).xor_mask for f in faults], dtype=c)
-        # encode each index as one integer: '*' -> 0, i -> i + 1, out of range -> n + 1
-        dims = tuple(n + 2 for n in shape)
-        codes = np.ravel_multi_index(tuple(np.minimum(rows + 1, np.asarray(shape) + 1).T),
-                                     dims)
-        uniq_codes, inv = np.unique(codes, return_inverse=True)
-        uniq = np.stack(np.unravel_index(uniq_codes, dims), axis=1) - 1
-        x_k = np.zeros(len(uniq), dtype=c)
-        np.bitwise_xor.at(x_k, inv.ravel(), masks)
-        keys = [tuple(None if v < 0 else v for v in row) for row in uniq.tolist()]
-        a_k = np.full(len(uniq), dtype.all_ones, dtype=c)
-        o_k = np.zeros(len(uniq), dtype=c)
-    else:
-        keyed: dict[tuple[int | None, ...], BitTransform] = {}
-        for f in faults:
-            t = tf(f)
-            prev = keyed.get(f.index)
-            keyed[f.index] = t if prev is None else prev.then(t)
-        keys = list(keyed)
-        tfs = list(keyed.values())
-        a_k = np.array([t.and_mask for t in tfs], dtype=c)
-        o_k = np.array([t.or_mask for t in tfs], dtype=c)
-        x_k = np.array([t.xor_mask for t in tfs], dtype=c)
-    if not keys:
-        return np.zeros(0, np.int64), a_k, o_k, x_k
-    # 2. expand '*' coordinates; vectorized when every key has the same '*' pattern
-    stars = {tuple(i is None for i in k) for k in keys}
-    if len(stars) == 1:
-        star = next(iter(stars))
-        coords = np.array([[0 if i is None else i for i in k] for k in keys],
-                          dtype=np.int64).reshape(len(keys), rank)
-        inside = np.all(coords < np.asarray(shape, dtype=np.int64), axis=1) if rank else (
-            np.ones(len(keys), bool))
-        base = (np.ravel_multi_index(coords[inside].T, shape) if rank
-                else np.zeros(int(inside.sum()), np.int64))
-        strides = np.cumprod((*shape[1:], 1)[::-1])[::-1] if rank else np.ones(0, np.int64)
-        offsets = np.zeros(1, np.int64)
-        for axis, is_star in enumerate(star):
-            if is_star:
-                offsets = (offsets[:, None] + np.arange(shape[axis], dtype=np.int64)[None, :]
-                           * strides[axis]).ravel()
-        lin = (base[:, None] + offsets[None, :]).ravel()
-        owner = np.repeat(np.flatnonzero(inside), len(offsets))
-    else:
-        parts, owners = [], []
-        for k, idx in enumerate(keys):
-            axes = [np.arange(n) if i is None else np.arange(i, min(i + 1, n))
-                    for i, n in zip(idx, shape, strict=True)]
-            grid = np.meshgrid(*axes, indexing="ij")
-            flat = (np.ravel_multi_index([g.ravel() for g in grid], shape) if rank
-                    else np.zeros(1, np.int64))
-            parts.append(np.asarray(flat, np.int64))
-            owners.append(np.full(len(parts[-1]), k))
-        lin = np.concatenate(parts)
-        owner = np.concatenate(owners)
-    lin = lin.astype(np.int64, copy=False)
-    if len(np.unique(lin)) == len(lin):
-        return lin, a_k[owner], o_k[owner], x_k[owner]
-    # 3. overlapping index patterns (e.g. [*,3] and [5,3]): fold per element in plan order
-    return _fold_in_order(faults, shape, tf, c)
-
-
-def _fold_in_order(faults: Sequence[Fault], shape: tuple[int, ...], tf, c: np.dtype  # type: ignore[no-untyped-def]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    folded: dict[int, BitTransform] = {}
-    for f in faults:
-        axes = [np.arange(n) if i is None else np.arange(i, min(i + 1, n))
-                for i, n in zip(f.index, shape, strict=True)]
-        grid = np.meshgrid(*axes, indexing="ij")
-        flat = (np.ravel_multi_index([g.ravel() for g in grid], shape) if shape
-                else np.zeros(1, np.int64))
-        t = tf(f)
-        for li in np.asarray(flat).ravel().tolist():
-            folded[li] = folded[li].then(t) if li in folded else t
-    keep = np.array(sorted(folded), dtype=np.int64)
-    tfs = [folded[li] for li in keep.tolist()]
-    return (keep, np.array([t.and_mask for t in tfs], dtype=c),
-            np.array([t.or_mask for t in tfs], dtype=c),
-            np.array([t.xor_mask for t in tfs], dtype=c))
-
-
-def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
+def _site_feed(fs: FaultSet, rows: np.ndarray, shape: tuple[int, ...] | None, p: _Port
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     mdt = _mask_dtype(p.dtype)
     rank = max(len(p.site.shape), 1)
-    if not faults:
+    if not len(rows):
         empty = np.zeros(0, dtype=mdt)
         return np.zeros((0, rank), np.int64), empty, empty.copy(), empty.copy()
     if shape is None:
-        raise RuntimeError(f"cannot infer the concrete shape of {p.site.name!r} for this batch")
-    lin, a, o, x = fold_faults(faults, shape, p.dtype)
+        raise EnpheephError(f"cannot infer the concrete shape of {p.site.name!r} for this "
+                            "batch, so its faults cannot be applied")
+    lin, a, o, x = fold(fs, rows, shape, p.dtype)
     idx = (np.stack(np.unravel_index(lin, shape), axis=1) if shape else lin[:, None]
            ).astype(np.int64).reshape(-1, rank)
     if not p.dtype.is_float:
@@ -644,4 +557,4 @@ def _site_feed(faults: Sequence[Fault], shape: tuple[int, ...] | None, p: _Port
     return idx, a, o, x
 
 
-__all__ = ["FaultEngine", "feed_function", "instrument", "run_batched"]
+__all__ = ["FaultEngine", "as_fault_set", "feed_function", "instrument", "run_batched"]

@@ -1,83 +1,90 @@
 """Export a stored campaign as CSV (stdlib ``csv``) or Parquet (``pyarrow``) tables.
 
-Tables: ``trials`` (one row per trial: level, rate, accuracy, outcome counts, faults as
-text), ``faults`` (one row per fault) and ``outcomes`` (one row per (trial, input)).
+Tables: ``trials`` (one row per trial: level, rate, stratum, accuracy, outcome counts,
+attribution), ``faults`` (one row per stored fault: site, kind, layer, index, model, bits,
+value) and ``outcomes`` (one row per (trial, input)). The store's columnar blobs are decoded
+here; the database is read through :class:`~enpheeph_onnx.store.ResultStore` only.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
-import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .errors import EnpheephError
-from .faults import Fault
+from .faultset import MODEL_CODES
 from .model import atomic_path
-from .store import ResultStore
-
-_QUERIES = {
-    "trials": (
-        "SELECT t.trial, t.level, t.rate, t.n_faults, t.accuracy, t.samples, t.masked, "
-        "t.tolerable_sdc, t.critical_sdc, t.due, t.seconds FROM trial t ORDER BY t.trial"),
-    "faults": ("SELECT trial, ordinal, site, kind, layer, sample, idx, model, bits, value "
-               "FROM fault ORDER BY trial, ordinal"),
-    "outcomes": ("SELECT o.trial, o.sample, o.outcome, "
-                 "CASE o.outcome WHEN 0 THEN 'masked' WHEN 1 THEN 'tolerable_sdc' "
-                 "WHEN 2 THEN 'critical_sdc' ELSE 'due' END AS outcome_name, o.correct "
-                 "FROM outcome o ORDER BY o.trial, o.sample"),
-}
-
+from .store import OUTCOMES, ResultStore
 
 _TYPES: dict[str, dict[str, str]] = {
-    "trials": {"trial": "int", "level": "int", "rate": "real", "n_faults": "int",
-               "accuracy": "real", "samples": "int", "masked": "int", "tolerable_sdc": "int",
-               "critical_sdc": "int", "due": "int", "seconds": "real", "faults": "text"},
+    "trials": {"trial": "int", "level": "int", "rate": "real", "stratum_layer": "text",
+               "stratum_bit": "int", "n_faults": "int", "accuracy": "real", "samples": "int",
+               "masked": "int", "tolerable_sdc": "int", "critical_sdc": "int", "due": "int",
+               "layer": "text", "bit": "int", "seconds": "real"},
     "faults": {"trial": "int", "ordinal": "int", "site": "text", "kind": "text",
-               "layer": "text", "sample": "int", "idx": "text", "model": "text",
-               "bits": "text", "value": "real"},
+               "layer": "text", "index": "text", "model": "text", "bits": "text",
+               "value": "real"},
     "outcomes": {"trial": "int", "sample": "int", "outcome": "int", "outcome_name": "text",
                  "correct": "int"},
 }
-"""Column types of the Parquet tables (fixed, so exports of different campaigns concat)."""
+"""Column types of the tables (fixed, so exports of different campaigns concatenate)."""
+TABLES = tuple(_TYPES)
 
 
-def _typed(v: object, kind: str) -> object:
-    if v is None:
-        return None
-    if kind == "real":
-        return float(v)  # type: ignore[arg-type]  # "nan"/"inf" values are stored as text
-    return v
+def _none(v: float, missing: bool) -> Any:
+    return None if missing else v
 
 
-def _rows(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[tuple[object, ...]]]:
-    cur = conn.execute(_QUERIES[table])
-    cols = [d[0] for d in cur.description]
-    rows = cur.fetchall()
-    if table == "trials":
-        texts: dict[int, list[str]] = {}
-        for t, site, idx, model, bits, value in conn.execute(
-                "SELECT trial, site, idx, model, bits, value FROM fault ORDER BY trial, ordinal"):
-            f = Fault.from_json({"site": site, "index": json.loads(idx), "model": model,
-                                 "bits": json.loads(bits),
-                                 **({"value": value} if value is not None else {})})
-            texts.setdefault(t, []).append(str(f))
-        cols.append("faults")
-        rows = [(*r, "; ".join(texts.get(r[0], []))) for r in rows]
-    return cols, rows
+def _trial_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
+    t = store.trial_table()
+    for i in range(len(t)):
+        rate, acc = float(t.rate[i]), float(t.accuracy[i])
+        yield (int(t.trial[i]), int(t.level[i]), _none(rate, math.isnan(rate)),
+               t.stratum_layer[i], _none(int(t.stratum_bit[i]), t.stratum_bit[i] < 0),
+               int(t.n_faults[i]), _none(acc, math.isnan(acc)), int(t.samples[i]),
+               *(int(c) for c in t.counts[i]), t.layer[i],
+               _none(int(t.bit[i]), t.bit[i] < 0), float(t.seconds[i]))
+
+
+def _fault_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
+    info = {s.name: s for s in store.sites()}
+    for trial, fs in store.fault_sets():
+        names = fs.site_names()
+        idx = fs.index.tolist()
+        bits = fs.bits.tolist()
+        for k, name in enumerate(names):
+            s = info[name]
+            model = MODEL_CODES[int(fs.model[k])]
+            yield (trial, k, name, s.kind, s.layer,
+                   json.dumps(["*" if i < 0 else i for i in idx[k][:s.rank]]), model.value,
+                   json.dumps([b for b in range(64) if bits[k] >> b & 1]),
+                   float(fs.value[k]) if model.value == "value" else None)
+
+
+def _outcome_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
+    for trial, codes, ok in store.outcome_sets():
+        for i, c in enumerate(codes.tolist()):
+            yield (trial, i, c, OUTCOMES[c], None if ok is None else int(ok[i]))
+
+
+_ROWS = {"trials": _trial_rows, "faults": _fault_rows, "outcomes": _outcome_rows}
 
 
 def export_table(db: str | os.PathLike[str], table: str, fmt: str,
                  out: str | os.PathLike[str]) -> int:
-    """Write one table of ``db`` to ``out``; returns the number of rows.
+    """Write one table of ``db`` to ``out`` (atomically); returns the number of rows.
 
     Raises:
         EnpheephError: unknown table/format, missing database, or pyarrow missing for
             Parquet.
     """
-    if table not in _QUERIES:
-        raise EnpheephError(f"unknown table {table!r}: use {', '.join(_QUERIES)}")
+    if table not in _ROWS:
+        raise EnpheephError(f"unknown table {table!r}: use {', '.join(_ROWS)}")
     if fmt not in ("csv", "parquet"):
         raise EnpheephError(f"unknown format {fmt!r}: use csv or parquet")
     if fmt == "parquet":
@@ -87,8 +94,9 @@ def export_table(db: str | os.PathLike[str], table: str, fmt: str,
         except ImportError:
             raise EnpheephError("Parquet export needs pyarrow: pip install pyarrow, or use "
                                 "--format csv") from None
+    cols = list(_TYPES[table])
     with ResultStore.open(db) as store:
-        cols, rows = _rows(store.conn, table)
+        rows = list(_ROWS[table](store))
     with atomic_path(out) as tmp:
         if fmt == "csv":
             with open(tmp, "w", newline="") as fh:
@@ -98,7 +106,9 @@ def export_table(db: str | os.PathLike[str], table: str, fmt: str,
         else:
             types = {"int": pa.int64(), "real": pa.float64(), "text": pa.string()}
             schema = pa.schema([(c, types[_TYPES[table][c]]) for c in cols])
-            columns = {c: [_typed(r[i], _TYPES[table][c]) for r in rows]
-                       for i, c in enumerate(cols)}
+            columns = {c: [r[i] for r in rows] for i, c in enumerate(cols)}
             pq.write_table(pa.table(columns, schema=schema), Path(tmp))
     return len(rows)
+
+
+__all__ = ["TABLES", "export_table"]

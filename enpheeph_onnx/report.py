@@ -4,7 +4,7 @@
 
 * ``accuracy_vs_rate.png`` — top-1 accuracy versus fault rate with its 95 % confidence band
   and the golden accuracy, above the critical-SDC and DUE rates versus fault rate;
-* ``layers.png`` — critical-SDC (and DUE) rate per layer with Wilson error bars;
+* ``layers.png`` — critical-SDC (and DUE) rate per layer with 95 % error bars over trials;
 * ``bits_layers.png`` — heatmap of the critical-SDC rate per layer and bit position;
 * ``summary.md`` — the configuration, per-rate, per-layer and per-bit tables, linking the
   three images.
@@ -76,10 +76,10 @@ def write_report(
     * ``accuracy_vs_rate.png`` — top panel: mean top-1 accuracy versus fault rate (log
       x-axis for ``fault_rate`` / ``bit_error_rate``) with the 95 % confidence band and the
       golden accuracy as a dashed line; bottom panel: critical-SDC and DUE rates with their
-      Wilson bands. For ``rate_kind == "fixed"`` the x-axis is the mean number of faults per
+      bands over trials. For ``rate_kind == "fixed"`` the x-axis is the mean number of faults per
       trial (log when it spans >= 20x, else linear). A single level is drawn as points with
       error bars.
-    * ``layers.png`` — critical-SDC rate per layer (bars, asymmetric Wilson error bars,
+    * ``layers.png`` — critical-SDC rate per layer (bars, asymmetric error bars over trials,
       layers in the given order), plus the DUE rate as a second series when any DUE occurred.
     * ``bits_layers.png`` — heatmap of the critical-SDC rate, rows = layers, columns = bit
       positions; cells without faults are blank; values are printed in the cells when the
@@ -105,7 +105,7 @@ def write_report(
                  "per_bit": [{"bit": int, "faults": int, <outcome>: Prop, ...}, ...],
                  "bit_layer": {"layers": [str], "bits": [int],
                                "critical_sdc_rate": [[float | None] per layer],
-                               "pairs": [[int] per layer]},
+                               "trials": [[int] per layer]},
                  "trials": [...]}
 
             ``per_rate``, ``per_layer``, ``per_bit`` and ``bit_layer`` may be empty; a missing
@@ -199,7 +199,7 @@ def _bit_layer_grid(bit_layer: Any) -> tuple[list[str], list[int], np.ndarray]:
     layers = [str(x) for x in bit_layer.get("layers") or []]
     bits = [int(b) for b in bit_layer.get("bits") or []]
     rows = bit_layer.get("critical_sdc_rate") or []
-    pairs = bit_layer.get("pairs")
+    pairs = bit_layer.get("trials", bit_layer.get("pairs"))
     shape = (len(layers), len(bits))
     if len(rows) != shape[0] or any(len(r) != shape[1] for r in rows):
         raise EnpheephError(
@@ -213,7 +213,7 @@ def _bit_layer_grid(bit_layer: Any) -> tuple[list[str], list[int], np.ndarray]:
     if pairs:
         if len(pairs) != shape[0] or any(len(r) != shape[1] for r in pairs):
             raise EnpheephError(
-                f"summary['bit_layer'] pairs is not a {shape[0]} x {shape[1]} grid"
+                f"summary['bit_layer'] trials is not a {shape[0]} x {shape[1]} grid"
             )
         values[np.asarray(pairs, dtype=float) <= 0] = np.nan
     return layers, bits, values
@@ -415,11 +415,11 @@ def _plot_layers(fig: Figure, per_layer: list[Mapping[str, Any]], title: str) ->
     shift = width / 2 if any_due else 0.0
     ax.bar(pos - shift, np.nan_to_num(crit[:, 0]), width,
            yerr=_yerr(crit[:, 0], crit[:, 1], crit[:, 2]), capsize=3, color="C3",
-           label="critical SDC (95 % Wilson CI)")
+           label="critical SDC (95 % CI over trials)")
     if any_due:
         ax.bar(pos + shift, np.nan_to_num(due[:, 0]), width,
                yerr=_yerr(due[:, 0], due[:, 1], due[:, 2]), capsize=3, color="C1",
-               label="DUE (95 % Wilson CI)")
+               label="DUE (95 % CI over trials)")
     ax.set_xticks(pos, names, rotation=45, ha="right", rotation_mode="anchor",
                   fontsize="small" if len(names) > 12 else None)
     ax.set_xlim(-0.6, len(names) - 0.4)
@@ -456,6 +456,8 @@ def _plot_bits_layers(fig: Figure, layers: list[str], bits: list[int], values: n
         norm = image.norm
         for (i, j), v in np.ndenumerate(values):
             if math.isnan(v):
+                ax.text(j, i, "n/a", ha="center", va="center", fontsize=size - 1,
+                        color="0.45")
                 continue
             color = "white" if norm(v) < 0.5 else "black"
             ax.text(j, i, format(v, ".2g"), ha="center", va="center", fontsize=size,
@@ -520,8 +522,8 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
     per_layer = list(summary.get("per_layer") or [])
     lines += ["## Outcomes per layer", ""]
     if per_layer:
-        lines += _table(["layer", "faults", *outcome_headers], [
-            [str(r.get("layer", "?")), _fmt_int(r.get("faults")),
+        lines += _table(["layer", "trials", "faults", *outcome_headers], [
+            [str(r.get("layer", "?")), _fmt_int(r.get("trials")), _fmt_int(r.get("faults")),
              *(_fmt_prop(r, key) for key, _ in _OUTCOMES)]
             for r in per_layer
         ])
@@ -532,16 +534,22 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
     per_bit = list(summary.get("per_bit") or [])
     lines += ["## Outcomes per bit position", ""]
     if per_bit:
-        lines += _table(["bit", "faults", *outcome_headers], [
-            [_fmt_int(r.get("bit")), _fmt_int(r.get("faults")),
+        lines += _table(["bit", "trials", "faults", *outcome_headers], [
+            [_fmt_int(r.get("bit")), _fmt_int(r.get("trials")), _fmt_int(r.get("faults")),
              *(_fmt_prop(r, key) for key, _ in _OUTCOMES)]
             for r in per_bit
         ])
     else:
         lines.append("No faults.")
     lines += ["", f"![critical SDC per layer and bit]({BITS_LAYERS_PNG})", ""]
-    lines.append("Rates are fractions with 95 % Wilson score intervals as `rate [low, high]`; "
-                 f"{_NA} where no outcome was observed.")
+    how = ("stratified: every trial of a layer / bit confines its faults to it"
+           if summary.get("attribution") == "stratified" else
+           "only trials whose faults all lie in one layer / have one bit count there; run "
+           "with `--stratify layer,bit` to measure every cell")
+    lines.append("Rates are fractions with 95 % intervals over trials as `rate [low, high]` "
+                 "(accuracy: Student t; outcome rates: Wilson at the cluster-adjusted "
+                 f"effective sample size); {_NA} where no outcome was observed. Per layer and "
+                 f"bit: {how}.")
     return "\n".join(lines) + "\n"
 
 

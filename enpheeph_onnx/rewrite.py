@@ -20,6 +20,7 @@ records its provenance in ``metadata_props`` (``enpheeph.faults``, ``enpheeph.so
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ from onnx import helper, numpy_helper
 from . import __version__
 from .bits import BY_NAME, DType
 from .errors import EnpheephError
-from .faults import Fault, FaultModel, FaultPlan, apply_faults
+from .faults import Fault, FaultModel, FaultPlan
+from .faultset import FaultSet, fold
 from .model import (
     TARGET_OPSET,
     ModelSource,
@@ -69,10 +71,10 @@ _FUNC_PREFIX = {
 
 @dataclass(frozen=True)
 class WeightChange:
-    """A perturbed weight: which faults hit it and how many elements changed bits."""
+    """A perturbed weight: how many faults hit it and how many elements changed bits."""
 
     site: str
-    faults: tuple[Fault, ...]
+    faults: int
     elements_changed: int
 
 
@@ -82,7 +84,7 @@ class InjectionResult:
 
     Attributes:
         model: the faulty model (IR <= 13, default-domain opset <= 26, checked).
-        plan: the faults, in application order.
+        plan: the faults, in application order (as given: a plan or a fault set).
         weights: one entry per perturbed weight.
         nodes: names of the inserted fault nodes, in graph order of insertion.
         source_sha256: SHA-256 of the source model.
@@ -90,7 +92,7 @@ class InjectionResult:
     """
 
     model: onnx.ModelProto
-    plan: FaultPlan
+    plan: FaultPlan | FaultSet
     weights: tuple[WeightChange, ...]
     nodes: tuple[str, ...]
     source_sha256: str
@@ -126,6 +128,38 @@ def validate_faults(sites: dict[str, FaultSite], faults: Iterable[Fault],
         f.transform(BY_NAME[site.dtype])  # raises for bits beyond width / unfit values
 
 
+def validate_fault_set(sites: dict[str, FaultSite], faults: FaultSet) -> None:
+    """Check a columnar fault set against the model's sites, vectorized (the
+    :func:`validate_faults` of many faults).
+
+    Raises:
+        EnpheephError: unknown site, index out of range for a dimension, bit beyond the
+            element width, or a value that does not fit the dtype.
+    """
+    for name, rows in faults.by_site().items():
+        site = sites.get(name)
+        if site is None:
+            raise EnpheephError(f"unknown fault site {name!r} (enpheeph-onnx sites MODEL "
+                                "lists them)")
+        rank = len(site.shape)
+        idx = faults.index[rows]
+        if idx.shape[1] > rank and (idx[:, rank:] != 0).any():
+            raise EnpheephError(f"faults on {name!r} have more coordinates than its rank "
+                                f"{rank}")
+        for axis, n in enumerate(site.shape):
+            if axis >= idx.shape[1]:
+                if rank:
+                    raise EnpheephError(f"faults on {name!r} have fewer coordinates than "
+                                        f"its rank {rank}")
+                break
+            if isinstance(n, int) and (idx[:, axis] >= n).any():
+                bad = int(idx[:, axis].max())
+                raise EnpheephError(
+                    f"a fault on {name!r}: index {bad} is out of range for dimension {axis} "
+                    f"(size {n}, valid 0-{n - 1})")
+        faults.transforms(BY_NAME[site.dtype], rows)  # bits beyond width, unfit values
+
+
 def _weight_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
     out: dict[str, onnx.TensorProto] = {t.name: t for t in model.graph.initializer}
     for n in model.graph.node:
@@ -137,23 +171,26 @@ def _weight_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 
 
 def perturb_weights(
-    model: onnx.ModelProto, sites: dict[str, FaultSite], faults: Iterable[Fault]
+    model: onnx.ModelProto, sites: dict[str, FaultSite], faults: FaultSet | Iterable[Fault]
 ) -> list[WeightChange]:
-    """Apply weight faults to ``model``'s stored tensors in place (exact numpy bit ops)."""
-    by_site: dict[str, list[Fault]] = {}
-    for f in faults:
-        if sites[f.site].kind is SiteKind.WEIGHT:
-            by_site.setdefault(f.site, []).append(f)
+    """Apply weight faults to ``model``'s stored tensors in place (exact numpy bit ops,
+    vectorized over the faults of each tensor: :func:`enpheeph_onnx.faultset.fold`)."""
+    fs = faults if isinstance(faults, FaultSet) else FaultSet.from_faults(faults)
     tensors = _weight_tensors(model)
     changes = []
-    for name, fs in by_site.items():
+    for name, rows in fs.by_site().items():
+        if sites[name].kind is not SiteKind.WEIGHT:
+            continue
         t = tensors[name]
         d = BY_NAME[sites[name].dtype]
         old = numpy_helper.to_array(t)
-        new = apply_faults(old, fs, d)
-        changed = int(np.count_nonzero(old.view(d.container) != new.view(d.container)))
+        new = np.array(old, copy=True)
+        u = new.reshape(-1).view(d.container)
+        lin, a, o, x = fold(fs, rows, old.shape, d)
+        u[lin] = ((u[lin] & a) | o) ^ x
+        changed = int(np.count_nonzero(old.reshape(-1).view(d.container) != u))
         t.CopyFrom(numpy_helper.from_array(new, t.name))
-        changes.append(WeightChange(name, tuple(fs), changed))
+        changes.append(WeightChange(name, len(rows), changed))
         log.debug("perturbed %s: %d element(s) changed", name, changed)
     return changes
 
@@ -353,12 +390,19 @@ def insert_fault_nodes(
 
 
 
-def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> InjectionResult:
+PROVENANCE_FAULTS = 1000
+"""Up to this many faults are recorded in full in ``enpheeph.faults``; above it only their
+count and the sha256 of their binary encoding (``enpheeph.faults_sha256``)."""
+
+
+def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault]
+           ) -> InjectionResult:
     """Declare faults, get a faulty model.
 
     Args:
         model: a path to an ``.onnx`` file or a ``ModelProto`` (not modified).
-        faults: a :class:`FaultPlan` or faults, applied in order; empty gives a model whose
+        faults: a :class:`FaultPlan`, :class:`~enpheeph_onnx.faultset.FaultSet` (columns:
+            millions of faults) or faults, applied in order; empty gives a model whose
             outputs are bit-identical to the source's.
 
     Returns:
@@ -376,30 +420,51 @@ def inject(model: ModelSource, faults: FaultPlan | Iterable[Fault]) -> Injection
         >>> res.weights[0].elements_changed
         1
     """
-    plan = faults if isinstance(faults, FaultPlan) else FaultPlan(tuple(faults))
     source = load_model(model)
     sha = model_sha256(model)
     work = onnx.ModelProto()
     work.CopyFrom(source)
     found = discover_sites(work)
-    plan = FaultPlan(tuple(expand_state_addresses(plan.faults, found)))
     sites = site_map(found)
-    validate_faults(sites, plan, work)
+    given: FaultPlan | FaultSet
+    if isinstance(faults, FaultSet):
+        fs = given = faults
+        validate_fault_set(sites, fs)
+    else:
+        plan = faults if isinstance(faults, FaultPlan) else FaultPlan(tuple(faults))
+        plan = FaultPlan(tuple(expand_state_addresses(plan.faults, found)))
+        validate_faults(sites, plan, work)
+        given = plan
+        fs = FaultSet.from_faults(plan.faults)
+    kinds = np.array([sites[n].kind is not SiteKind.WEIGHT for n in fs.sites] + [False])
+    value_rows = np.flatnonzero(kinds[fs.site]) if len(fs) else np.zeros(0, np.int64)
     converted = None
-    if any(sites[f.site].kind is not SiteKind.WEIGHT for f in plan):
+    if len(value_rows):
         before = default_opset(work)
         work = ensure_opset(work)
         converted = before if before != TARGET_OPSET else None
     clamp_ir_version(work)
-    weights = perturb_weights(work, sites, plan)
-    work, nodes = insert_fault_nodes(work, sites, plan)
-    set_metadata(work, {
-        "enpheeph.faults": plan.dumps(),
-        "enpheeph.source_sha256": sha,
-        "enpheeph.version": __version__,
-    })
+    weights = perturb_weights(work, sites, fs)
+    ranks = {s.name: len(s.shape) for s in found}
+    if isinstance(given, FaultPlan):
+        value_faults = tuple(f for f in given.faults if sites[f.site].kind is not SiteKind.WEIGHT)
+    else:
+        value_faults = fs.take(value_rows).to_faults(ranks)
+    work, nodes = insert_fault_nodes(work, sites, value_faults)
+    record = {"enpheeph.source_sha256": sha, "enpheeph.version": __version__}
+    if len(fs) <= PROVENANCE_FAULTS:
+        plan_json = given.dumps() if isinstance(given, FaultPlan) else FaultPlan(
+            fs.to_faults(ranks)).dumps()
+        record["enpheeph.faults"] = plan_json
+    else:
+        import hashlib
+
+        layout, data = fs.encode()
+        record["enpheeph.faults"] = json.dumps({"count": len(fs)})
+        record["enpheeph.faults_sha256"] = hashlib.sha256(layout.encode() + data).hexdigest()
+    set_metadata(work, record)
     try:
         onnx.checker.check_model(work, full_check=True)
     except Exception as e:  # pragma: no cover - a failure here is a bug in the rewriter
         raise RuntimeError(f"the rewritten model fails the ONNX checker: {e}") from e
-    return InjectionResult(work, plan, tuple(weights), tuple(nodes), sha, converted)
+    return InjectionResult(work, given, tuple(weights), tuple(nodes), sha, converted)

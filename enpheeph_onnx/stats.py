@@ -7,13 +7,24 @@
   unknown: the worst case) and t the two-sided standard normal quantile of the
   confidence level, ``t = Phi^-1(1 - (1 - C) / 2)`` (1.96 for 95 %, 2.5758 for 99 %).
 * Binomial proportions get Wilson score intervals
-  (``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``).
+  (``scipy.stats.binomtest(k, n).proportion_ci(method="wilson")``): used over *trials*
+  (e.g. the probability that a trial has any critical SDC), whose outcomes are independent.
+* The trial is the sampling unit of a campaign: the inputs of one trial share its faults,
+  so (trial, input) outcomes are clustered and a binomial interval over pairs is 10-20x too
+  narrow. :func:`mean_interval` gives a Student t interval over per-trial values (mean
+  accuracy); :func:`clustered_proportion` gives the ratio estimator of a pooled outcome rate
+  with a Wilson interval at the *effective* sample size ``n / deff``, the design effect
+  ``deff`` estimated from the between-trial variance (Kish, "Survey Sampling", 1965, sec.
+  8.2; Korn & Graubard, "Confidence intervals for proportions with small expected number
+  of positive counts estimated from survey data", Survey Methodology 24(2), 1998).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from .errors import EnpheephError
 
@@ -83,3 +94,107 @@ def proportion(k: int, n: int, confidence: float = 0.95) -> Proportion:
 
     ci = binomtest(int(k), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
     return Proportion(int(k), int(n), float(ci.low), float(ci.high), confidence)
+
+
+@dataclass(frozen=True)
+class MeanInterval:
+    """The mean of per-trial values with a Student t interval over trials."""
+
+    mean: float
+    low: float
+    high: float
+    trials: int
+    confidence: float = 0.95
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"mean": self.mean, "ci_low": self.low, "ci_high": self.high,
+                "trials": self.trials}
+
+
+def mean_interval(values: np.ndarray, confidence: float = 0.95,
+                  bounds: tuple[float, float] = (-math.inf, math.inf)) -> MeanInterval:
+    """Mean of ``values`` (one per trial) with the t interval
+    ``mean +- t_{m-1} s / sqrt(m)`` (``scipy.stats.t``), clipped to ``bounds``.
+
+    With fewer than two trials the bounds are ``bounds`` themselves (nothing is known
+    about the spread); NaN values are ignored.
+    """
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    m = len(v)
+    if m == 0:
+        return MeanInterval(float("nan"), float("nan"), float("nan"), 0, confidence)
+    mean = float(v.mean())
+    if m < 2:
+        return MeanInterval(mean, float(bounds[0]), float(bounds[1]), m, confidence)
+    half = float(student_t.ppf(1 - (1 - confidence) / 2, m - 1) * v.std(ddof=1) / math.sqrt(m))
+    return MeanInterval(mean, max(mean - half, bounds[0]), min(mean + half, bounds[1]), m,
+                        confidence)
+
+
+@dataclass(frozen=True)
+class ClusteredProportion:
+    """A pooled rate ``k / n`` over trials (clusters of inputs) with a cluster-aware
+    Wilson interval; ``n_eff`` is the effective number of independent pairs."""
+
+    k: int
+    n: int
+    low: float
+    high: float
+    trials: int
+    n_eff: float
+    confidence: float = 0.95
+
+    @property
+    def rate(self) -> float:
+        return self.k / self.n if self.n else float("nan")
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"k": self.k, "n": self.n, "rate": self.rate, "ci_low": self.low,
+                "ci_high": self.high}
+
+
+def wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``p`` observed on ``n`` (possibly effective,
+    non-integer) trials: ``(p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)``
+    (Wilson, JASA 22, 1927)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    z = normal_quantile(confidence)
+    denom = 1 + z * z / n
+    centre = p + z * z / (2 * n)
+    half = z * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
+    return max((centre - half) / denom, 0.0), min((centre + half) / denom, 1.0)
+
+
+def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
+                         ) -> ClusteredProportion:
+    """Pooled proportion ``sum(k) / sum(n)`` of outcomes over trials with a Wilson interval
+    at the effective sample size (see the module docstring).
+
+    Args:
+        k: ``[m]`` outcomes of interest per trial.
+        n: ``[m]`` inputs per trial.
+
+    The ratio estimator's variance is the between-trial (cluster) linearization
+    ``m / (m - 1) * sum((k_i - p n_i)^2) / (sum n)^2``; ``deff`` is that over the binomial
+    ``p (1 - p) / sum(n)``, and ``n_eff = sum(n) / deff`` is clamped to ``[m, sum(n)]``.
+    When every trial agrees exactly (``p`` is 0 or 1), the spread is unknown and ``n_eff``
+    is the number of trials, the conservative choice.
+    """
+    k = np.asarray(k, np.float64)
+    n = np.asarray(n, np.float64)
+    m, total, hits = len(k), float(n.sum()), float(k.sum())
+    if m == 0 or total == 0:
+        return ClusteredProportion(0, 0, float("nan"), float("nan"), m, 0.0, confidence)
+    p = hits / total
+    if 0 < p < 1 and m >= 2:
+        var = m / (m - 1) * float(((k - p * n) ** 2).sum()) / total ** 2
+        deff = var / (p * (1 - p) / total)
+        n_eff = total if deff <= 0 else min(max(total / deff, m), total)
+    else:
+        n_eff = float(m)
+    low, high = wilson(p, n_eff, confidence)
+    return ClusteredProportion(int(hits), int(total), low, high, m, n_eff, confidence)

@@ -1,24 +1,29 @@
-"""SQLite results store (stdlib ``sqlite3``, WAL journal).
+"""SQLite results store (stdlib ``sqlite3``, WAL journal). All of the project's SQL is here.
 
 One file holds one campaign: its resolved configuration and provenance (key/value rows),
-then one row per trial, one per fault and one per (trial, input sample) outcome. Trials
-are committed in batches, each trial with its faults and outcomes in the same
-transaction, so an interrupted campaign (Ctrl-C, SIGKILL, power loss) loses at most the
-uncommitted batch, which ``--resume`` recomputes. Schema::
+its fault sites, then one row per trial with the trial's faults and per-input outcomes as
+compact columnar blobs. Trials are committed in batches, each trial with its faults and
+outcomes in the same transaction, so an interrupted campaign (Ctrl-C, SIGKILL, power
+loss) loses at most the uncommitted batch, which ``--resume`` recomputes. Schema::
 
-    campaign(key TEXT PRIMARY KEY, value TEXT)   -- JSON values: config, sha256, versions
-    trial(trial INTEGER PRIMARY KEY, level INTEGER, rate REAL, accuracy REAL,
-          samples INTEGER, masked INTEGER, tolerable_sdc INTEGER, critical_sdc INTEGER,
-          due INTEGER, n_faults INTEGER, seconds REAL)
-    fault(trial INTEGER, ordinal INTEGER, site TEXT, kind TEXT, layer TEXT, sample INTEGER,
-          idx TEXT, model TEXT, bits TEXT, value REAL, PRIMARY KEY (trial, ordinal))
-    outcome(trial INTEGER, sample INTEGER, outcome INTEGER, correct INTEGER,
-            PRIMARY KEY (trial, sample))  -- outcome: 0 masked, 1 tolerable SDC,
-                                          -- 2 critical SDC, 3 DUE; correct: top-1 == label
+    campaign(key TEXT PRIMARY KEY, value TEXT)      -- JSON values: config, sha256, versions
+    site(id INTEGER PRIMARY KEY, name TEXT UNIQUE, kind TEXT, layer TEXT, rank INTEGER)
+    trial(trial INTEGER PRIMARY KEY, level INTEGER, rate REAL,
+          stratum_layer TEXT, stratum_bit INTEGER,   -- stratified campaigns, else NULL
+          accuracy REAL, samples INTEGER, masked INTEGER, tolerable_sdc INTEGER,
+          critical_sdc INTEGER, due INTEGER, n_faults INTEGER,
+          layer TEXT, bit INTEGER,                  -- the one layer / bit all faults hit
+          first_faults TEXT, seconds REAL)
+    fault_set(trial INTEGER PRIMARY KEY, layout TEXT, data BLOB)
+    outcome_set(trial INTEGER PRIMARY KEY, outcome BLOB, correct BLOB)
 
-``fault.sample`` is the input sample a per-sample fault hits, NULL when it hits every
-input of the trial; ``fault.value`` is a number, or the text ``nan``/``inf``/``-inf``
-(SQLite would store a REAL NaN as NULL).
+``fault_set`` holds a trial's faults as columns (:meth:`FaultSet.encode`: site id, one
+column per index dimension shifted by one so that 0 is ``*``, model, bit, value — each in
+the smallest unsigned type, zlib-compressed; about 3-5 bytes per fault); it is absent with
+``--store-faults none`` (the faults are reproducible from the seed). ``outcome_set.outcome``
+is the ``uint8`` :class:`~enpheeph_onnx.campaign.outcomes.Outcome` code of each input,
+``correct`` the packed top-1-correct bits (NULL without labels). Everything a summary needs
+is in the ``trial`` table, so summarising and resuming read no fault.
 """
 
 from __future__ import annotations
@@ -34,103 +39,161 @@ from typing import Any
 import numpy as np
 
 from .errors import EnpheephError
-from .faults import Fault
+from .faultset import FaultSet
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS campaign (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS site (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, kind TEXT NOT NULL,
+    layer TEXT NOT NULL, rank INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS trial (
-    trial INTEGER PRIMARY KEY, level INTEGER NOT NULL, rate REAL, accuracy REAL,
-    samples INTEGER NOT NULL, masked INTEGER NOT NULL, tolerable_sdc INTEGER NOT NULL,
-    critical_sdc INTEGER NOT NULL, due INTEGER NOT NULL, n_faults INTEGER NOT NULL,
+    trial INTEGER PRIMARY KEY, level INTEGER NOT NULL, rate REAL, stratum_layer TEXT,
+    stratum_bit INTEGER, accuracy REAL, samples INTEGER NOT NULL, masked INTEGER NOT NULL,
+    tolerable_sdc INTEGER NOT NULL, critical_sdc INTEGER NOT NULL, due INTEGER NOT NULL,
+    n_faults INTEGER NOT NULL, layer TEXT, bit INTEGER, first_faults TEXT NOT NULL,
     seconds REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS fault (
-    trial INTEGER NOT NULL, ordinal INTEGER NOT NULL, site TEXT NOT NULL, kind TEXT NOT NULL,
-    layer TEXT NOT NULL, sample INTEGER, idx TEXT NOT NULL, model TEXT NOT NULL,
-    bits TEXT NOT NULL, value, PRIMARY KEY (trial, ordinal));
-CREATE TABLE IF NOT EXISTS outcome (
-    trial INTEGER NOT NULL, sample INTEGER NOT NULL, outcome INTEGER NOT NULL,
-    correct INTEGER, PRIMARY KEY (trial, sample));
+CREATE TABLE IF NOT EXISTS fault_set (
+    trial INTEGER PRIMARY KEY, layout TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS outcome_set (
+    trial INTEGER PRIMARY KEY, outcome BLOB NOT NULL, correct BLOB);
 """
 OUTCOMES = ("masked", "tolerable_sdc", "critical_sdc", "due")
+TRIAL_COLUMNS = ("trial", "level", "rate", "stratum_layer", "stratum_bit", "accuracy",
+                 "samples", "masked", "tolerable_sdc", "critical_sdc", "due", "n_faults",
+                 "layer", "bit", "first_faults", "seconds")
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """A fault site as the store records it."""
+
+    name: str
+    kind: str
+    layer: str
+    rank: int
 
 
 @dataclass(frozen=True)
 class TrialRecord:
-    """One trial: its faults and per-sample outcomes.
+    """One finished trial.
 
     Attributes:
-        trial: global trial number (levels x trials per level).
+        trial: global trial number.
         level: index of the fault rate (0 for a fixed fault count).
         rate: the fault rate or bit error rate of the level, ``None`` for a fixed count.
+        stratum_layer, stratum_bit: the stratum of a stratified campaign, else ``None``.
         faults: the injected faults, in order.
-        outcomes: ``uint8 [samples]`` codes, 0 masked, 1 tolerable SDC, 2 critical SDC, 3 DUE.
-        correct: ``bool [samples]`` top-1 equals the label, or ``None`` without labels.
+        outcomes: ``uint8 [samples]`` outcome codes (0 masked, 1 tolerable SDC,
+            2 critical SDC, 3 DUE).
+        correct: ``bool [samples]`` top-1 equals the label (never for a DUE), or ``None``
+            without labels.
         seconds: wall time of the faulty run.
+        layer, bit: the single layer / bit position that every fault hits (exclusive
+            attribution), else ``None``.
+        first_faults: the text of the first faults (for tables).
     """
 
     trial: int
     level: int
     rate: float | None
-    faults: tuple[Fault, ...]
+    faults: FaultSet
     outcomes: np.ndarray
     correct: np.ndarray | None
     seconds: float
+    stratum_layer: str | None = None
+    stratum_bit: int | None = None
+    layer: str | None = None
+    bit: int | None = None
+    first_faults: tuple[str, ...] = ()
 
     @property
     def samples(self) -> int:
         return len(self.outcomes)
 
-    def count(self, outcome: str) -> int:
-        return int(np.count_nonzero(self.outcomes == OUTCOMES.index(outcome)))
-
-    @property
-    def masked(self) -> int:
-        return self.count("masked")
-
-    @property
-    def tolerable_sdc(self) -> int:
-        return self.count("tolerable_sdc")
-
-    @property
-    def critical_sdc(self) -> int:
-        return self.count("critical_sdc")
-
-    @property
-    def due(self) -> int:
-        return self.count("due")
+    def counts(self) -> np.ndarray:
+        """``int64 [4]``: masked, tolerable SDC, critical SDC, DUE."""
+        return np.bincount(self.outcomes, minlength=4)[:4].astype(np.int64)
 
     @property
     def accuracy(self) -> float | None:
         return None if self.correct is None else float(np.mean(self.correct))
 
-    def to_json(self) -> dict[str, Any]:
-        return {"trial": self.trial, "level": self.level, "rate": self.rate,
-                "accuracy": self.accuracy, "masked": self.masked,
-                "tolerable_sdc": self.tolerable_sdc, "critical_sdc": self.critical_sdc,
-                "due": self.due, "seconds": self.seconds,
-                "faults": [f.to_json() for f in self.faults]}
+
+@dataclass(frozen=True)
+class TrialTable:
+    """The ``trial`` table as columns (one row per trial, in trial order); what summaries
+    and reports read. Missing values: NaN (floats), -1 (ints), ``None`` (text)."""
+
+    trial: np.ndarray
+    level: np.ndarray
+    rate: np.ndarray
+    stratum_layer: np.ndarray
+    stratum_bit: np.ndarray
+    accuracy: np.ndarray
+    samples: np.ndarray
+    counts: np.ndarray
+    n_faults: np.ndarray
+    layer: np.ndarray
+    bit: np.ndarray
+    first_faults: tuple[str, ...]
+    seconds: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.trial)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Sequence[Any]]) -> TrialTable:
+        cols = list(zip(*rows, strict=True)) if rows else [() for _ in TRIAL_COLUMNS]
+        c = dict(zip(TRIAL_COLUMNS, cols, strict=True))
+
+        def num(name: str, dt: Any, missing: float) -> np.ndarray:
+            return np.array([missing if v is None else v for v in c[name]], dtype=dt)
+
+        return cls(
+            num("trial", np.int64, -1), num("level", np.int64, -1),
+            num("rate", np.float64, np.nan),
+            np.array(c["stratum_layer"], dtype=object), num("stratum_bit", np.int64, -1),
+            num("accuracy", np.float64, np.nan), num("samples", np.int64, 0),
+            np.stack([num(k, np.int64, 0) for k in OUTCOMES], axis=1).reshape(-1, 4),
+            num("n_faults", np.int64, 0), np.array(c["layer"], dtype=object),
+            num("bit", np.int64, -1), tuple(c["first_faults"]), num("seconds", np.float64, 0))
+
+    @classmethod
+    def from_records(cls, records: Sequence[TrialRecord]) -> TrialTable:
+        return cls.from_rows([_trial_row(r) for r in records])
+
+    def take(self, rows: np.ndarray) -> TrialTable:
+        idx = np.asarray(rows)
+        return TrialTable(self.trial[idx], self.level[idx], self.rate[idx],
+                          self.stratum_layer[idx], self.stratum_bit[idx], self.accuracy[idx],
+                          self.samples[idx], self.counts[idx], self.n_faults[idx],
+                          self.layer[idx], self.bit[idx],
+                          tuple(np.array(self.first_faults, dtype=object)[idx].tolist()),
+                          self.seconds[idx])
+
+
+def _trial_row(rec: TrialRecord) -> tuple[Any, ...]:
+    c = rec.counts()
+    return (rec.trial, rec.level, rec.rate, rec.stratum_layer, rec.stratum_bit, rec.accuracy,
+            rec.samples, int(c[0]), int(c[1]), int(c[2]), int(c[3]), len(rec.faults),
+            rec.layer, rec.bit, json.dumps(list(rec.first_faults)), rec.seconds)
 
 
 class ResultStore:
     """An open results database: :meth:`create` a new one, :meth:`open` an existing one."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection,
-                 kinds: dict[str, tuple[str, str]] | None = None,
-                 per_sample: bool = False) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, store_faults: bool = True) -> None:
         self.path = path
         self.conn = conn
-        self.kinds = kinds or {}
-        self.per_sample = per_sample
+        self.store_faults = store_faults
         self._pending: list[TrialRecord] = []
+        self._ids: dict[str, int] | None = None
 
     @classmethod
     def create(cls, path: str | os.PathLike[str], meta: dict[str, Any],
-               kinds: dict[str, tuple[str, str]], per_sample: bool = False) -> ResultStore:
-        """Create ``path`` and write the campaign metadata.
-
-        ``kinds`` maps each site name to ``(kind, layer)`` for the fault rows;
-        ``per_sample``: a non-weight fault's first coordinate names its input sample.
+               sites: Sequence[SiteInfo], store_faults: bool = True) -> ResultStore:
+        """Create ``path`` and write the campaign metadata and site table.
 
         Raises:
             EnpheephError: the file exists or its folder does not.
@@ -151,11 +214,12 @@ class ResultStore:
             conn.executemany("INSERT INTO campaign VALUES (?, ?)",
                              [(k, json.dumps(v)) for k, v in
                               {**meta, "schema_version": SCHEMA_VERSION}.items()])
-        return cls(p, conn, kinds, per_sample)
+            conn.executemany("INSERT INTO site VALUES (?, ?, ?, ?, ?)",
+                             [(i, s.name, s.kind, s.layer, s.rank) for i, s in enumerate(sites)])
+        return cls(p, conn, store_faults)
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], kinds: dict[str, tuple[str, str]] | None = None,
-             per_sample: bool = False) -> ResultStore:
+    def open(cls, path: str | os.PathLike[str], store_faults: bool = True) -> ResultStore:
         """Open an existing database.
 
         Raises:
@@ -173,10 +237,14 @@ class ResultStore:
             raise EnpheephError(f"{p} is not an enpheeph-onnx results database") from None
         if version is None or json.loads(version[0]) != SCHEMA_VERSION:
             conn.close()
-            raise EnpheephError(f"{p} was written by another version of enpheeph-onnx")
+            raise EnpheephError(f"{p} was written by another version of enpheeph-onnx (schema "
+                                f"{json.loads(version[0]) if version else '?'}, this version "
+                                f"reads {SCHEMA_VERSION}); re-run the campaign into a new --db")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        return cls(p, conn, kinds, per_sample)
+        return cls(p, conn, store_faults)
+
+    # -- metadata and sites ---------------------------------------------------------------
 
     def meta(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM campaign")}
@@ -185,6 +253,17 @@ class ResultStore:
         with self.conn:
             self.conn.execute("INSERT OR REPLACE INTO campaign VALUES (?, ?)",
                               (key, json.dumps(value)))
+
+    def sites(self) -> list[SiteInfo]:
+        return [SiteInfo(*row) for row in self.conn.execute(
+            "SELECT name, kind, layer, rank FROM site ORDER BY id")]
+
+    def _site_ids(self) -> dict[str, int]:
+        if self._ids is None:
+            self._ids = {name: i for i, name in self.conn.execute("SELECT id, name FROM site")}
+        return self._ids
+
+    # -- trials ---------------------------------------------------------------------------
 
     def done_trials(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT trial FROM trial")}
@@ -197,51 +276,47 @@ class ResultStore:
         """Commit the queued trials, each with its faults and outcomes, in one transaction."""
         if not self._pending:
             return
+        ids = self._site_ids()
         with self.conn:
-            for rec in self._pending:
-                self._insert(rec)
+            self.conn.executemany(f"INSERT INTO trial VALUES ({','.join('?' * 16)})",
+                                  [_trial_row(r) for r in self._pending])
+            if self.store_faults:
+                self.conn.executemany("INSERT INTO fault_set VALUES (?, ?, ?)",
+                                      [(r.trial, *r.faults.encode(ids)) for r in self._pending])
+            self.conn.executemany(
+                "INSERT INTO outcome_set VALUES (?, ?, ?)",
+                [(r.trial, r.outcomes.astype(np.uint8).tobytes(),
+                  None if r.correct is None else np.packbits(r.correct).tobytes())
+                 for r in self._pending])
         self._pending.clear()
 
-    def _insert(self, rec: TrialRecord) -> None:
-        self.conn.execute(
-            "INSERT INTO trial VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (rec.trial, rec.level, rec.rate, rec.accuracy, rec.samples, rec.masked,
-             rec.tolerable_sdc, rec.critical_sdc, rec.due, len(rec.faults), rec.seconds))
-        rows = []
-        for k, f in enumerate(rec.faults):
-            kind, layer = self.kinds.get(f.site, ("", ""))
-            sample = f.index[0] if (self.per_sample and kind != "weight" and f.index) else None
-            rows.append((rec.trial, k, f.site, kind, layer, sample,
-                         json.dumps(f.to_json()["index"]), f.model.value,
-                         json.dumps(list(f.bits)), f.to_json().get("value")))
-        self.conn.executemany("INSERT INTO fault VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        correct = rec.correct.tolist() if rec.correct is not None else [None] * rec.samples
-        self.conn.executemany(
-            "INSERT INTO outcome VALUES (?, ?, ?, ?)",
-            zip([rec.trial] * rec.samples, range(rec.samples), rec.outcomes.tolist(),
-                [None if c is None else int(c) for c in correct], strict=True))
+    def trial_table(self) -> TrialTable:
+        """Every stored trial's row, as columns (no fault is read)."""
+        return TrialTable.from_rows(self.conn.execute(
+            f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trial ORDER BY trial").fetchall())
 
-    def trials(self, with_outcomes: bool = True) -> Iterator[TrialRecord]:
-        """Every stored trial in order (outcome arrays loaded when ``with_outcomes``)."""
-        faults: dict[int, list[Fault]] = {}
-        for row in self.conn.execute(
-                "SELECT trial, site, idx, model, bits, value FROM fault ORDER BY trial, ordinal"):
-            faults.setdefault(row[0], []).append(Fault.from_json(
-                {"site": row[1], "index": json.loads(row[2]), "model": row[3],
-                 "bits": json.loads(row[4]), **({"value": row[5]} if row[5] is not None else {})}))
-        outcomes: dict[int, tuple[list[int], list[int | None]]] = {}
-        if with_outcomes:
-            for t, o, c in self.conn.execute(
-                    "SELECT trial, outcome, correct FROM outcome ORDER BY trial, sample"):
-                entry = outcomes.setdefault(t, ([], []))
-                entry[0].append(o)
-                entry[1].append(c)
-        for r in self.conn.execute(
-                "SELECT trial, level, rate, seconds, samples FROM trial ORDER BY trial"):
-            codes, corr = outcomes.get(r[0], ([], []))
-            yield TrialRecord(
-                r[0], r[1], r[2], tuple(faults.get(r[0], [])), np.array(codes, np.uint8),
-                None if not corr or corr[0] is None else np.array(corr, bool), r[3])
+    def fault_sets(self) -> Iterator[tuple[int, FaultSet]]:
+        """``(trial, faults)`` for every trial whose faults are stored, in trial order."""
+        names = [s.name for s in self.sites()]
+        for trial, layout, data in self.conn.execute(
+                "SELECT trial, layout, data FROM fault_set ORDER BY trial"):
+            yield trial, FaultSet.decode(layout, data, names)
+
+    def faults(self, trial: int) -> FaultSet | None:
+        """The faults of one trial, or ``None`` when they were not stored."""
+        row = self.conn.execute("SELECT layout, data FROM fault_set WHERE trial = ?",
+                                (trial,)).fetchone()
+        if row is None:
+            return None
+        return FaultSet.decode(row[0], row[1], [s.name for s in self.sites()])
+
+    def outcome_sets(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """``(trial, outcomes uint8[N], correct bool[N] | None)`` in trial order."""
+        for trial, outcome, correct in self.conn.execute(
+                "SELECT trial, outcome, correct FROM outcome_set ORDER BY trial"):
+            codes = np.frombuffer(outcome, np.uint8)
+            yield trial, codes, (None if correct is None else np.unpackbits(
+                np.frombuffer(correct, np.uint8), count=len(codes)).astype(bool))
 
     def close(self) -> None:
         self.flush()
@@ -254,8 +329,4 @@ class ResultStore:
         self.close()
 
 
-def fault_rows(store: ResultStore) -> Sequence[tuple[Any, ...]]:
-    """``(trial, site, kind, layer, sample, bits_json)`` for every stored fault."""
-    return store.conn.execute(
-        "SELECT trial, site, kind, layer, sample, bits FROM fault ORDER BY trial, ordinal"
-    ).fetchall()
+__all__ = ["OUTCOMES", "SCHEMA_VERSION", "ResultStore", "SiteInfo", "TrialRecord", "TrialTable"]

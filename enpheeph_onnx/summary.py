@@ -1,196 +1,296 @@
-"""Campaign aggregates: per fault rate, per layer, per bit position, with 95 % Wilson
-confidence intervals (:func:`enpheeph_onnx.stats.proportion`).
+"""Campaign aggregates with trial-level statistics: per fault rate, per layer, per bit.
 
-The unit of every rate is the (trial, input sample) pair. All of a trial's faults reach
-every input, except per-sample faults, which reach only their own sample.
+The **trial** is the sampling unit (a trial's inputs share its faults, so their outcomes
+are not independent). For each group of trials (a fault-rate level, a layer, a bit, a
+layer x bit cell):
 
-Per-layer, per-bit and bit x layer rates use **exclusive attribution**: a pair counts for
-layer L (bit b, cell (L, b)) only when every fault that reaches it lies in L (has bit b,
-lies in the cell). The rate is then the vulnerability P(outcome | the layer/bit is hit),
-not mixed with the effect of faults elsewhere. Pairs reached by faults in several layers
-count only in the per-rate rows; single-fault trials (low fault rates,
-``--faults-per-trial 1``) feed every table.
+* ``accuracy``: the mean of the trials' accuracies with a 95 % Student t interval over
+  trials (:func:`enpheeph_onnx.stats.mean_interval`);
+* ``masked``, ``tolerable_sdc``, ``critical_sdc``, ``due``, ``sdc``: pooled rates over the
+  (trial, input) pairs with a cluster-aware Wilson interval at the effective sample size
+  (:func:`enpheeph_onnx.stats.clustered_proportion`);
+* ``p_trial_critical``: the fraction of trials with at least one critical SDC, with a
+  Wilson interval over trials (:func:`enpheeph_onnx.stats.proportion`).
 
-Note: pairs of one trial share its faults, so they are not independent; the intervals
-are those of the guide (binomial over pairs) and are narrower than trial-level ones.
+**Per layer and per bit.** A trial counts for layer L (bit b, cell (L, b)) when every one
+of its faults lies in L (has bit b, lies in the cell). In a stratified campaign
+(``--stratify``) that is every trial of the stratum, so the tables *measure* each
+stratum's vulnerability with as many trials as any other; in a plain sweep only trials
+whose faults happen to share a layer count (single-fault trials always do), which leaves
+the tables sparse at high fault rates: ``attribution`` says which applies.
+
+All of it reads only the per-trial rows (:class:`enpheeph_onnx.store.TrialTable`), never
+the faults.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .stats import proportion
-from .store import OUTCOMES, TrialRecord
+from .stats import (
+    ClusteredProportion,
+    MeanInterval,
+    Proportion,
+    clustered_proportion,
+    mean_interval,
+    proportion,
+)
+from .store import OUTCOMES, TrialTable
 
 METRICS = ("masked_rate", "tolerable_sdc_rate", "critical_sdc_rate", "sdc_rate", "due_rate",
            "accuracy_drop")
 """Metrics a reliability gate (``--fail-above METRIC=THRESHOLD``) can check, per level."""
 
 
-def _props(counts: np.ndarray) -> dict[str, Any]:
-    """Outcome proportions from ``counts[4]`` (masked, tolerable, critical, DUE)."""
-    n = int(counts.sum())
-    out = {name: proportion(int(counts[i]), n).to_json() for i, name in enumerate(OUTCOMES)}
-    out["sdc"] = proportion(int(counts[1] + counts[2]), n).to_json()
-    return out
+@dataclass(frozen=True)
+class OutcomeRates:
+    """Pooled outcome rates of a group of trials, with cluster-aware intervals."""
+
+    masked: ClusteredProportion
+    tolerable_sdc: ClusteredProportion
+    critical_sdc: ClusteredProportion
+    due: ClusteredProportion
+    sdc: ClusteredProportion
+
+    @classmethod
+    def of(cls, t: TrialTable) -> OutcomeRates:
+        c = t.counts
+        n = t.samples
+        props = [clustered_proportion(c[:, i], n) for i in range(4)]
+        return cls(*props, clustered_proportion(c[:, 1] + c[:, 2], n))
+
+    def get(self, name: str) -> ClusteredProportion:
+        return getattr(self, name)  # type: ignore[no-any-return]
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: self.get(name).to_json() for name in (*OUTCOMES, "sdc")}
 
 
-def _layer_of(site: str, kinds: dict[str, tuple[str, str]]) -> str:
-    layer = kinds.get(site, ("", ""))[1]
-    return layer or site
+@dataclass(frozen=True)
+class GroupSummary:
+    """The trial-level statistics of one group of trials (see the module docstring).
+
+    Attributes:
+        key: what the group is: ``{"level": i, "rate": r}``, ``{"layer": name}``,
+            ``{"bit": b}``.
+        trials: number of trials.
+        faults: total faults over the trials; ``mean_faults`` per trial.
+        accuracy: mean accuracy over trials with its interval (``None`` without labels).
+        accuracy_drop: golden accuracy minus the mean, and ``accuracy_drop_high`` the
+            golden accuracy minus the interval's lower bound (``None`` without labels).
+        outcomes: pooled outcome rates.
+        p_trial_critical: trials with any critical SDC, over trials (Wilson).
+    """
+
+    key: dict[str, Any]
+    trials: int
+    faults: int
+    accuracy: MeanInterval | None
+    accuracy_drop: float | None
+    accuracy_drop_high: float | None
+    outcomes: OutcomeRates
+    p_trial_critical: Proportion
+
+    @property
+    def mean_faults(self) -> float:
+        return self.faults / self.trials if self.trials else float("nan")
+
+    @classmethod
+    def of(cls, key: dict[str, Any], t: TrialTable, golden: float | None) -> GroupSummary:
+        acc = None
+        drop = drop_high = None
+        if len(t) and not np.isnan(t.accuracy).all():
+            acc = mean_interval(t.accuracy, bounds=(0.0, 1.0))
+            if golden is not None:
+                drop, drop_high = golden - acc.mean, golden - acc.low
+        crit = int(np.count_nonzero(t.counts[:, 2] > 0))
+        return cls(key, len(t), int(t.n_faults.sum()), acc, drop, drop_high,
+                   OutcomeRates.of(t), proportion(crit, len(t)))
+
+    def metric(self, name: str) -> tuple[float | None, float | None]:
+        """``(estimate, upper 95 % bound)`` of a gate metric (:data:`METRICS`)."""
+        if name == "accuracy_drop":
+            return self.accuracy_drop, self.accuracy_drop_high
+        p = self.outcomes.get(name.removesuffix("_rate"))
+        return p.rate, p.high
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.key, "trials": self.trials, "faults": self.faults,
+                "mean_faults": self.mean_faults,
+                "accuracy": None if self.accuracy is None else self.accuracy.to_json(),
+                "accuracy_drop": self.accuracy_drop,
+                "accuracy_drop_high": self.accuracy_drop_high,
+                **self.outcomes.to_json(), "p_trial_critical": self.p_trial_critical.to_json()}
 
 
-def summarize(records: Sequence[TrialRecord], *, golden_accuracy: float | None,
-              samples: int, rate_kind: str, kinds: dict[str, tuple[str, str]],
-              per_sample: bool = False, config: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
-    """Aggregate trials into the campaign summary (the ``--json`` output and the report).
+@dataclass(frozen=True)
+class BitLayerGrid:
+    """Critical-SDC rate per (layer, bit) cell; ``None`` where no trial measured it."""
+
+    layers: tuple[str, ...]
+    bits: tuple[int, ...]
+    critical_sdc_rate: tuple[tuple[float | None, ...], ...]
+    trials: tuple[tuple[int, ...], ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "bits": list(self.bits),
+                "critical_sdc_rate": [list(r) for r in self.critical_sdc_rate],
+                "trials": [list(r) for r in self.trials]}
+
+
+@dataclass(frozen=True)
+class CampaignSummary:
+    """Everything a campaign measured; :meth:`to_json` is the ``--json`` output."""
+
+    golden_accuracy: float | None
+    mean_accuracy: float | None
+    accuracy_drop: float | None
+    samples: int
+    rate_kind: str
+    attribution: str
+    outcomes: dict[str, int]
+    per_rate: tuple[GroupSummary, ...]
+    per_layer: tuple[GroupSummary, ...]
+    per_bit: tuple[GroupSummary, ...]
+    bit_layer: BitLayerGrid
+    table: TrialTable
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def trial_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
+        t = self.table
+        rows = []
+        for i in range(len(t) if limit is None else min(limit, len(t))):
+            rate = float(t.rate[i])
+            acc = float(t.accuracy[i])
+            stratum = [x for x in (t.stratum_layer[i], None if t.stratum_bit[i] < 0
+                                   else f"bit {int(t.stratum_bit[i])}") if x is not None]
+            rows.append({
+                "trial": int(t.trial[i]), "level": int(t.level[i]),
+                "rate": None if math.isnan(rate) else rate,
+                "stratum": " / ".join(stratum) if stratum else None,
+                "accuracy": None if math.isnan(acc) else acc,
+                **{k: int(t.counts[i, j]) for j, k in enumerate(OUTCOMES)},
+                "n_faults": int(t.n_faults[i]), "first_faults": _texts(t.first_faults[i]),
+                "seconds": float(t.seconds[i])})
+        return rows
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "golden_accuracy": self.golden_accuracy, "mean_accuracy": self.mean_accuracy,
+            "accuracy_drop": self.accuracy_drop, "samples": self.samples,
+            "rate_kind": self.rate_kind, "attribution": self.attribution,
+            "config": self.config, "outcomes": dict(self.outcomes),
+            "per_rate": [g.to_json() for g in self.per_rate],
+            "per_layer": [g.to_json() for g in self.per_layer],
+            "per_bit": [g.to_json() for g in self.per_bit],
+            "bit_layer": self.bit_layer.to_json(),
+            "trials": self.trial_rows(),
+        }
+
+
+def _texts(cell: str) -> list[str]:
+    import json
+
+    return list(json.loads(cell)) if cell else []
+
+
+def summarize(table: TrialTable, *, golden_accuracy: float | None, samples: int,
+              rate_kind: str, config: dict[str, Any] | None = None,
+              layer_order: dict[str, int] | None = None) -> CampaignSummary:
+    """Aggregate the trials into the campaign summary (the ``--json`` output and the report).
 
     Args:
-        records: the trials.
+        table: the trials' rows (:meth:`enpheeph_onnx.store.ResultStore.trial_table`).
         golden_accuracy: top-1 accuracy of the golden run (``None`` without labels).
         samples: inputs per trial.
         rate_kind: ``"fault_rate"``, ``"bit_error_rate"`` or ``"fixed"``.
-        kinds: site name -> ``(kind, layer)``.
-        per_sample: faults' first coordinate names the one input they reach.
-        config: the campaign configuration, copied into the summary.
-
-    Returns:
-        A JSON-ready dict with ``golden_accuracy``, ``mean_accuracy``, ``accuracy_drop``,
-        ``outcomes``, ``per_rate``, ``per_layer``, ``per_bit``, ``bit_layer`` and
-        ``trials``; every proportion as ``{k, n, rate, ci_low, ci_high}``.
+        config: the campaign configuration (JSON), copied into the summary.
+        layer_order: layer -> network position, the order of ``per_layer``.
     """
-    levels: dict[int, list[TrialRecord]] = defaultdict(list)
-    for r in records:
-        levels[r.level].append(r)
+    config = config or {}
+    order = layer_order or {}
+
+    def group(rows: np.ndarray | Sequence[int], key: dict[str, Any]) -> GroupSummary:
+        return GroupSummary.of(key, table.take(np.asarray(rows, np.int64)), golden_accuracy)
+
     per_rate = []
-    for level in sorted(levels):
-        recs = levels[level]
-        counts = np.sum([np.bincount(r.outcomes, minlength=4) for r in recs], axis=0)
-        entry: dict[str, Any] = {"level": level, "rate": recs[0].rate, "trials": len(recs),
-                                 "mean_faults": float(np.mean([len(r.faults) for r in recs]))}
-        if recs[0].correct is not None:
-            k = int(sum(int(np.count_nonzero(r.correct)) for r in recs))  # type: ignore[arg-type]
-            n = int(sum(r.samples for r in recs))
-            p = proportion(k, n)
-            mean = float(np.mean([r.accuracy for r in recs]))
-            entry["accuracy"] = {"mean": mean, "ci_low": p.low, "ci_high": p.high}
-            entry["accuracy_drop"] = (None if golden_accuracy is None
-                                      else golden_accuracy - mean)
-        else:
-            entry["accuracy"] = entry["accuracy_drop"] = None
-        entry.update(_props(counts))
-        per_rate.append(entry)
+    for level in np.unique(table.level).tolist():
+        rows = np.flatnonzero(table.level == level)
+        rate = float(table.rate[rows[0]])
+        per_rate.append(group(rows, {"level": level, "rate": None if math.isnan(rate) else rate}))
 
-    layer_counts: dict[str, np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
-    bit_counts: dict[int, np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
-    cell_counts: dict[tuple[str, int], np.ndarray] = defaultdict(lambda: np.zeros(4, np.int64))
-    layer_faults: dict[str, int] = defaultdict(int)
-    bit_faults: dict[int, int] = defaultdict(int)
-    for r in records:
-        if not r.faults:
-            continue
-        groups: dict[int | None, list[tuple[str, tuple[int, ...]]]] = defaultdict(list)
-        for f in r.faults:
-            layer = _layer_of(f.site, kinds)
-            layer_faults[layer] += 1
-            for b in f.bits:
-                bit_faults[b] += 1
-            weight = kinds.get(f.site, ("", ""))[0] == "weight"
-            key = f.index[0] if per_sample and not weight and f.index else None
-            groups[key].append((layer, f.bits))
-        shared = groups.pop(None, [])
-        all_counts = np.bincount(r.outcomes, minlength=4)
-        _accumulate(shared, all_counts, layer_counts, bit_counts, cell_counts)
-        for sample, hits in groups.items():
-            if sample is not None and 0 <= sample < r.samples:
-                one = np.zeros(4, np.int64)
-                one[r.outcomes[sample]] = 1
-                _accumulate(hits, one, layer_counts, bit_counts, cell_counts)
-    layers = sorted(set(layer_counts) | set(layer_faults),
-                    key=lambda name: _layer_order(name, kinds))
-    bits = sorted(set(bit_counts) | set(bit_faults))
-    per_layer = [{"layer": name, "faults": layer_faults[name], **_props(layer_counts[name])}
-                 for name in layers]
-    per_bit = [{"bit": b, "faults": bit_faults[b], **_props(bit_counts[b])} for b in bits]
-    grid, pairs = [], []
-    for name in layers:
-        row, prow = [], []
+    with_layer = np.array([x is not None for x in table.layer], bool)
+    names = sorted({x for x in table.layer if x is not None},
+                   key=lambda n: (order.get(n, len(order)), n))
+    per_layer = [group(np.flatnonzero(with_layer & (table.layer == n)), {"layer": n})
+                 for n in names]
+    bits = sorted(int(b) for b in np.unique(table.bit) if b >= 0)
+    per_bit = [group(np.flatnonzero(table.bit == b), {"bit": b}) for b in bits]
+    grid, counts = [], []
+    for n in names:
+        row, crow = [], []
         for b in bits:
-            c = cell_counts.get((name, b))
-            n = int(c.sum()) if c is not None else 0
-            row.append(float(c[2] / n) if n else None)
-            prow.append(n)
-        grid.append(row)
-        pairs.append(prow)
-
-    accs = [r.accuracy for r in records if r.accuracy is not None]
-    mean_acc = float(np.mean(accs)) if accs else None
-    total = (np.sum([np.bincount(r.outcomes, minlength=4) for r in records], axis=0)
-             if records else np.zeros(4, np.int64))
-    return {
-        "golden_accuracy": golden_accuracy,
-        "mean_accuracy": mean_acc,
-        "accuracy_drop": (None if golden_accuracy is None or mean_acc is None
-                          else golden_accuracy - mean_acc),
-        "samples": samples,
-        "rate_kind": rate_kind,
-        "config": config or {},
-        "outcomes": {name: int(total[i]) for i, name in enumerate(OUTCOMES)},
-        "per_rate": per_rate,
-        "per_layer": per_layer,
-        "per_bit": per_bit,
-        "bit_layer": {"layers": layers, "bits": bits, "critical_sdc_rate": grid,
-                      "pairs": pairs},
-        "trials": [r.to_json() for r in records],
-    }
+            sel = np.flatnonzero(with_layer & (table.layer == n) & (table.bit == b))
+            c = table.counts[sel]
+            pairs = int(c.sum())
+            row.append(float(c[:, 2].sum() / pairs) if pairs else None)
+            crow.append(len(sel))
+        grid.append(tuple(row))
+        counts.append(tuple(crow))
+    accs = table.accuracy[~np.isnan(table.accuracy)]
+    mean_acc = float(accs.mean()) if len(accs) else None
+    total = table.counts.sum(0) if len(table) else np.zeros(4, np.int64)
+    stratified = bool(config.get("stratify"))
+    return CampaignSummary(
+        golden_accuracy=golden_accuracy, mean_accuracy=mean_acc,
+        accuracy_drop=(None if golden_accuracy is None or mean_acc is None
+                       else golden_accuracy - mean_acc),
+        samples=samples, rate_kind=rate_kind,
+        attribution="stratified" if stratified else "exclusive",
+        outcomes={name: int(total[i]) for i, name in enumerate(OUTCOMES)},
+        per_rate=tuple(per_rate), per_layer=tuple(per_layer), per_bit=tuple(per_bit),
+        bit_layer=BitLayerGrid(tuple(names), tuple(bits), tuple(grid), tuple(counts)),
+        table=table, config=config)
 
 
-def _layer_order(name: str, kinds: dict[str, tuple[str, str]]) -> int:
-    order = {}
-    for site, (_, layer) in kinds.items():
-        order.setdefault(layer or site, len(order))
-    return order.get(name, len(order))
+@dataclass(frozen=True)
+class GateResult:
+    """One reliability gate at one level: passes when the upper 95 % bound of the metric
+    is at most the threshold (a demonstration: too few trials fail)."""
+
+    metric: str
+    threshold: float
+    rate: float | None
+    value: float | None
+    bound: float | None
+
+    @property
+    def passed(self) -> bool:
+        return (self.bound is not None and not math.isnan(self.bound)
+                and self.bound <= self.threshold)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, "threshold": self.threshold, "rate": self.rate,
+                "value": self.value, "bound": self.bound, "passed": self.passed}
 
 
-def _accumulate(hits: Iterable[tuple[str, tuple[int, ...]]], counts: np.ndarray,
-                layer_counts: dict[str, np.ndarray], bit_counts: dict[int, np.ndarray],
-                cell_counts: dict[tuple[str, int], np.ndarray]) -> None:
-    hits = list(hits)
-    layers = {h[0] for h in hits}
-    bits = {b for h in hits for b in h[1]}
-    if len(layers) == 1:
-        layer_counts[next(iter(layers))] += counts
-    if len(bits) == 1:
-        bit_counts[next(iter(bits))] += counts
-    cells = {(h[0], b) for h in hits for b in h[1]}
-    if len(cells) == 1:
-        cell_counts[next(iter(cells))] += counts
-
-
-def gate_value(level: dict[str, Any], metric: str) -> float | None:
-    """The value of a gate ``metric`` for one ``per_rate`` entry."""
-    if metric == "accuracy_drop":
-        return level.get("accuracy_drop")
-    return level[metric.removesuffix("_rate")]["rate"]
-
-
-def check_gates(summary: dict[str, Any], gates: Sequence[tuple[str, float]]
-                ) -> list[dict[str, Any]]:
-    """Evaluate ``--fail-above`` gates at every fault-rate level.
-
-    Returns one entry per (gate, level): ``metric``, ``threshold``, ``rate``, ``value``,
-    ``passed`` (value <= threshold; a missing value, e.g. accuracy without labels, fails).
-    """
-    results = []
+def check_gates(summary: CampaignSummary, gates: Sequence[tuple[str, float]]
+                ) -> list[GateResult]:
+    """Evaluate ``--fail-above`` gates at every fault-rate level (a missing value, e.g.
+    accuracy without labels, fails)."""
+    out = []
     for metric, threshold in gates:
-        for level in summary["per_rate"]:
-            value = gate_value(level, metric)
-            ok = value is not None and not np.isnan(value) and value <= threshold
-            results.append({"metric": metric, "threshold": threshold, "rate": level["rate"],
-                            "value": value, "passed": bool(ok)})
-    return results
+        for level in summary.per_rate:
+            value, bound = level.metric(metric)
+            out.append(GateResult(metric, threshold, level.key["rate"], value, bound))
+    return out
+
+
+
+__all__ = ["METRICS", "BitLayerGrid", "CampaignSummary", "GateResult", "GroupSummary",
+           "OutcomeRates", "check_gates", "summarize"]

@@ -1,0 +1,80 @@
+"""Campaign data: the model inputs and labels of an ``.npz``."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from ..errors import EnpheephError
+from ..runtime import load_npz
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Model inputs keyed by input name (batch along axis 0) and optional int labels ``[N]``."""
+
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+def input_names(model: onnx.ModelProto) -> list[str]:
+    """The model's data inputs (graph inputs that are not initializers)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def load_dataset(path: str | os.PathLike[str], names: list[str],
+                 require_labels: bool = True) -> Dataset:
+    """Read an ``.npz`` with one array per model input (keyed by name) and ``labels``.
+
+    Raises:
+        EnpheephError: missing file, missing input or labels, inconsistent lengths.
+    """
+    arrays = load_npz(path)
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise EnpheephError(
+            f"data {path} lacks the model input(s) {missing} (it has {sorted(arrays)}); "
+            "save one array per model input, keyed by the input name"
+        )
+    labels = arrays.get("labels")
+    if labels is None and require_labels:
+        raise EnpheephError(f"data {path} has no 'labels' array (int64 class per sample)")
+    inputs = {n: arrays[n] for n in names}
+    scalars = [n for n, a in inputs.items() if a.ndim == 0]
+    if scalars or (labels is not None and labels.ndim == 0):
+        raise EnpheephError(f"data {path}: {scalars[0] if scalars else 'labels'!r} is a "
+                            "scalar; arrays need the samples along axis 0")
+    lengths = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
+    if len(lengths) != 1:
+        raise EnpheephError(f"data {path}: arrays have different lengths {sorted(lengths)}")
+    if labels is not None:
+        if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+            raise EnpheephError(f"data {path}: 'labels' must be a 1-D integer array")
+        labels = labels.astype(np.int64)
+    if not next(iter(lengths)):
+        raise EnpheephError(f"data {path} holds no samples")
+    return Dataset(inputs, labels)
+
+
+def data_sha256(data: Dataset) -> str:
+    """SHA-256 over the data's input arrays (sorted by name) and labels: dtype, shape, bytes."""
+    h = hashlib.sha256()
+    arrays = sorted(data.inputs.items())
+    if data.labels is not None:
+        arrays.append(("labels", data.labels))
+    for name, a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["Dataset", "data_sha256", "input_names", "load_dataset"]

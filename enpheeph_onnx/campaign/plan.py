@@ -1,0 +1,166 @@
+"""Campaign plans: every trial's faults sampled up front, saved, and replayed exactly.
+
+A plan file is JSON (``.json``: human-readable, one object per fault) or binary (any other
+suffix, conventionally ``.npz``: numpy's zip of arrays, no pickle, the faults of all trials
+as one set of columns with per-trial offsets). Both hold the sampling configuration, the
+model's sha256 and the inputs per trial. :class:`CampaignPlan` and
+:class:`~enpheeph_onnx.campaign.sampling.Sampler` share one interface, ``trial_numbers()``
+and ``spec(trial)``, so the runner does not know which one it replays.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EnpheephError
+from ..faults import Fault
+from ..faultset import FaultSet
+from ..model import ModelSource, atomic_path, load_model, model_sha256
+from ..sites import discover_sites
+from .config import CampaignConfig
+from .sampling import Sampler, Stratum, TrialSpec, allowed_elements, layer_order, select_sites
+
+FORMAT = "enpheeph-onnx campaign plan"
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """The sampled faults of a campaign, to replay exactly (``campaign --plan``)."""
+
+    config: CampaignConfig
+    model_sha256: str
+    samples: int
+    trials: tuple[TrialSpec, ...]
+
+    def trial_numbers(self) -> list[int]:
+        return [t.trial for t in self.trials]
+
+    def spec(self, trial: int) -> TrialSpec:
+        return self._by_number()[trial]
+
+    def _by_number(self) -> dict[int, TrialSpec]:
+        cache = self.__dict__.get("_index")
+        if cache is None:
+            cache = {t.trial: t for t in self.trials}
+            object.__setattr__(self, "_index", cache)
+        return cache
+
+    @property
+    def faults(self) -> int:
+        return sum(len(t.faults) for t in self.trials)
+
+    def _header(self, version: int) -> dict[str, Any]:
+        return {"format": FORMAT, "version": version, "config": self.config.to_json(),
+                "model_sha256": self.model_sha256, "samples": self.samples}
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self._header(1), "trials": [
+            {"trial": t.trial, "level": t.level, "rate": t.rate,
+             "stratum": None if t.stratum is None else {"layer": t.stratum.layer,
+                                                        "bit": t.stratum.bit},
+             "faults": [f.to_json() for f in t.faults.to_faults()]} for t in self.trials]}
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the plan atomically: JSON for a ``.json`` path, else binary (``.npz``)."""
+        p = Path(path)
+        if p.suffix.lower() == ".json":
+            with atomic_path(p) as tmp:
+                tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
+            return
+        table = list(dict.fromkeys(s for t in self.trials for s in t.faults.sites))
+        joined = FaultSet.concat([FaultSet(tuple(table), np.zeros(0, np.int32),
+                                           np.zeros((0, 1), np.int64), np.zeros(0, np.uint8),
+                                           np.zeros(0, np.uint64), np.zeros(0)),
+                                  *(t.faults for t in self.trials)])
+        header = {**self._header(2), "trials": [
+            {"trial": t.trial, "level": t.level, "rate": t.rate,
+             "stratum": None if t.stratum is None else {"layer": t.stratum.layer,
+                                                        "bit": t.stratum.bit}}
+            for t in self.trials]}
+        offsets = np.cumsum([0] + [len(t.faults) for t in self.trials]).astype(np.int64)
+        with atomic_path(p) as tmp, open(tmp, "wb") as fh:
+            np.savez_compressed(fh, header=np.array(json.dumps(header)), offsets=offsets,
+                                **joined.arrays("faults_"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CampaignPlan:
+        """Read a JSON or binary plan.
+
+        Raises:
+            EnpheephError: a missing, unreadable or malformed plan.
+        """
+        p = Path(path)
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise EnpheephError(f"cannot read campaign plan {p}: {e.strerror}") from None
+        if raw[:2] == b"PK":
+            return cls._load_binary(p, raw)
+        try:
+            d = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EnpheephError(f"campaign plan {p} is neither a binary (.npz) plan nor valid "
+                                f"JSON ({e})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise EnpheephError(
+                f"{p} is not a campaign plan (write one with 'enpheeph-onnx plan'); "
+                "a single fault list goes to 'inject --plan'"
+            )
+        try:
+            trials = tuple(TrialSpec(int(t["trial"]), int(t["level"]), t["rate"],
+                                     _stratum(t.get("stratum")),
+                                     FaultSet.from_faults(Fault.from_json(f)
+                                                          for f in t["faults"]))
+                           for t in d["trials"])
+            return cls(CampaignConfig.from_json(d["config"]), str(d["model_sha256"]),
+                       int(d["samples"]), trials)
+        except (KeyError, TypeError, ValueError) as e:
+            raise EnpheephError(f"campaign plan {p} is malformed ({e})") from None
+
+    @classmethod
+    def _load_binary(cls, p: Path, raw: bytes) -> CampaignPlan:
+        try:
+            with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            header = json.loads(str(arrays["header"]))
+            if header.get("format") != FORMAT:
+                raise KeyError("format")
+            joined = FaultSet.from_arrays(arrays, "faults_")
+            offsets = arrays["offsets"].astype(np.int64)
+            trials = tuple(
+                TrialSpec(int(t["trial"]), int(t["level"]), t["rate"], _stratum(t["stratum"]),
+                          joined.take(np.arange(offsets[i], offsets[i + 1])))
+                for i, t in enumerate(header["trials"]))
+            return cls(CampaignConfig.from_json(header["config"]), str(header["model_sha256"]),
+                       int(header["samples"]), trials)
+        except (KeyError, TypeError, ValueError, OSError, IndexError) as e:
+            raise EnpheephError(f"{p} is not a campaign plan, or it is malformed ({e}); write "
+                                "one with 'enpheeph-onnx plan'") from None
+
+
+def _stratum(d: Any) -> Stratum | None:
+    return None if d is None else Stratum(d.get("layer"), d.get("bit"))
+
+
+def plan_campaign(model: ModelSource, cfg: CampaignConfig, samples: int) -> CampaignPlan:
+    """Sample every trial's faults without running anything.
+
+    Raises:
+        EnpheephError: bad model or an empty site selection.
+    """
+    proto = load_model(model)
+    sites = select_sites(discover_sites(proto), cfg)
+    sampler = Sampler(sites, cfg, samples, allowed_elements(proto, sites, cfg.pruned_weights),
+                      layer_order(proto, sites))
+    return CampaignPlan(cfg, model_sha256(model), samples,
+                        tuple(sampler.spec(t) for t in sampler.trial_numbers()))
+
+
+__all__ = ["CampaignPlan", "plan_campaign"]

@@ -249,7 +249,8 @@ class Sampler:
         if cfg.stratify:
             order = layer_order or {}
             layers = list(dict.fromkeys(layer_of(s) for s in sites))
-            layers.sort(key=lambda name: order.get(name, len(order) + layers.index(name)))
+            first = {name: i for i, name in reversed(list(enumerate(layers)))}
+            layers.sort(key=lambda name: (order.get(name, len(order)), first[name]))
             strata: list[Stratum] = []
             pops: list[_Population] = []
             for layer in layers if "layer" in cfg.stratify else [None]:

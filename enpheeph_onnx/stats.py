@@ -166,7 +166,9 @@ def wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = p + z * z / (2 * n)
     half = z * math.sqrt(max(p * (1 - p) / n + z * z / (4 * n * n), 0.0))
-    return max((centre - half) / denom, 0.0), min((centre + half) / denom, 1.0)
+    low = 0.0 if p <= 0 else max((centre - half) / denom, 0.0)
+    high = 1.0 if p >= 1 else min((centre + half) / denom, 1.0)
+    return low, high
 
 
 def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95

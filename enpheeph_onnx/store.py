@@ -19,7 +19,7 @@ loss) loses at most the uncommitted batch, which ``--resume`` recomputes. Schema
 
 ``fault_set`` holds a trial's faults as columns (:meth:`FaultSet.encode`: site id, one
 column per index dimension shifted by one so that 0 is ``*``, model, bit, value — each in
-the smallest unsigned type, zlib-compressed; about 3-5 bytes per fault); it is absent with
+the smallest unsigned type, no compression pass; 4-7 bytes per fault); it is absent with
 ``--store-faults none`` (the faults are reproducible from the seed). ``outcome_set.outcome``
 is the ``uint8`` :class:`~enpheeph_onnx.campaign.outcomes.Outcome` code of each input,
 ``correct`` the packed top-1-correct bits (NULL without labels). Everything a summary needs

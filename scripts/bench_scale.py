@@ -14,8 +14,8 @@ Method
    normal from ``numpy.random.default_rng(0)``, biases small normal (non-zero, so that no
    weight looks pruned), float32, opset 26, IR version 10, checked with :mod:`onnx.checker`.
    ``--quick`` uses a tiny model of the same structure (channels 4/8/8, FC 512->16->10).
-   One untimed campaign (1 trial) and its report warm the CLI up (byte-compilation, file
-   cache) before anything is timed.
+   One untimed campaign (1 trial) and its report warm the CLI up (file cache, and
+   byte-compilation unless ``PYTHONDONTWRITEBYTECODE`` is set) before anything is timed.
 2. The data (``.npz``): ``input`` = 32 samples (8 with ``--quick``) uniform in [0, 1) from
    ``default_rng(1)``; ``labels`` = argmax of the golden logits computed by onnxruntime, so
    the golden accuracy is 1.0.
@@ -41,7 +41,9 @@ Method
    trials, = K x N2); the wall time of ``CLI report DB -o DIR`` (summary + plots); and the
    wall time of re-running the same campaign command with ``--resume`` on the finished DB.
 6. Everything goes to ``--out`` (JSON; with platform, CPU count, onnxruntime version, load
-   average and the git commit of the ``enpheeph_onnx`` package the CLI imports), and a
+   average before each cell, the golden time measured again at the end (``golden_after_s``,
+   an indication of how much the machine's load changed; the ratios use ``golden_s``) and
+   the git commit of the ``enpheeph_onnx`` package the CLI imports), and a
    Markdown table (rows = target, columns = K, cells = trial / golden) is printed, with
    tables for report time, resume time and bytes/fault.
 
@@ -294,7 +296,9 @@ def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target:
                  kind: str, k: int, plan: Plan, golden: float, k1: dict[str, Any] | None,
                  args: argparse.Namespace) -> dict[str, Any]:
     """All numbers of one (target, K) cell."""
-    cell: dict[str, Any] = {"target": target, "kind": kind, "k": k, "n1": plan.n1}
+    cell: dict[str, Any] = {"target": target, "kind": kind, "k": k, "n1": plan.n1,
+                            "loadavg_before": list(os.getloadavg())
+                            if hasattr(os, "getloadavg") else None}
     tag = f"{target}_k{k}"
 
     def log(name: str) -> Path:
@@ -494,6 +498,8 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
                 k1 = cell
             results["cells"].append(cell)
             write_json(args.out, results)
+    results["golden_after_s"] = golden_seconds(model_path, x)[0]
+    print(f"golden again at the end: {results['golden_after_s'] * 1e3:.2f} ms", flush=True)
     results["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["total_s"] = time.perf_counter() - started
     write_json(args.out, results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 from enpheeph_onnx import discover_sites, inject, load_model, parse_fault
 from enpheeph_onnx.campaign import (
     CampaignConfig,
+    Sampler,
     SiteSelection,
     classify,
+    correct,
     load_dataset,
     run_campaign,
     sample_trial,
@@ -20,6 +23,7 @@ from enpheeph_onnx.campaign import (
 from enpheeph_onnx.engine import FaultEngine
 from enpheeph_onnx.errors import EnpheephError
 from enpheeph_onnx.faults import FaultModel
+from enpheeph_onnx.faultset import FaultSet
 from enpheeph_onnx.runtime import make_session
 from enpheeph_onnx.sites import SiteKind
 from enpheeph_onnx.store import ResultStore
@@ -68,12 +72,16 @@ def test_engine_equals_inject_bit_for_bit(engine: FaultEngine, model_path: Path,
 def test_sampling_is_uniform_over_elements_and_deterministic(model_path: Path) -> None:
     cfg = CampaignConfig(bits=(30, 31), faults_per_trial=5, trials=1000, seed=7)
     sites = select_sites(discover_sites(load_model(model_path)), cfg)
-    assert sample_trial(sites, cfg, 3) == sample_trial(sites, cfg, 3)
-    assert sample_trial(sites, cfg, 3) != sample_trial(sites, cfg, 4)
+    ranks = {s.name: len(s.shape) for s in sites}
+    assert sample_trial(sites, cfg, 3).equals(sample_trial(sites, cfg, 3))
+    assert not sample_trial(sites, cfg, 3).equals(sample_trial(sites, cfg, 4))
+    assert len(sample_trial(sites, cfg, 3)) == 5
     counts: dict[str, int] = {}
     bits: list[int] = []
     for t in range(400):
-        for f in sample_trial(sites, cfg, t):
+        fs = sample_trial(sites, cfg, t)
+        assert FaultSet.from_faults(fs.to_faults(ranks), fs.sites).equals(fs)
+        for f in fs.to_faults(ranks):
             counts[f.site] = counts.get(f.site, 0) + 1
             bits += f.bits
             assert f.model is FaultModel.BIT_FLIP
@@ -88,9 +96,13 @@ def test_activation_sampling_uses_star_for_batch(model_path: Path) -> None:
     cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,)), bits=(3,),
                          faults_per_trial=50, seed=1)
     sites = select_sites(discover_sites(load_model(model_path)), cfg)
-    for f in sample_trial(sites, cfg, 0):
+    fs = sample_trial(sites, cfg, 0)
+    assert len(fs) == 50
+    assert (fs.index[:, 0] == -1).all()
+    for f in fs.to_faults({s.name: len(s.shape) for s in sites}):
         assert f.index[0] is None
         site = next(s for s in sites if s.name == f.site)
+        assert len(f.index) == len(site.shape)
         assert all(0 <= i < n for i, n in zip(f.index[1:], site.shape[1:], strict=True))
 
 
@@ -111,19 +123,38 @@ def test_run_campaign_stores_every_trial(tmp_path: Path, model_path: Path,
     assert res.golden_accuracy == pytest.approx(359 / 360)
     with ResultStore.open(db) as store:
         meta = store.meta()
-        stored = list(store.trials())
+        table = store.trial_table()
+        fault_sets = list(store.fault_sets())
+        outcome_sets = list(store.outcome_sets())
     assert meta["golden_accuracy"] == res.golden_accuracy
     assert meta["config"]["bits"] == "30" and meta["status"] == "complete"
-    assert [t.outcomes.tolist() for t in stored] == [t.outcomes.tolist() for t in res.trials]
     assert len(meta["model_sha256"]) == 64
-    assert [t.faults for t in stored] == [t.faults for t in res.trials]
-    assert [t.accuracy for t in stored] == [t.accuracy for t in res.trials]
-    for t in res.trials:
-        assert t.masked + t.tolerable_sdc + t.critical_sdc + t.due == 360
-    # each stored trial replays to the same accuracy through inject + a fresh session
-    t = res.trials[0]
-    logits = make_session(inject(model_path, t.faults).model).run(None, data.inputs)[0]
-    assert np.mean(np.argmax(logits, 1) == data.labels) == t.accuracy
+    assert table.trial.tolist() == res.trials.trial.tolist() == list(range(8))
+    assert table.counts.tolist() == res.trials.counts.tolist()
+    assert table.accuracy.tolist() == res.trials.accuracy.tolist()
+    assert (table.counts.sum(1) == 360).all()
+    assert table.n_faults.tolist() == [2] * 8
+    # the stored faults are the sampler's, the stored outcomes the trial table's counts
+    sites = select_sites(discover_sites(load_model(model_path)), cfg)
+    sampler = Sampler(sites, cfg, len(data))
+    assert [t for t, _ in fault_sets] == list(range(8))
+    for t, fs in fault_sets:
+        assert fs.equals(sampler.sample(t))
+    assert [t for t, _, _ in outcome_sets] == list(range(8))
+    for i, (_, codes, ok) in enumerate(outcome_sets):
+        assert len(codes) == 360 and ok is not None
+        assert np.bincount(codes, minlength=4).tolist() == table.counts[i].tolist()
+        assert float(np.mean(ok)) == table.accuracy[i]
+    # every stored trial replays to the same outcomes and accuracy through inject + a fresh
+    # session
+    golden = make_session(load_model(model_path)).run(None, data.inputs)[0]
+    for i, (_, fs) in enumerate(fault_sets):  # trials 4 and 6 have DUEs
+        logits = make_session(inject(model_path, fs).model).run(None, data.inputs)[0]
+        codes = classify({"logits": golden}, {"logits": logits}, "logits")
+        assert codes.tolist() == outcome_sets[i][1].tolist()
+        assert float(np.mean(correct(logits, data.labels, codes))) == table.accuracy[i]
+    assert res.trials.first_faults[0] == json.dumps(
+        [str(f) for f in fault_sets[0][1].to_faults(sampler.ranks)])
 
 
 def test_bad_config() -> None:

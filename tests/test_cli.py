@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
+from enpheeph_onnx import parse_fault
 from enpheeph_onnx.cli import main
+from enpheeph_onnx.faults import FaultModel
 from enpheeph_onnx.runtime import make_session
+from enpheeph_onnx.store import ResultStore
 
 from .conftest import cuda_available
 
@@ -254,37 +256,53 @@ def test_campaign_bit30_costs_accuracy_bit0_does_not(tmp_path: Path, model_path:
     assert hi["accuracy_drop"] == pytest.approx(hi["golden_accuracy"] - hi["mean_accuracy"])
     assert hi["accuracy_drop"] > 0.2
     assert len(hi["trials"]) == 20
-    assert all(len(t["faults"]) == 1 and t["faults"][0]["bits"] == [30] for t in hi["trials"])
+    assert all(t["n_faults"] == 1 and len(t["first_faults"]) == 1
+               and t["first_faults"][0].endswith(":bitflip:30") for t in hi["trials"])
     code, lo, err = _campaign(tmp_path, model_path, data_path, "--bits", "0",
                               "--trials", "20", "--seed", "3")
     assert code == 0, err
     assert lo["accuracy_drop"] == pytest.approx(0.0, abs=1e-9)
     assert lo["outcomes"]["critical_sdc"] == 0
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM trial").fetchone()[0] == 20
-        rows = conn.execute("SELECT trial, site, idx, model, bits FROM fault ORDER BY trial"
-                            ).fetchall()
-        accs = [r[0] for r in conn.execute("SELECT accuracy FROM trial ORDER BY trial")]
-    assert len(rows) == 20
-    first = hi["trials"][0]["faults"][0]
-    assert rows[0][1:] == (first["site"], json.dumps(first["index"]), "bitflip", "[30]")
-    assert accs == [t["accuracy"] for t in hi["trials"]]
+    with ResultStore.open(db) as store:
+        table = store.trial_table()
+        ranks = {s.name: s.rank for s in store.sites()}
+        stored = list(store.fault_sets())
+    assert table.trial.tolist() == list(range(20))
+    assert [t for t, _ in stored] == list(range(20))
+    faults = [fs.to_faults(ranks) for _, fs in stored]
+    assert all(len(f) == 1 and f[0].bits == (30,) and f[0].model is FaultModel.BIT_FLIP
+               for f in faults)
+    assert [[str(f[0])] for f in faults] == [t["first_faults"] for t in hi["trials"]]
+    assert {f[0].site for f in faults} <= {"conv1.weight", "conv1.bias", "conv2.weight",
+                                           "conv2.bias", "fc1.weight", "fc1.bias",
+                                           "fc2.weight", "fc2.bias"}
+    assert table.accuracy.tolist() == [t["accuracy"] for t in hi["trials"]]
 
 
 def test_campaign_same_seed_same_trials(tmp_path: Path, model_path: Path,
                                         data_path: Path) -> None:
     args = ("--target", "activations", "--bits", "20-31", "--faults-per-trial", "3",
             "--trials", "6", "--seed", "11", "--fault-model", "stuck-at-1")
-    a = _campaign(tmp_path, model_path, data_path, *args)[1]
+    db = tmp_path / "a.sqlite"
+    a = _campaign(tmp_path, model_path, data_path, *args, "--db", db)[1]
     b = _campaign(tmp_path, model_path, data_path, *args)[1]
     c = _campaign(tmp_path, model_path, data_path, *args[:-3], "12", *args[-2:])[1]
     strip = [{k: v for k, v in t.items() if k != "seconds"} for t in a["trials"]]
     assert strip == [{k: v for k, v in t.items() if k != "seconds"} for t in b["trials"]]
-    assert [t["faults"] for t in a["trials"]] != [t["faults"] for t in c["trials"]]
-    for t in a["trials"]:
-        for f in t["faults"]:
-            assert f["index"][0] == "*" and f["model"] == "stuck-at-1"
-            assert 20 <= f["bits"][0] <= 31
+    assert a["per_rate"] == b["per_rate"] and a["outcomes"] == b["outcomes"]
+    assert [t["first_faults"] for t in a["trials"]] != [t["first_faults"] for t in c["trials"]]
+    assert len(a["trials"]) == 6
+    with ResultStore.open(db) as store:
+        ranks = {s.name: s.rank for s in store.sites()}
+        stored = [fs.to_faults(ranks) for _, fs in store.fault_sets()]
+    assert len(stored) == 6
+    for t, faults in zip(a["trials"], stored, strict=True):
+        assert t["n_faults"] == len(faults) == 3
+        assert t["first_faults"] == [str(f) for f in faults[:2]]
+        assert [parse_fault(x) for x in t["first_faults"]] == list(faults[:2])
+        for f in faults:
+            assert f.index[0] is None and f.model is FaultModel.STUCK_AT_1
+            assert len(f.bits) == 1 and 20 <= f.bits[0] <= 31
 
 
 def test_campaign_bad_input(tmp_path: Path, model_path: Path, data_path: Path,

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from enpheeph_onnx import discover_sites, load_model
+from enpheeph_onnx import Fault, discover_sites, load_model
 from enpheeph_onnx.campaign import (
     CampaignConfig,
     CountMode,
@@ -22,6 +22,7 @@ from enpheeph_onnx.campaign import (
 )
 from enpheeph_onnx.model import default_opset
 from enpheeph_onnx.runtime import make_session
+from enpheeph_onnx.store import ResultStore
 
 from .conftest import ROOT
 from .test_cli import assert_user_error, invoke
@@ -139,14 +140,16 @@ def test_pruned_weights_sampling(mode: str) -> None:
     allowed = allowed_elements(m, sites, mode)
     sampler = Sampler(sites, cfg, 1, allowed)
     w = _weights(PRUNED)
-    hits = [w[f.site][f.index] for t in range(5) for f in sampler.sample(t)]
+    faults = [f for t in range(5) for f in sampler.sample(t).to_faults(sampler.ranks)]
+    assert len(faults) == 5 * 200
+    hits = [w[f.site][f.index] for f in faults]
     zero = np.array([h == 0 for h in hits])
     if mode == "skip":
         assert not zero.any()
     elif mode == "only":
         assert zero.all()
-        assert {f.site for f in sampler.sample(0)} <= {"conv1.weight", "conv2.weight",
-                                                        "fc1.weight", "fc2.weight"}
+        assert sampler.sample(0).hit_sites() <= {"conv1.weight", "conv2.weight",
+                                                  "fc1.weight", "fc2.weight"}
     else:
         assert zero.any() and not zero.all()
     total = sum(v.size for v in w.values())
@@ -165,17 +168,30 @@ def test_pruned_only_on_dense_model_is_an_error(model_path: Path) -> None:
         Sampler(sites, cfg, 1, allowed_elements(m, sites, "only"))
 
 
-def test_campaign_on_pruned_model_resurrection(data_path: Path) -> None:
+def _stored_faults(db: Path) -> dict[int, tuple[Fault, ...]]:
+    """Trial -> its faults, read back from the results store."""
+    with ResultStore.open(db) as store:
+        ranks = {s.name: s.rank for s in store.sites()}
+        return {t: fs.to_faults(ranks) for t, fs in store.fault_sets()}
+
+
+def test_campaign_on_pruned_model_resurrection(data_path: Path, tmp_path: Path) -> None:
     data = load_dataset(data_path, ["input"])
     base = dict(count=CountMode.FAULT_RATE, rates=(1e-3,), bits=tuple(range(23, 31)),
                 trials=4, seed=0)
-    skip = run_campaign(PRUNED, data, CampaignConfig(**base), progress=False)
-    only = run_campaign(PRUNED, data, CampaignConfig(**base, pruned_weights="only"),
+    skip = run_campaign(PRUNED, data, CampaignConfig(**base), tmp_path / "skip.sqlite",
                         progress=False)
+    only = run_campaign(PRUNED, data, CampaignConfig(**base, pruned_weights="only"),
+                        tmp_path / "only.sqlite", progress=False)
     assert skip.golden_accuracy == only.golden_accuracy
-    assert all(len(t.faults) > 0 for t in only.trials)
+    assert len(only.trials) == 4 and (only.trials.n_faults > 0).all()
     w = _weights(PRUNED)
-    assert all(w[f.site][f.index] == 0 for t in only.trials for f in t.faults)
+    for name, res in (("skip", skip), ("only", only)):
+        faults = _stored_faults(tmp_path / f"{name}.sqlite")
+        assert sorted(faults) == [0, 1, 2, 3]
+        assert [len(faults[t]) for t in range(4)] == res.trials.n_faults.tolist()
+        zero = [w[f.site][f.index] == 0 for fs in faults.values() for f in fs]
+        assert zero and all(zero) == (name == "only") and any(zero) == (name == "only")
 
 
 def test_export_quantize_int8_command(tmp_path: Path) -> None:

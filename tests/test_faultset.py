@@ -49,7 +49,7 @@ def test_fold_equals_the_numpy_reference(data: st.DataObject, name: str) -> None
     values = bits.view(d.numpy)
     faults = data.draw(st.lists(faults_for("w", SHAPE, d, dense=True), min_size=0, max_size=8))
     fs = FaultSet.from_faults(faults, ["w"])
-    assert fs.to_faults({"w": 2}) == tuple(faults)  # exact both ways
+    assert [repr(f) for f in fs.to_faults({"w": 2})] == [repr(f) for f in faults]  # exact
     lin, a, o, x = fold(fs, np.arange(len(fs)), SHAPE, d)
     assert len(np.unique(lin)) == len(lin)
     u = bits.copy().reshape(-1)

@@ -50,6 +50,7 @@ from enpheeph_onnx.export.quantize import METADATA_KEY, quantize_int8
 from enpheeph_onnx.model import default_opset, ensure_opset
 from enpheeph_onnx.runtime import make_session
 from enpheeph_onnx.sites import site_map
+from enpheeph_onnx.store import ResultStore
 
 from .conftest import MODEL, ROOT
 
@@ -476,35 +477,49 @@ def test_torch_ao_quantized_constant_weights() -> None:
 
 # -- campaigns ------------------------------------------------------------------------------
 
-def test_campaign_on_int8_weights(digits: dict[str, np.ndarray]) -> None:
+def _stored_faults(db: Path) -> dict[int, tuple[Fault, ...]]:
+    """Trial -> its faults, read back from the results store."""
+    with ResultStore.open(db) as store:
+        ranks = {s.name: s.rank for s in store.sites()}
+        return {t: fs.to_faults(ranks) for t, fs in store.fault_sets()}
+
+
+def test_campaign_on_int8_weights(digits: dict[str, np.ndarray], tmp_path: Path) -> None:
     data = Dataset({"input": digits["input"]}, digits["labels"])
     cfg = CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-3,), bits=tuple(range(8)),
                          trials=3, batch_size=360)
-    res = run_campaign(INT8_MODEL, data, cfg, progress=False)
+    db = tmp_path / "w.sqlite"
+    res = run_campaign(INT8_MODEL, data, cfg, db, progress=False)
     assert res.golden_accuracy == pytest.approx(DENSE_ACCURACY)
     assert len(res.trials) == 3
+    assert res.trials.counts.sum(1).tolist() == [360] * 3
     sites = int8_sites()
-    for t in res.trials:
-        assert t.masked + t.tolerable_sdc + t.critical_sdc + t.due == 360
-        assert all(sites[f.site].kind is SiteKind.WEIGHT for f in t.faults)
-    hit = {sites[f.site].dtype for t in res.trials for f in t.faults}
+    faults = _stored_faults(db)
+    assert sorted(faults) == [0, 1, 2]
+    assert [len(faults[t]) for t in range(3)] == res.trials.n_faults.tolist()
+    assert all(sites[f.site].kind is SiteKind.WEIGHT for fs in faults.values() for f in fs)
+    hit = {sites[f.site].dtype for fs in faults.values() for f in fs}
     assert "int8" in hit
 
 
-def test_campaign_on_int8_activations(digits: dict[str, np.ndarray]) -> None:
+def test_campaign_on_int8_activations(digits: dict[str, np.ndarray], tmp_path: Path) -> None:
     data = Dataset({"input": digits["input"]}, digits["labels"])
     cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,)),
                          count=CountMode.FAULT_RATE, rates=(1e-3,), bits=tuple(range(8)),
                          trials=3, seed=3, batch_size=360)
-    res = run_campaign(INT8_MODEL, data, cfg, progress=False)
-    assert len(res.trials) == 3
+    db = tmp_path / "a.sqlite"
+    res = run_campaign(INT8_MODEL, data, cfg, db, progress=False)
+    t = res.trials
+    assert len(t) == 3 and t.counts.sum(1).tolist() == [360] * 3
     sites = int8_sites()
-    for t in res.trials:
-        assert t.masked + t.tolerable_sdc + t.critical_sdc + t.due == 360
-        assert all(sites[f.site].kind is SiteKind.ACTIVATION for f in t.faults)
-        if t.faults:  # each trial replays to the same accuracy through inject
-            logits = run(inject(INT8_MODEL, t.faults).model, digits["input"])[0]
-            assert accuracy(logits, digits["labels"]) == t.accuracy
+    faults = _stored_faults(db)
+    assert [len(faults[i]) for i in range(3)] == t.n_faults.tolist()
+    assert t.n_faults.sum() > 0
+    for i, fs in faults.items():
+        assert all(sites[f.site].kind is SiteKind.ACTIVATION for f in fs)
+        if fs:  # each trial replays to the same accuracy through inject
+            logits = run(inject(INT8_MODEL, list(fs)).model, digits["input"])[0]
+            assert accuracy(logits, digits["labels"]) == t.accuracy[t.trial == i][0]
 
 
 # -- quantize_int8 ---------------------------------------------------------------------------

@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from enpheeph_onnx import discover_sites, load_model, parse_fault
+from enpheeph_onnx import FaultModel, discover_sites, load_model, parse_fault
+from enpheeph_onnx.campaign import CampaignConfig, Dataset, Outcome, run_campaign
 from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.faultset import CODE_OF, FaultSet
 from enpheeph_onnx.sites import SiteKind
+from enpheeph_onnx.store import ResultStore
 
 from .conftest import ROOT
 from .test_cli import assert_user_error, invoke
@@ -42,6 +46,14 @@ def test_run_and_reference_use_the_same_session(model_path: Path,
     assert frozenset({"/relu1/Relu_output_0"}) in e._variants
 
 
+def _stored(db: Path) -> tuple[dict[int, FaultSet], dict[int, tuple[np.ndarray, np.ndarray]]]:
+    """The faults and the (outcomes, correct) of every stored trial."""
+    with ResultStore.open(db) as store:
+        faults = dict(store.fault_sets())
+        outcomes = {t: (codes, ok) for t, codes, ok in store.outcome_sets()}
+    return faults, outcomes
+
+
 def test_nan_value_faults_store_report_and_export(tmp_path: Path, model_path: Path,
                                                   data_path: Path) -> None:
     db = tmp_path / "nan.sqlite"
@@ -49,27 +61,49 @@ def test_nan_value_faults_store_report_and_export(tmp_path: Path, model_path: Pa
                             "value", "--value", "nan", "--trials", "3", "--db", db, "--json")
     assert code == 0, err
     s = _strict(out)
-    assert all(f["value"] == "nan" for t in s["trials"] for f in t["faults"])
+    assert [t["n_faults"] for t in s["trials"]] == [1, 1, 1]
+    assert all(f.endswith(":value=nan") for t in s["trials"] for f in t["first_faults"])
     assert s["outcomes"]["due"] + s["outcomes"]["masked"] + s["outcomes"]["tolerable_sdc"] \
         + s["outcomes"]["critical_sdc"] == 3 * 360
+    faults, outcomes = _stored(db)
+    assert sorted(faults) == sorted(outcomes) == [0, 1, 2]
+    for fs in faults.values():
+        assert len(fs) == 1 and (fs.model == CODE_OF[FaultModel.VALUE]).all()
+        assert np.isnan(fs.value).all() and not fs.bits.any()
+    for t, (codes, ok) in outcomes.items():
+        row = s["trials"][t]
+        assert ok is not None and len(codes) == 360
+        assert not (ok & (codes == Outcome.DUE)).any()  # a DUE is never a correct answer
+        assert row["due"] == int((codes == Outcome.DUE).sum())
+        assert row["accuracy"] == float(ok.mean()) <= 1 - row["due"] / 360
+    assert s["outcomes"]["due"] > 0
     assert invoke("report", db, "-o", tmp_path / "r")[0] == 0
     assert invoke("export", db, "--table", "faults", "-o", tmp_path / "f.csv")[0] == 0
     pq = pytest.importorskip("pyarrow.parquet")
     assert invoke("export", db, "--format", "parquet", "--table", "faults", "-o",
                   tmp_path / "f.parquet")[0] == 0
     values = pq.read_table(tmp_path / "f.parquet").column("value").to_pylist()
-    assert values and all(np.isnan(v) for v in values)
+    assert len(values) == 3 and all(np.isnan(v) for v in values)
 
 
-def test_value_faults_on_int8_sites_saturate(data_path: Path) -> None:
-    for value in ("nan", "inf", "-1e9"):
-        code, out, err = invoke("campaign", INT8, "--data", data_path, "--fault-model",
-                                "value", "--value", value, "--trials", "2", "--json")
+def test_value_faults_on_int8_sites_saturate(tmp_path: Path, data_path: Path) -> None:
+    dtypes = {s.name: s.dtype for s in discover_sites(load_model(INT8))}
+    # integers saturate to their range (NaN -> 0); float sites keep the value
+    want = {"nan": {"int8": 0.0, "int32": 0.0, "float32": math.nan},
+            "inf": {"int8": 127.0, "int32": 2147483647.0, "float32": math.inf},
+            "-1e9": {"int8": -128.0, "int32": -1e9, "float32": -1e9}}
+    for value, expect in want.items():
+        db = tmp_path / f"{value}.sqlite"
+        code, _, err = invoke("campaign", INT8, "--data", data_path, "--fault-model", "value",
+                              "--value", value, "--trials", "2", "--faults-per-trial", "40",
+                              "--sites", "*bias_quantized", "--sites", "*_scale", "--sites",
+                              "conv1.weight_quantized", "--db", db)
         assert code == 0, err
-        vals = {f["value"] for t in _strict(out)["trials"] for f in t["faults"]
-                if f["site"].endswith("_quantized")}
-        assert vals <= {0.0, 127.0, -128.0, 2147483647.0, -2147483648.0, "nan", "inf",
-                        "-inf", -1e9}
+        got: dict[str, set[str]] = {}
+        for fs in _stored(db)[0].values():
+            for name, v in zip(fs.site_names(), fs.value.tolist(), strict=True):
+                got.setdefault(dtypes[name], set()).add(repr(v))
+        assert got == {dt: {repr(v)} for dt, v in expect.items()}, value
     assert_user_error(*invoke("campaign", INT8, "--data", data_path, "--fault-model", "value",
                               "--value", "uniform:0,inf"), "finite")
 
@@ -103,12 +137,32 @@ def test_run_refuses_per_batch_faults_with_small_batches(tmp_path: Path, model_p
     assert cmp["nan_mismatch"] == 10 and cmp["max_abs_diff"] is None  # NaN -> null
 
 
-def test_campaign_json_is_strict(model_path: Path, data_path: Path) -> None:
+def test_campaign_json_is_strict(model_path: Path, data_path: Path,
+                                digits: dict[str, np.ndarray]) -> None:
     code, out, err = invoke("campaign", model_path, "--data", data_path, "--faults-per-trial",
-                            "5", "--trials", "2", "--json")
+                            "1", "--trials", "4", "--json")
     assert code == 0, err
     s = _strict(out)
-    assert any(r["critical_sdc"]["rate"] is None for r in s["per_layer"])
+    # exclusive attribution: a single-fault trial counts for exactly one layer and one bit,
+    # and only layers / bits with trials get a row (no empty row with a NaN rate)
+    assert s["attribution"] == "exclusive"
+    assert sum(r["trials"] for r in s["per_layer"]) == 4
+    assert sum(r["trials"] for r in s["per_bit"]) == 4
+    assert sum(map(sum, s["bit_layer"]["trials"])) == 4
+    assert all(r["trials"] >= 1 and isinstance(r["critical_sdc"]["rate"], float)
+               for r in [*s["per_layer"], *s["per_bit"]])
+    # without labels the accuracies are None, not NaN: the summary is strict JSON as is
+    res = run_campaign(model_path, Dataset({"input": digits["input"]}),
+                       CampaignConfig(faults_per_trial=5, trials=2), progress=False,
+                       gates=(("accuracy_drop", 0.1),))
+    s = _strict(json.dumps(res.to_json(), allow_nan=False))
+    assert s["golden_accuracy"] is None and s["mean_accuracy"] is None
+    assert s["accuracy_drop"] is None
+    assert [r["accuracy"] for r in s["trials"]] == [None, None]
+    assert s["per_rate"][0]["accuracy"] is None and s["per_rate"][0]["accuracy_drop"] is None
+    assert s["per_rate"][0]["masked"]["n"] == 2 * 360
+    assert s["gates"] == [{"metric": "accuracy_drop", "threshold": 0.1, "rate": None,
+                           "value": None, "bound": None, "passed": False}]
 
 
 def test_plan_with_sampling_options_is_refused(tmp_path: Path, model_path: Path,
@@ -145,8 +199,17 @@ def test_parquet_schema_is_fixed_for_an_empty_campaign(tmp_path: Path, model_pat
     assert invoke("export", db, "--format", "parquet", "--table", "faults", "-o", out)[0] == 0
     t = pq.read_table(out)
     assert t.num_rows == 0
-    assert t.schema.field("value").type == pa.float64()
+    types = {"int": pa.int64(), "real": pa.float64(), "text": pa.string()}
+    faults = [("trial", "int"), ("ordinal", "int"), ("site", "text"), ("kind", "text"),
+              ("layer", "text"), ("index", "text"), ("model", "text"), ("bits", "text"),
+              ("value", "real")]
+    assert [(f.name, f.type) for f in t.schema] == [(n, types[k]) for n, k in faults]
+    out = tmp_path / "o.parquet"
+    assert invoke("export", db, "--format", "parquet", "--table", "outcomes", "-o", out)[0] == 0
+    t = pq.read_table(out)
+    assert t.num_rows == 2 * 360  # the trials ran, without faults
     assert t.schema.field("sample").type == pa.int64()
+    assert t.schema.field("correct").type == pa.int64()
 
 
 def test_sample_size_needs_a_finite_population() -> None:

@@ -39,24 +39,29 @@ def outcomes(n: int, crit: int, due: int, tol: int) -> dict[str, Any]:
 
 LAYERS = ["conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight|bias"]
 BITS = list(range(32))
+SAMPLES = 36
+"""Inputs per trial of the sweep: an outcome rate of ``t`` trials is over ``t * SAMPLES``
+(trial, input) pairs."""
+EXCLUSIVE = "only trials whose faults all lie in one layer / have one bit count there"
+STRATIFIED = "stratified: every trial of a layer / bit confines its faults to it"
 
 
 def bit_layer_grid() -> dict[str, Any]:
     rates: list[list[float | None]] = []
-    pairs: list[list[int]] = []
+    trials: list[list[int]] = []
     for i, _ in enumerate(LAYERS):
         row_r: list[float | None] = []
-        row_p: list[int] = []
+        row_t: list[int] = []
         for b in BITS:
-            if b == 31 - i:  # a never-hit cell per layer: shown blank
+            if b == 31 - i:  # a cell no trial measured: shown blank
                 row_r.append(None)
-                row_p.append(0)
+                row_t.append(0)
             else:
                 row_r.append(0.9 if b == 30 else round(0.02 * (i + 1) * (b % 5) / 4, 4))
-                row_p.append(20 + b)
+                row_t.append(1 + b % 3)
         rates.append(row_r)
-        pairs.append(row_p)
-    return {"layers": LAYERS, "bits": BITS, "critical_sdc_rate": rates, "pairs": pairs}
+        trials.append(row_t)
+    return {"layers": LAYERS, "bits": BITS, "critical_sdc_rate": rates, "trials": trials}
 
 
 def sweep_summary() -> dict[str, Any]:
@@ -65,23 +70,30 @@ def sweep_summary() -> dict[str, Any]:
     for i, (rate, acc) in enumerate(zip([1e-7, 1e-6, 1e-5, 1e-4, 1e-3],
                                         [0.9831, 0.9790, 0.9512, 0.6120, 0.1050],
                                         strict=True)):
-        n = 1800
+        n = 50 * SAMPLES
         per_rate.append({
-            "rate": rate, "trials": 50, "mean_faults": 0.04 * 10**i,
+            "level": i, "rate": rate, "trials": 50, "faults": 2 * 10**i,
+            "mean_faults": 0.04 * 10**i,
             "accuracy": {"mean": acc, "ci_low": acc - 0.004 * (i + 1),
-                         "ci_high": min(1.0, acc + 0.004 * (i + 1))},
+                         "ci_high": min(1.0, acc + 0.004 * (i + 1)), "trials": 50},
             "accuracy_drop": golden - acc,
             **outcomes(n, crit=int(n * (golden - acc)), due=3 * i, tol=20 * i),
+            "p_trial_critical": prop(min(50, 10 * i), 50),
         })
-    per_layer = [{"layer": name, "faults": 100 * (j + 1),
-                  **outcomes(100 * (j + 1), crit=7 * (j + 1), due=j, tol=10)}
+    # exclusive attribution: conv1 measured by 10 trials (100 faults), conv2 by 20, ...
+    per_layer = [{"layer": name, "trials": 10 * (j + 1), "faults": 100 * (j + 1),
+                  **outcomes(10 * (j + 1) * SAMPLES, crit=7 * (j + 1), due=j, tol=10),
+                  "p_trial_critical": prop(j + 1, 10 * (j + 1))}
                  for j, name in enumerate(LAYERS)]
-    per_bit = [{"bit": b, "faults": 40, **outcomes(40, crit=30 if b == 30 else b % 3,
-                                                    due=1 if b == 30 else 0, tol=2)}
+    per_bit = [{"bit": b, "trials": 4, "faults": 40,
+                **outcomes(4 * SAMPLES, crit=100 if b == 30 else b % 3,
+                           due=3 if b == 30 else 0, tol=5),
+                "p_trial_critical": prop(4 if b == 30 else min(b % 3, 4), 4)}
                for b in BITS]
     return {
         "golden_accuracy": golden,
-        "samples": 1797,
+        "samples": SAMPLES,
+        "attribution": "exclusive",
         "config": {"model": "models/digits_cnn.onnx", "target": "weight", "trials": 50,
                    "fault_rates": [1e-7, 1e-6, 1e-5, 1e-4, 1e-3], "bits": [0, 31],
                    "fault_model": "bit_flip", "seed": 0, "confidence": 0.95,
@@ -91,7 +103,7 @@ def sweep_summary() -> dict[str, Any]:
         "per_layer": per_layer,
         "per_bit": per_bit,
         "bit_layer": bit_layer_grid(),
-        "trials": [{"trial": 0}],
+        "trials": [{"trial": 0, "level": 0, "n_faults": 0, "first_faults": []}],
     }
 
 
@@ -100,20 +112,26 @@ def fixed_summary() -> dict[str, Any]:
     return {
         "golden_accuracy": 0.9833,
         "samples": 100,
-        "config": {"faults_per_trial": 3, "trials": 50},
+        "attribution": "stratified",
+        "config": {"faults_per_trial": 3, "trials": 50, "stratify": ["layer", "bit"]},
         "rate_kind": "fixed",
-        "per_rate": [{"rate": None, "trials": 50, "mean_faults": 3.0,
-                      "accuracy": {"mean": 0.9421, "ci_low": 0.9302, "ci_high": 0.9533},
+        "per_rate": [{"level": 0, "rate": None, "trials": 50, "faults": 150, "mean_faults": 3.0,
+                      "accuracy": {"mean": 0.9421, "ci_low": 0.9302, "ci_high": 0.9533,
+                                   "trials": 50},
                       "accuracy_drop": 0.0412,
                       **outcomes(n, crit=206, due=0, tol=900)}],
-        "per_layer": [{"layer": "conv1.weight", "faults": 80,
-                       **outcomes(80, crit=10, due=0, tol=4)},
-                      {"layer": "fc1.weight", "faults": 70, **outcomes(70, crit=2, due=0, tol=1)}],
-        "per_bit": [{"bit": 30, "faults": 75, **outcomes(75, crit=11, due=0, tol=1)},
-                    {"bit": 22, "faults": 75, **outcomes(75, crit=1, due=0, tol=4)}],
+        # stratified layer x bit: 25 trials per layer, 25 per bit, 12-13 per cell
+        "per_layer": [{"layer": "conv1.weight", "trials": 25, "faults": 75,
+                       **outcomes(2500, crit=310, due=0, tol=40)},
+                      {"layer": "fc1.weight", "trials": 25, "faults": 75,
+                       **outcomes(2500, crit=70, due=0, tol=10)}],
+        "per_bit": [{"bit": 30, "trials": 25, "faults": 75,
+                     **outcomes(2500, crit=350, due=0, tol=10)},
+                    {"bit": 22, "trials": 25, "faults": 75,
+                     **outcomes(2500, crit=30, due=0, tol=40)}],
         "bit_layer": {"layers": ["conv1.weight", "fc1.weight"], "bits": [22, 30],
                       "critical_sdc_rate": [[0.025, 0.31], [0.0, 0.057]],
-                      "pairs": [[40, 40], [35, 35]]},
+                      "trials": [[13, 12], [12, 13]]},
         "trials": [],
     }
 
@@ -127,7 +145,7 @@ def empty_summary() -> dict[str, Any]:
         "per_rate": [],
         "per_layer": [],
         "per_bit": [],
-        "bit_layer": {"layers": [], "bits": [], "critical_sdc_rate": [], "pairs": []},
+        "bit_layer": {"layers": [], "bits": [], "critical_sdc_rate": [], "trials": []},
         "trials": [],
     }
 
@@ -157,7 +175,7 @@ def test_sweep_report(tmp_path: Path) -> None:
     assert md.startswith("# digits sweep\n")
     assert "| fault_rates | [1e-07, 1e-06, 1e-05, 0.0001, 0.001] |" in md
     assert "| provider | none |" in md
-    assert "**Golden top-1 accuracy:** 0.9833 on 1797 samples" in md
+    assert "**Golden top-1 accuracy:** 0.9833 on 36 samples" in md
     row = next(line for line in md.splitlines() if line.startswith("| 1.0e-05 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:5] == ["1.0e-05", "50", "4.00", "0.9512 [0.9392, 0.9632]", "0.0321"]
@@ -166,9 +184,14 @@ def test_sweep_report(tmp_path: Path) -> None:
     for rate in ("1.0e-07", "1.0e-06", "1.0e-04", "1.0e-03"):
         assert f"\n| {rate} | 50 |" in md
     assert "| bit error rate |" not in md and "| fault rate | trials |" in md
-    assert "| conv1.weight | 100 |" in md
-    assert "| fc2.weight\\|bias | 400 |" in md  # pipes escaped in table cells
-    assert "| 30 | 40 | 0.1750 [" in md  # bit 30: masked 7/40
+    assert "| layer | trials | faults | masked |" in md
+    assert "| bit | trials | faults | masked |" in md
+    conv1 = outcomes(360, crit=7, due=0, tol=10)
+    assert (f"| conv1.weight | 10 | 100 | {conv1['masked']['rate']:.4f} "
+            f"[{conv1['masked']['ci_low']:.4f}, {conv1['masked']['ci_high']:.4f}] |") in md
+    assert "| fc2.weight\\|bias | 40 | 400 |" in md  # pipes escaped in table cells
+    assert "| 30 | 4 | 40 | 0.2500 [" in md  # bit 30: masked 36/144
+    assert EXCLUSIVE in md and STRATIFIED not in md
     for name in NAMES[:3]:
         assert f"]({name})" in md
 
@@ -177,6 +200,9 @@ def test_fixed_single_level(tmp_path: Path) -> None:
     md = check_outputs(write_report(fixed_summary(), tmp_path), tmp_path)
     assert "| fixed | 50 | 3.00 | 0.9421 [0.9302, 0.9533] | 0.0412 |" in md
     assert "| 0.0000 [0.0000, 0.0008] |" in md  # DUE 0/5000 keeps its interval
+    assert "| conv1.weight | 25 | 75 | 0.8600 [" in md  # masked 2150/2500
+    assert "| 22 | 25 | 75 | 0.9720 [" in md  # masked 2430/2500
+    assert STRATIFIED in md and EXCLUSIVE not in md
 
 
 def test_empty_summary(tmp_path: Path) -> None:
@@ -188,12 +214,13 @@ def test_empty_summary(tmp_path: Path) -> None:
 
 def test_nan_rates_and_missing_parts(tmp_path: Path) -> None:
     summary = sweep_summary()
-    summary["per_layer"].append({"layer": "unhit", "faults": 0, **outcomes(0, 0, 0, 0)})
+    summary["per_layer"].append({"layer": "unhit", "trials": 0, "faults": 0,
+                                 **outcomes(0, 0, 0, 0)})
     summary["per_rate"][0]["accuracy"] = None
     del summary["bit_layer"]
     del summary["rate_kind"]  # inferred: rates present -> fault_rate
     md = check_outputs(write_report(summary, tmp_path), tmp_path)
-    assert "| unhit | 0 | n/a | n/a | n/a | n/a |" in md
+    assert "| unhit | 0 | 0 | n/a | n/a | n/a | n/a |" in md
     assert "| 1.0e-07 | 50 | 0.04 | n/a |" in md
 
 
@@ -216,6 +243,9 @@ def test_missing_parent_raises_and_writes_nothing(tmp_path: Path) -> None:
     ({**empty_summary(), "rate_kind": "per_hour"}, "rate_kind"),
     ({**empty_summary(), "bit_layer": {"layers": ["a"], "bits": [0, 1],
                                        "critical_sdc_rate": [[0.1]]}}, "grid"),
+    ({**empty_summary(), "bit_layer": {"layers": ["a"], "bits": [0],
+                                       "critical_sdc_rate": [[0.1]], "trials": [[1, 2]]}},
+     "trials is not a 1 x 1 grid"),
 ])
 def test_malformed_summary_raises_and_writes_nothing(tmp_path: Path, summary: Any,
                                                      match: str) -> None:

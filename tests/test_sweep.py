@@ -15,14 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy.stats import t as student_t
 
 from enpheeph_onnx import discover_sites, load_model
 from enpheeph_onnx.campaign import (
     CampaignConfig,
+    CampaignPlan,
     CountMode,
     Sampler,
     SiteSelection,
     ValueDistribution,
+    classify,
     fault_population,
     load_dataset,
     parse_rates,
@@ -32,9 +35,11 @@ from enpheeph_onnx.campaign import (
 )
 from enpheeph_onnx.cli import main
 from enpheeph_onnx.errors import EnpheephError
+from enpheeph_onnx.export_results import _TYPES
 from enpheeph_onnx.faults import FaultModel
 from enpheeph_onnx.sites import SiteKind
 from enpheeph_onnx.stats import proportion, sample_size
+from enpheeph_onnx.store import ResultStore
 
 from .test_cli import assert_user_error, invoke
 
@@ -78,8 +83,10 @@ def test_bit_error_rate_population_is_elements_times_bits(model_path: Path) -> N
     sampler = Sampler(_sites(model_path, cfg), cfg, 1)
     assert sampler.population == WEIGHTS * 8
     faults = sampler.sample(0)
-    assert len(faults) == round(1e-4 * WEIGHTS * 8)
-    assert all(f.bits[0] < 8 for f in faults)
+    assert len(faults) == round(1e-4 * WEIGHTS * 8) == 11
+    bits = faults.single_bits()
+    assert ((bits >= 0) & (bits < 8)).all()  # one bit each, among the candidates
+    assert all(len(f.bits) == 1 and f.bits[0] < 8 for f in faults.to_faults(sampler.ranks))
     assert fault_population(_sites(model_path, cfg), cfg) == WEIGHTS * 8
 
 
@@ -101,8 +108,13 @@ def test_selection_by_glob_and_op_type(model_path: Path) -> None:
 def test_value_model_draws_from_distribution(model_path: Path) -> None:
     cfg = CampaignConfig(fault_model=FaultModel.VALUE, value=ValueDistribution.parse(
         "uniform:-2,2"), faults_per_trial=200, trials=1)
-    faults = Sampler(_sites(model_path, cfg), cfg, 1).sample(0)
+    sampler = Sampler(_sites(model_path, cfg), cfg, 1)
+    fs = sampler.sample(0)
+    assert len(fs) == 200
+    assert (fs.bits == 0).all()
+    faults = fs.to_faults(sampler.ranks)
     vals = np.array([f.value for f in faults])
+    assert vals.tolist() == fs.value.tolist()
     assert all(f.model is FaultModel.VALUE and f.bits == () for f in faults)
     assert vals.min() >= -2 and vals.max() <= 2 and vals.std() > 0.8
     assert ValueDistribution.parse("0") == ValueDistribution("constant", 0.0)
@@ -110,13 +122,20 @@ def test_value_model_draws_from_distribution(model_path: Path) -> None:
         ValueDistribution.parse("uniform:3,1")
 
 
-def test_per_sample_faults_hit_one_input_each(model_path: Path, data_path: Path) -> None:
+def test_per_sample_faults_hit_one_input_each(tmp_path: Path, model_path: Path,
+                                             data_path: Path) -> None:
     data = load_dataset(data_path, ["input"])
     cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,)), bits=(30,),
                          faults_per_trial=1, trials=3, per_sample=True, seed=4)
-    res = run_campaign(model_path, data, cfg, progress=False)
-    for t in res.trials:
-        assert sorted(f.index[0] for f in t.faults) == list(range(360))
+    db = tmp_path / "r.sqlite"
+    res = run_campaign(model_path, data, cfg, db, progress=False)
+    assert res.trials.n_faults.tolist() == [360] * 3
+    with ResultStore.open(db) as store:
+        stored = [fs for _, fs in store.fault_sets()]
+        outcomes = [codes for _, codes, _ in store.outcome_sets()]
+    assert len(stored) == 3
+    for fs in stored:
+        assert sorted(fs.index[:, 0].tolist()) == list(range(360))
     # A per-sample fault reaches only its own input: with one bit-30 fault per input, the
     # inputs whose fault lands after the last ReLU/pool feeding the logits differ, and no
     # input is hit by another's fault -> the outcomes equal those of each fault alone.
@@ -124,13 +143,20 @@ def test_per_sample_faults_hit_one_input_each(model_path: Path, data_path: Path)
 
     m = load_model(model_path)
     engine = FaultEngine(m, _sites(model_path, cfg))
-    golden = engine.run(data.inputs)["logits"]
-    t = res.trials[0]
-    for f in t.faults[:5]:
-        alone = engine.run(data.inputs, [f])["logits"]
+    golden_out = engine.run(data.inputs)
+    golden = golden_out["logits"]
+    ranks = {s.name: len(s.shape) for s in _sites(model_path, cfg)}
+    hits = 0
+    for f in stored[0].to_faults(ranks)[:12]:
+        alone_out = engine.run(data.inputs, [f])
+        alone = alone_out["logits"]
         s = f.index[0]
         changed = np.flatnonzero((alone != golden).any(1))
         assert set(changed) <= {s}
+        hits += len(changed)
+        # input s's outcome in the trial is that of its own fault alone
+        assert classify(golden_out, alone_out, "logits")[s] == outcomes[0][s]
+    assert hits > 0
     with pytest.raises(EnpheephError, match="per-sample"):
         CampaignConfig(per_sample=True)
 
@@ -141,17 +167,68 @@ def test_sweep_accuracy_falls_with_fault_rate(model_path: Path, data_path: Path)
     data = load_dataset(data_path, ["input"])
     cfg = CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-6, 1e-2), trials=12, seed=0)
     res = run_campaign(model_path, data, cfg, progress=False)
-    lo, hi = res.summary["per_rate"]
+    summary = res.to_json()
+    lo, hi = summary["per_rate"]
     assert lo["rate"] == 1e-6 and hi["rate"] == 1e-2
+    assert lo["trials"] == hi["trials"] == 12
+    # 1e-6 x 13706 parameters: no trial draws a fault, every trial has the golden accuracy
+    assert lo["faults"] == 0 and lo["accuracy"]["trials"] == 12
     assert lo["accuracy"]["mean"] == pytest.approx(359 / 360)
+    assert lo["accuracy"]["ci_low"] == pytest.approx(359 / 360)
+    assert lo["accuracy"]["ci_high"] == pytest.approx(359 / 360)
     assert hi["accuracy"]["mean"] < 0.8
     assert hi["critical_sdc"]["rate"] + hi["due"]["rate"] > 0.2
+    # trial-level statistics, recomputed here from the trial table
+    t = res.trials
+    sel = t.level == 1
+    assert hi["faults"] == int(t.n_faults[sel].sum()) > 0
+    acc = t.accuracy[sel]
+    assert hi["accuracy"]["mean"] == pytest.approx(acc.mean())
+    half = student_t.ppf(0.975, 11) * acc.std(ddof=1) / np.sqrt(12)
+    assert hi["accuracy"]["ci_low"] == pytest.approx(max(acc.mean() - half, 0.0))
+    assert hi["accuracy"]["ci_high"] == pytest.approx(min(acc.mean() + half, 1.0))
+    # critical SDC: the pooled rate over (trial, input) pairs, with a Wilson interval at
+    # the effective sample size n / deff (Kish), the design effect from the between-trial
+    # variance: the pairs of a trial share its faults
+    k_i = t.counts[sel, 2].astype(float)
     n = 12 * 360
-    k = hi["critical_sdc"]["k"]
-    p = proportion(k, n)
-    assert (hi["critical_sdc"]["ci_low"], hi["critical_sdc"]["ci_high"]) == (p.low, p.high)
-    assert res.summary["per_layer"] and {r["layer"] for r in res.summary["per_layer"]} <= {
-        "conv1", "conv2", "fc1", "fc2"}
+    k = int(k_i.sum())
+    assert (hi["critical_sdc"]["k"], hi["critical_sdc"]["n"]) == (k, n)
+    p = k / n
+    var = 12 / 11 * ((k_i - p * 360) ** 2).sum() / n**2
+    n_eff = min(max(n / (var / (p * (1 - p) / n)), 12), n)
+    z = 1.959963984540054
+    centre, spread = p + z * z / (2 * n_eff), z * np.sqrt(p * (1 - p) / n_eff
+                                                         + z * z / (4 * n_eff**2))
+    assert hi["critical_sdc"]["ci_low"] == pytest.approx((centre - spread) / (1 + z * z / n_eff))
+    assert hi["critical_sdc"]["ci_high"] == pytest.approx((centre + spread) / (1 + z * z / n_eff))
+    pairs = proportion(k, n)  # the interval over pairs would be far too narrow
+    assert hi["critical_sdc"]["ci_low"] < pairs.low < pairs.high < hi["critical_sdc"]["ci_high"]
+    crit_trials = int((t.counts[sel, 2] > 0).sum())
+    ptc = proportion(crit_trials, 12)
+    assert hi["p_trial_critical"] == {"k": crit_trials, "n": 12, "rate": crit_trials / 12,
+                                      "ci_low": ptc.low, "ci_high": ptc.high}
+    # exclusive attribution: ~140 faults per trial at 1e-2 always span several layers and
+    # the 1e-6 trials have none, so no trial is attributed to a layer
+    assert summary["attribution"] == "exclusive"
+    assert t.layer.tolist() == [None] * 24
+    assert summary["per_layer"] == []
+    # stratified by layer, every trial measures its layer (even one that draws no fault)
+    strat = CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-3,), trials=4, seed=0,
+                           stratify=("layer",))
+    sres = run_campaign(model_path, data, strat, progress=False)
+    ssum = sres.to_json()
+    assert ssum["attribution"] == "stratified"
+    assert [r["layer"] for r in ssum["per_layer"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert [r["trials"] for r in ssum["per_layer"]] == [4, 4, 4, 4]
+    st = sres.trials
+    assert st.layer.tolist() == st.stratum_layer.tolist()
+    assert (st.n_faults == 0).any()  # conv1 and fc2 (160 and 650 parameters) draw none
+    for r in ssum["per_layer"]:
+        rows = st.stratum_layer == r["layer"]
+        assert r["faults"] == int(st.n_faults[rows].sum())
+        assert r["accuracy"]["mean"] == pytest.approx(st.accuracy[rows].mean())
+        assert r["critical_sdc"]["k"] == int(st.counts[rows, 2].sum())
 
 
 def test_plan_replays_exactly(tmp_path: Path, model_path: Path, data_path: Path) -> None:
@@ -162,29 +239,57 @@ def test_plan_replays_exactly(tmp_path: Path, model_path: Path, data_path: Path)
     assert code == 0, err
     obj = json.loads(plan.read_text())
     assert len(obj["trials"]) == 6 and obj["config"]["rates"] == [1e-3, 1e-2]
-    code, direct, err = invoke("campaign", model_path, "--data", data_path, *args, "--json")
+    binary = tmp_path / "plan.npz"
+    code, _, err = invoke("plan", model_path, "--data", data_path, *args, "-o", binary)
     assert code == 0, err
-    code, replay, err = invoke("campaign", model_path, "--data", data_path, "--plan", plan,
-                               "--json")
+    assert binary.read_bytes()[:2] == b"PK"
+    p_json, p_bin = CampaignPlan.load(plan), CampaignPlan.load(binary)
+    assert [len(t.faults) for t in p_json.trials] == [len(t["faults"]) for t in obj["trials"]]
+    assert sum(len(t.faults) for t in p_json.trials) > 0
+    db = {name: tmp_path / f"{name}.sqlite" for name in ("direct", "json", "npz")}
+    code, direct, err = invoke("campaign", model_path, "--data", data_path, *args, "--json",
+                               "--db", db["direct"])
     assert code == 0, err
-    a, b = json.loads(direct), json.loads(replay)
-    assert [t["faults"] for t in a["trials"]] == [t["faults"] for t in b["trials"]]
-    assert [t["accuracy"] for t in a["trials"]] == [t["accuracy"] for t in b["trials"]]
-    assert a["per_rate"] == b["per_rate"]
+    runs = [json.loads(direct)]
+    for name, path in (("json", plan), ("npz", binary)):
+        code, replay, err = invoke("campaign", model_path, "--data", data_path, "--plan", path,
+                                   "--json", "--db", db[name])
+        assert code == 0, err
+        runs.append(json.loads(replay))
+    for b in runs[1:]:
+        a = runs[0]
+        for key in ("n_faults", "first_faults", "accuracy", "masked", "critical_sdc", "due"):
+            assert [t[key] for t in a["trials"]] == [t[key] for t in b["trials"]], key
+        assert a["per_rate"] == b["per_rate"]
+    # every fault of every trial: sampled, planned (both formats) and replayed alike
+    faults = {}
+    for name, path in db.items():
+        with ResultStore.open(path) as store:
+            faults[name] = list(store.fault_sets())
+    for name in ("json", "npz"):
+        assert [t for t, _ in faults[name]] == [t for t, _ in faults["direct"]] == list(range(6))
+        for (_, x), (_, y) in zip(faults[name], faults["direct"], strict=True):
+            assert x.equals(y)
+    for spec_j, spec_b, (_, stored) in zip(p_json.trials, p_bin.trials, faults["direct"],
+                                           strict=True):
+        assert spec_j.faults.equals(stored) and spec_b.faults.equals(stored)
 
 
 CAMPAIGN = ["--fault-rate", "1e-4,1e-3", "--trials", "40", "--seed", "21", "--bits", "20-31",
             "--batch-size", "60"]
 
 
-def _trial_rows(db: Path) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        trials = conn.execute("SELECT trial, level, rate, accuracy, masked, tolerable_sdc, "
-                              "critical_sdc, due, n_faults FROM trial ORDER BY trial").fetchall()
-        faults = conn.execute("SELECT trial, ordinal, site, idx, model, bits FROM fault "
-                              "ORDER BY trial, ordinal").fetchall()
-        outcomes = conn.execute("SELECT trial, sample, outcome, correct FROM outcome "
-                                "ORDER BY trial, sample").fetchall()
+def _trial_rows(db: Path) -> list[list]:
+    """Everything a campaign stores but the timings: trial rows, faults, outcomes."""
+    with ResultStore.open(db) as store:
+        t = store.trial_table()
+        trials = list(zip(t.trial.tolist(), t.level.tolist(), t.rate.tolist(),
+                          t.accuracy.tolist(), t.counts.tolist(), t.n_faults.tolist(),
+                          t.layer.tolist(), t.bit.tolist(), t.first_faults, strict=True))
+        ranks = {s.name: s.rank for s in store.sites()}
+        faults = [(trial, fs.to_faults(ranks)) for trial, fs in store.fault_sets()]
+        outcomes = [(trial, codes.tolist(), None if ok is None else ok.tolist())
+                    for trial, codes, ok in store.outcome_sets()]
     return [trials, faults, outcomes]
 
 
@@ -227,7 +332,10 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path, model_path: P
     code, _, err = invoke("campaign", model_path, "--data", data_path, *CAMPAIGN, "--db", cut,
                           "--resume")
     assert code == 0, err
-    assert _trial_rows(cut) == _trial_rows(whole)
+    rows = _trial_rows(whole)
+    assert len(rows[0]) == len(rows[1]) == len(rows[2]) == 80
+    assert sum(len(f) for _, f in rows[1]) == sum(r[5] for r in rows[0]) > 0
+    assert _trial_rows(cut) == rows
 
 
 def test_resume_refuses_other_model_or_settings(tmp_path: Path, model_path: Path,
@@ -323,10 +431,30 @@ def test_export_csv_and_parquet(tmp_path: Path, model_path: Path, data_path: Pat
     with open(out) as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 4 and float(rows[0]["rate"]) == 1e-3
-    with sqlite3.connect(db) as conn:
-        n_faults = conn.execute("SELECT count(*) FROM fault").fetchone()[0]
+    assert list(rows[0]) == list(_TYPES["trials"])
+    with ResultStore.open(db) as store:
+        table = store.trial_table()
+        ranks = {s.name: s.rank for s in store.sites()}
+        stored = [(t, fs.to_faults(ranks)) for t, fs in store.fault_sets()]
+    n_faults = sum(len(f) for _, f in stored)
+    assert n_faults > 0
+    assert [int(r["n_faults"]) for r in rows] == table.n_faults.tolist()
     assert sum(int(r["n_faults"]) for r in rows) == n_faults
-    assert sum(len(r["faults"].split("; ")) for r in rows if r["faults"]) == n_faults
+    assert [float(r["accuracy"]) for r in rows] == table.accuracy.tolist()
+    assert [[int(r[k]) for k in ("masked", "tolerable_sdc", "critical_sdc", "due")]
+            for r in rows] == table.counts.tolist()
+    fout = tmp_path / "faults.csv"
+    code, _, err = invoke("export", db, "--table", "faults", "-o", fout)
+    assert code == 0, err
+    with open(fout) as fh:
+        frows = list(csv.DictReader(fh))
+    assert list(frows[0]) == list(_TYPES["faults"])
+    expected = [(t, k, f.site, ["*" if i is None else i for i in f.index],
+                 f.model.value, list(f.bits)) for t, faults in stored
+                for k, f in enumerate(faults)]
+    assert [(int(r["trial"]), int(r["ordinal"]), r["site"], json.loads(r["index"]),
+             r["model"], json.loads(r["bits"])) for r in frows] == expected
+    assert {r["kind"] for r in frows} == {"weight"} and all(r["value"] == "" for r in frows)
     pq = pytest.importorskip("pyarrow.parquet")
     pout = tmp_path / "outcomes.parquet"
     code, _, err = invoke("export", db, "--format", "parquet", "--table", "outcomes", "-o", pout)
@@ -344,7 +472,20 @@ def test_plan_campaign_api_is_deterministic(model_path: Path) -> None:
     cfg = CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-3,), trials=3, seed=1)
     a = plan_campaign(model_path, cfg, 360)
     b = plan_campaign(model_path, cfg, 360)
-    assert a == b and a.trials[0].faults
+    assert (a.config, a.model_sha256, a.samples) == (b.config, b.model_sha256, b.samples)
+    assert len(a.trials) == len(b.trials) == 3
+    assert a.faults == b.faults > 0
+    for x, y in zip(a.trials, b.trials, strict=True):
+        assert (x.trial, x.level, x.rate, x.stratum) == (y.trial, y.level, y.rate, y.stratum)
+        assert x.faults.equals(y.faults)
+    assert all(len(t.faults) for t in a.trials)
+    other = plan_campaign(model_path, CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-3,),
+                                                     trials=3, seed=2), 360)
+    assert not any(x.faults.equals(y.faults) for x, y in zip(a.trials, other.trials,
+                                                             strict=True))
+    # the plan's faults are the sampler's
+    sampler = Sampler(_sites(model_path, cfg), cfg, 360)
+    assert all(t.faults.equals(sampler.sample(t.trial)) for t in a.trials)
 
 
 def test_cli_runner_has_no_global_state() -> None:
@@ -354,34 +495,75 @@ def test_cli_runner_has_no_global_state() -> None:
 
 
 def test_summary_attributes_layers_and_bits_exclusively() -> None:
+    from enpheeph_onnx.campaign.runner import _record
+    from enpheeph_onnx.campaign.sampling import TrialSpec
     from enpheeph_onnx.faults import parse_fault
-    from enpheeph_onnx.store import TrialRecord
+    from enpheeph_onnx.faultset import FaultSet
+    from enpheeph_onnx.stats import wilson
+    from enpheeph_onnx.store import TrialTable
     from enpheeph_onnx.summary import summarize
 
-    kinds = {"a.weight": ("weight", "a"), "b.weight": ("weight", "b")}
-    codes = {"m": np.zeros(4, np.uint8), "c": np.full(4, 2, np.uint8)}
+    layers = {"a.weight": "a", "b.weight": "b"}
+    ranks = {"a.weight": 1, "b.weight": 1}
+
+    def rec(trial: int, faults: list[str], codes: list[int], ok: list[int]) -> object:
+        spec = TrialSpec(trial, 0, None, None, FaultSet.from_faults(map(parse_fault, faults)))
+        return _record(spec, np.array(codes, np.uint8), np.array(ok, bool), 0.0, layers,
+                       ranks)
+
+    crit, masked = [2, 2, 2, 2], [0, 0, 0, 0]
     recs = [
-        TrialRecord(0, 0, None, (parse_fault("a.weight[0]:bitflip:30"),), codes["c"], None, 0),
-        TrialRecord(1, 0, None, (parse_fault("a.weight[1]:bitflip:1"),), codes["m"], None, 0),
-        # faults in two layers: counted in the per-rate row only
-        TrialRecord(2, 0, None, (parse_fault("a.weight[0]:bitflip:30"),
-                                 parse_fault("b.weight[0]:bitflip:30")), codes["c"], None, 0),
-        TrialRecord(3, 0, None, (), codes["m"], None, 0),
+        rec(0, ["a.weight[0]:bitflip:30"], crit, [1, 0, 0, 0]),
+        rec(1, ["a.weight[1]:bitflip:1"], masked, [1, 1, 1, 1]),
+        # faults in two layers, all on bit 30: in the bit-30 row, in no layer row
+        rec(2, ["a.weight[0]:bitflip:30", "b.weight[0]:bitflip:30"], crit, [0, 1, 0, 0]),
+        rec(3, [], masked, [1, 1, 1, 1]),  # no fault: no layer, no bit
+        # one layer, two bits: in the layer-b row, in no bit row
+        rec(4, ["b.weight[2]:bitflip:1", "b.weight[3]:bitflip:30"], [0, 1, 2, 3], [1, 1, 0, 0]),
     ]
-    s = summarize(recs, golden_accuracy=None, samples=4, rate_kind="fixed", kinds=kinds)
+    assert [(r.layer, r.bit) for r in recs] == [("a", 30), ("a", 1), (None, 30), (None, None),
+                                                ("b", None)]
+    assert recs[2].first_faults == ("a.weight[0]:bitflip:30", "b.weight[0]:bitflip:30")
+    s = summarize(TrialTable.from_records(recs), golden_accuracy=1.0, samples=4,
+                  rate_kind="fixed", layer_order={"b": 0, "a": 1}).to_json()
+    assert s["attribution"] == "exclusive"
+    assert [r["layer"] for r in s["per_layer"]] == ["b", "a"]  # network order
     layer = {r["layer"]: r for r in s["per_layer"]}
-    assert layer["a"]["critical_sdc"]["k"] == 4 and layer["a"]["critical_sdc"]["n"] == 8
-    assert layer["a"]["faults"] == 3 and layer["b"]["faults"] == 1
-    assert layer["b"]["critical_sdc"]["n"] == 0
+    a, b = layer["a"], layer["b"]
+    assert (a["trials"], a["faults"], b["trials"], b["faults"]) == (2, 2, 1, 2)
+    assert (a["critical_sdc"]["k"], a["critical_sdc"]["n"]) == (4, 8)
+    assert (a["masked"]["k"], a["p_trial_critical"]["k"], a["p_trial_critical"]["n"]) == (4, 1, 2)
+    assert a["accuracy"]["mean"] == pytest.approx(0.625)  # trials 0.25 and 1.0
+    assert [b[k]["k"] for k in ("masked", "tolerable_sdc", "critical_sdc", "due", "sdc")] == [
+        1, 1, 1, 1, 2]
+    assert b["accuracy"] == {"mean": 0.5, "ci_low": 0.0, "ci_high": 1.0, "trials": 1}
     bit = {r["bit"]: r for r in s["per_bit"]}
+    assert sorted(bit) == [1, 30]
+    assert (bit[30]["trials"], bit[30]["faults"]) == (2, 3)
     assert (bit[30]["critical_sdc"]["k"], bit[30]["critical_sdc"]["n"]) == (8, 8)
-    assert (bit[1]["critical_sdc"]["k"], bit[1]["masked"]["k"]) == (0, 4)
+    assert (bit[1]["trials"], bit[1]["critical_sdc"]["k"], bit[1]["masked"]["k"]) == (1, 0, 4)
     grid = s["bit_layer"]
-    assert grid["layers"] == ["a", "b"] and grid["bits"] == [1, 30]
-    assert grid["critical_sdc_rate"] == [[0.0, 1.0], [None, None]]
+    assert grid["layers"] == ["b", "a"] and grid["bits"] == [1, 30]
+    assert grid["critical_sdc_rate"] == [[None, None], [0.0, 1.0]]
+    assert grid["trials"] == [[0, 0], [1, 1]]
     rate = s["per_rate"][0]
-    assert (rate["critical_sdc"]["k"], rate["critical_sdc"]["n"]) == (8, 16)
-    assert rate["mean_faults"] == 1.0
+    assert (rate["trials"], rate["faults"], rate["mean_faults"]) == (5, 6, 1.2)
+    assert (rate["critical_sdc"]["k"], rate["critical_sdc"]["n"]) == (9, 20)
+    assert (rate["p_trial_critical"]["k"], rate["p_trial_critical"]["n"]) == (3, 5)
+    # per-trial critical counts 4, 0, 4, 0, 1: the design effect (4.24) would leave 4.7
+    # effective pairs, clamped to the 5 trials
+    assert (rate["critical_sdc"]["ci_low"], rate["critical_sdc"]["ci_high"]) == pytest.approx(
+        wilson(9 / 20, 5))
+    assert wilson(9 / 20, 5) == pytest.approx((0.14308, 0.80037), abs=1e-5)  # by hand
+    accs = np.array([0.25, 1.0, 0.25, 1.0, 0.5])
+    assert rate["accuracy"]["mean"] == pytest.approx(0.6)
+    assert rate["accuracy"]["ci_low"] == pytest.approx(
+        0.6 - student_t.ppf(0.975, 4) * accs.std(ddof=1) / np.sqrt(5))
+    assert rate["accuracy"]["ci_high"] == 1.0  # clipped
+    assert rate["accuracy_drop"] == pytest.approx(0.4)
+    assert s["trials"][2]["n_faults"] == 2 and s["trials"][2]["first_faults"] == list(
+        recs[2].first_faults)
+    assert s["outcomes"] == {"masked": 9, "tolerable_sdc": 1, "critical_sdc": 9, "due": 1}
 
 
 def test_report_command_writes_plots(tmp_path: Path, model_path: Path, data_path: Path) -> None:

@@ -12,6 +12,7 @@ from enpheeph_onnx import discover_sites, inject, load_model, parse_fault
 from enpheeph_onnx.campaign import CampaignConfig, Sampler, SiteSelection, select_sites
 from enpheeph_onnx.errors import EnpheephError
 from enpheeph_onnx.sites import SiteKind
+from enpheeph_onnx.store import ResultStore
 
 from .conftest import ROOT
 from .test_cli import assert_user_error, invoke
@@ -95,25 +96,35 @@ def test_time_steps_selection_and_permanent_faults() -> None:
     permanent = CampaignConfig(selection=sel, time_steps="all", faults_per_trial=3, trials=1,
                                seed=2)
     chosen = select_sites(sites, permanent)
-    faults = Sampler(chosen, permanent, 1).sample(0)
+    sampler = Sampler(chosen, permanent, 1)
+    faults = sampler.sample(0).to_faults(sampler.ranks)
     assert len(faults) == 3 * 16
     by_state: dict[tuple, list[int]] = {}
     step = {s.name: s for s in chosen}
     for f in faults:
         s = step[f.site]
         by_state.setdefault((s.layer, s.role, f.index, f.bits), []).append(s.time_step)
-    assert all(sorted(v) == list(range(16)) for v in by_state.values())
+    assert len(by_state) == 3 and all(sorted(v) == list(range(16)) for v in by_state.values())
     with pytest.raises(EnpheephError, match="time step 20 does not exist"):
         select_sites(sites, CampaignConfig(selection=sel, time_steps="20"))
 
 
 def test_time_steps_cli(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
     code, out, err = invoke("campaign", SNN, "--data", SNN_DATA, "--kinds", "activation",
                             "--time-steps", "2", "--faults-per-trial", "2", "--trials", "3",
-                            "--bits", "30", "--json")
+                            "--bits", "30", "--db", db, "--json")
     assert code == 0, err
     s = json.loads(out)
-    assert all(f["site"].endswith(".t2") for t in s["trials"] for f in t["faults"])
+    assert [t["n_faults"] for t in s["trials"]] == [2, 2, 2]
+    texts = [f for t in s["trials"] for f in t["first_faults"]]
+    assert len(texts) == 6 and all(parse_fault(f).site.endswith(".t2") for f in texts)
+    with ResultStore.open(db) as store:
+        sets = dict(store.fault_sets())
+    assert sorted(sets) == [0, 1, 2]
+    names = [n for fs in sets.values() for n in fs.site_names()]
+    assert len(names) == 6 and all(n.endswith(".t2") for n in names)
+    assert all((fs.single_bits() == 30).all() for fs in sets.values())
     assert_user_error(*invoke("campaign", SNN, "--data", SNN_DATA, "--kinds", "activation",
                               "--time-steps", "99"), "time step 99 does not exist")
     assert_user_error(*invoke("campaign", MODELS / "digits_cnn.onnx", "--data",

@@ -28,7 +28,7 @@ from ..model import ModelSource, load_model, model_sha256
 from ..rewrite import validate_fault_set
 from ..runtime import check_feeds
 from ..sites import FaultSite, discover_sites, site_map
-from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable
+from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize
 from .config import CampaignConfig
 from .data import Dataset, data_sha256
@@ -199,28 +199,50 @@ def run_campaign(
     sha = model_sha256(model)
     all_sites = discover_sites(proto)
     config, sites, source = _source(proto, sha, all_sites, config, plan, len(data))
-    engine = FaultEngine(proto, sites, config.provider)
-    output = config.output or engine.output_names[0]
-    if output not in engine.output_names:
-        raise EnpheephError(f"unknown output {output!r}: the model has {engine.output_names}")
-    feeds = check_feeds(_Inputs(engine), data.inputs)
-    golden = engine.run(feeds, FaultSet.empty(), config.batch_size)  # before any file
-    golden_acc = None if data.labels is None else float(
-        np.mean(correct(golden[output], data.labels)))
     order = layer_order(proto, all_sites)
-    layers = {s.name: layer_of(s) for s in all_sites}
-    ranks = {s.name: len(s.shape) for s in all_sites}
     store = None
     created = False
+    meta: dict[str, Any] = {}
     if db is not None:
-        created = not (resume and Path(db).exists())
-        meta = _meta(model, sha, config, engine.providers, len(data))
+        meta = _meta(model, sha, config, [], len(data))
         meta["data_sha256"] = data_sha256(data)
         meta["layer_order"] = order
+        created = not (resume and Path(db).exists())
+        if not created:  # resume: refuse a foreign database before any work
+            store = _open_store(db, resume, meta, [], config)
+            stored = store.meta()
+            done = store.done_trials()
+            if not [t for t in source.trial_numbers() if t not in done]:
+                table = store.trial_table()  # finished: nothing to run
+                store.close()
+                summary = summarize(table, golden_accuracy=stored.get("golden_accuracy"),
+                                    samples=len(data), rate_kind=config.count.value,
+                                    config=config.to_json(), layer_order=order)
+                return CampaignResult(config, stored.get("golden_accuracy"), len(data),
+                                      summary, tuple(check_gates(summary, gates)), Path(db),
+                                      tuple(stored.get("providers", ())))
+    try:
+        engine = FaultEngine(proto, sites, config.provider)
+        output = config.output or engine.output_names[0]
+        if output not in engine.output_names:
+            raise EnpheephError(f"unknown output {output!r}: the model has "
+                                f"{engine.output_names}")
+        feeds = check_feeds(_Inputs(engine), data.inputs)
+        golden = engine.run(feeds, FaultSet.empty(), config.batch_size)  # before any file
+    except BaseException:
+        if store:
+            store.close()
+        raise
+    golden_acc = None if data.labels is None else float(
+        np.mean(correct(golden[output], data.labels)))
+    layers = {s.name: layer_of(s) for s in all_sites}
+    ranks = {s.name: len(s.shape) for s in all_sites}
+    if db is not None and created:
+        meta["providers"] = engine.providers
         infos = [SiteInfo(s.name, s.kind.value, layer_of(s), len(s.shape)) for s in all_sites]
         store = _open_store(db, resume, meta, infos, config)
     committed = False
-    rows: list[TrialRecord] = []
+    rows: list[tuple[Any, ...]] = []  # trial-table rows (the faults are not kept)
     try:
         if store:
             old = store.meta().get("golden_accuracy")
@@ -259,14 +281,14 @@ def run_campaign(
                     committed = True
                     last_commit = time.monotonic()
             else:
-                rows.append(replace(rec, faults=FaultSet.empty()))
+                rows.append(_trial_row(rec))
         if store:
             store.flush()
             committed = True
             store.set_meta("status", "complete")
             table = store.trial_table()
         else:
-            table = TrialTable.from_records(rows)
+            table = TrialTable.from_rows(rows)
     except KeyboardInterrupt:
         raise
     except BaseException:
@@ -297,8 +319,11 @@ def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: 
         spec.trial, spec.level, spec.rate, fs, codes, ok, seconds,
         stratum_layer=None if st is None else st.layer,
         stratum_bit=None if st is None else st.bit,
-        layer=next(iter(hit)) if len(hit) == 1 else None,
-        bit=int(bits[0]) if len(bits) == 1 and bits[0] >= 0 else None,
+        # a stratified trial belongs to its stratum even when it drew no fault
+        layer=st.layer if st is not None and st.layer is not None
+        else next(iter(hit)) if len(hit) == 1 else None,
+        bit=st.bit if st is not None and st.bit is not None
+        else int(bits[0]) if len(bits) == 1 and bits[0] >= 0 else None,
         first_faults=tuple(str(f) for f in first))
 
 

@@ -79,6 +79,10 @@ class Fault:
         object.__setattr__(self, "index", tuple(None if i is None else int(i)
                                                 for i in self.index))
         object.__setattr__(self, "bits", tuple(sorted({int(b) for b in self.bits})))
+        self._check()
+
+    def _check(self) -> None:
+        """Raises EnpheephError for an inconsistent fault (normalized fields assumed)."""
         if self.model is FaultModel.VALUE:
             if self.value is None:
                 raise EnpheephError(f"fault on {self.site!r}: value model needs value=<number>")
@@ -162,33 +166,37 @@ class Fault:
         Raises:
             EnpheephError: a key is missing, unknown or of the wrong type.
         """
-        if not isinstance(obj, dict):
+        if type(obj) is not dict:
             raise EnpheephError(f"each fault must be an object, got {obj!r}")
-        unknown = set(obj) - {"site", "index", "model", "bits", "value"}
-        if unknown:
-            raise EnpheephError(f"unknown fault key(s) {sorted(unknown)}; "
+        if not obj.keys() <= _FAULT_KEYS:
+            unknown = sorted(set(obj) - _FAULT_KEYS)
+            raise EnpheephError(f"unknown fault key(s) {unknown}; "
                                 "allowed: site, index, model, bits, value")
-        for key in ("site", "index", "model"):
-            if key not in obj:
-                raise EnpheephError(f"fault {obj!r} lacks the key {key!r}")
-        site, index, bits = obj["site"], obj["index"], obj.get("bits", [])
-        if not isinstance(site, str) or not site:
+        try:
+            site, index, model_text = obj["site"], obj["index"], obj["model"]
+        except KeyError as e:
+            raise EnpheephError(f"fault {obj!r} lacks the key {e.args[0]!r}") from None
+        bits = obj.get("bits", [])
+        if type(site) is not str or not site:
             raise EnpheephError(f"fault site must be a non-empty string, got {site!r}")
-        if not isinstance(index, list) or not all(
-            i == "*" or (isinstance(i, int) and not isinstance(i, bool)) for i in index
-        ):
+        if type(index) is not list or not all(type(i) is int or i == "*" for i in index):
             raise EnpheephError(f"fault index must be a list of integers or '*', got {index!r}")
-        if not isinstance(bits, list) or not all(
-            isinstance(b, int) and not isinstance(b, bool) for b in bits
-        ):
+        if type(bits) is not list or not all(type(b) is int for b in bits):
             raise EnpheephError(f"fault bits must be a list of integers, got {bits!r}")
-        if not isinstance(obj["model"], str):
-            raise EnpheephError(f"fault model must be a string, got {obj['model']!r}")
+        if type(model_text) is not str:
+            raise EnpheephError(f"fault model must be a string, got {model_text!r}")
+        model = _MODEL_BY_TEXT.get(model_text) or FaultModel.parse(model_text)
         value = obj.get("value")
         if value is not None:
             value = _parse_number(value)
-        return cls(site, tuple(None if i == "*" else i for i in index),
-                   FaultModel.parse(obj["model"]), tuple(bits), value)
+        f = cls.trusted(site, tuple(None if i == "*" else i for i in index), model,
+                        tuple(sorted(set(bits))) if len(bits) > 1 else tuple(bits), value)
+        f._check()  # the types are checked above: skip __post_init__'s normalization
+        return f
+
+
+_FAULT_KEYS = frozenset({"site", "index", "model", "bits", "value"})
+_MODEL_BY_TEXT = {m.value: m for m in FaultModel}
 
 
 def _json_number(v: float | None) -> float | str | None:

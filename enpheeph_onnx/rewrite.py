@@ -390,6 +390,10 @@ def insert_fault_nodes(
 
 
 
+_CHECK_ONE_BY_ONE = 256
+"""Plans up to this size are validated fault by fault (errors quote the fault), larger ones
+column-wise."""
+
 PROVENANCE_FAULTS = 1000
 """Up to this many faults are recorded in full in ``enpheeph.faults``; above it only their
 count and the sha256 of their binary encoding (``enpheeph.faults_sha256``)."""
@@ -433,9 +437,14 @@ def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault]
     else:
         plan = faults if isinstance(faults, FaultPlan) else FaultPlan(tuple(faults))
         plan = FaultPlan(tuple(expand_state_addresses(plan.faults, found)))
-        validate_faults(sites, plan, work)
         given = plan
         fs = FaultSet.from_faults(plan.faults)
+        if len(plan) <= _CHECK_ONE_BY_ONE:
+            validate_faults(sites, plan, work)  # messages that quote the fault
+        else:
+            for name in fs.sites:
+                lookup_site(sites, name, work)  # unknown sites: the usual hints
+            validate_fault_set(sites, fs)
     kinds = np.array([sites[n].kind is not SiteKind.WEIGHT for n in fs.sites] + [False])
     value_rows = np.flatnonzero(kinds[fs.site]) if len(fs) else np.zeros(0, np.int64)
     converted = None

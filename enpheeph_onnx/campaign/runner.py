@@ -195,117 +195,153 @@ def run_campaign(
             created or resumed; a fault that cannot be applied.
         KeyboardInterrupt: after committing every finished trial.
     """
-    proto = load_model(model)
-    sha = model_sha256(model)
-    all_sites = discover_sites(proto)
-    config, sites, source = _source(proto, sha, all_sites, config, plan, len(data))
-    order = layer_order(proto, all_sites)
-    store = None
-    created = False
-    meta: dict[str, Any] = {}
-    if db is not None:
-        meta = _meta(model, sha, config, [], len(data))
-        meta["data_sha256"] = data_sha256(data)
-        meta["layer_order"] = order
-        created = not (resume and Path(db).exists())
-        if not created:  # resume: refuse a foreign database before any work
-            store = _open_store(db, resume, meta, [], config)
-            stored = store.meta()
-            done = store.done_trials()
-            if not [t for t in source.trial_numbers() if t not in done]:
-                table = store.trial_table()  # finished: nothing to run
-                store.close()
-                summary = summarize(table, golden_accuracy=stored.get("golden_accuracy"),
-                                    samples=len(data), rate_kind=config.count.value,
-                                    config=config.to_json(), layer_order=order)
-                return CampaignResult(config, stored.get("golden_accuracy"), len(data),
-                                      summary, tuple(check_gates(summary, gates)), Path(db),
-                                      tuple(stored.get("providers", ())))
-    try:
-        engine = FaultEngine(proto, sites, config.provider)
-        output = config.output or engine.output_names[0]
-        if output not in engine.output_names:
-            raise EnpheephError(f"unknown output {output!r}: the model has "
-                                f"{engine.output_names}")
-        feeds = check_feeds(_Inputs(engine), data.inputs)
-        golden = engine.run(feeds, FaultSet.empty(), config.batch_size)  # before any file
-    except BaseException:
-        if store:
-            store.close()
-        raise
-    golden_acc = None if data.labels is None else float(
-        np.mean(correct(golden[output], data.labels)))
-    layers = {s.name: layer_of(s) for s in all_sites}
-    ranks = {s.name: len(s.shape) for s in all_sites}
-    if db is not None and created:
-        meta["providers"] = engine.providers
-        infos = [SiteInfo(s.name, s.kind.value, layer_of(s), len(s.shape)) for s in all_sites]
-        store = _open_store(db, resume, meta, infos, config)
-    committed = False
-    rows: list[tuple[Any, ...]] = []  # trial-table rows (the faults are not kept)
-    try:
-        if store:
-            old = store.meta().get("golden_accuracy")
-            if old is not None and golden_acc is not None and old != golden_acc:
-                raise EnpheephError(
-                    f"cannot resume {db}: the golden accuracy changed ({old} -> {golden_acc}); "
-                    "was the onnxruntime version changed? use a new --db")
-            store.set_meta("golden_accuracy", golden_acc)
-        done = store.done_trials() if store else set()
-        todo = [t for t in source.trial_numbers() if t not in done]
-        if done:
-            log.info("resuming: %d trials already stored, %d to run", len(done), len(todo))
-        correct_sum, seen = 0.0, 0
-        last_commit = time.monotonic()
-        bar = tqdm(todo, desc="trials", unit="trial", leave=False,
-                   disable=None if progress is None else not progress, total=len(todo))
-        for t in bar:
-            spec = source.spec(t)
-            fs = spec.faults
-            start = time.perf_counter()
-            out = engine.run(feeds, fs, config.batch_size) if len(fs) else golden
-            seconds = time.perf_counter() - start
-            ref = engine.reference(feeds, fs, config.batch_size) if len(fs) else golden
-            codes = classify(ref, out, output)
-            ok = None
-            if data.labels is not None:
-                ok = correct(out[output], data.labels, codes)
-                correct_sum += float(np.mean(ok))
-                seen += 1
-                bar.set_postfix(acc=f"{correct_sum / seen:.4f}")
-            rec = _record(spec, codes, ok, seconds, layers, ranks)
+    run = _Run(model, data, config, db, resume, plan)
+    finished = run.stored_result(gates)  # resuming a finished campaign runs nothing
+    if finished is not None:
+        return finished
+    run.golden()
+    table = run.trials(progress, commit_every)
+    return run.result(table, gates)
+
+
+class _Run:
+    """The state of one :func:`run_campaign` call: prepare, golden, trials, result."""
+
+    def __init__(self, model: ModelSource, data: Dataset, config: CampaignConfig,
+                 db: str | os.PathLike[str] | None, resume: bool,
+                 plan: CampaignPlan | None) -> None:
+        self.model, self.data, self.db, self.resume = model, data, db, resume
+        self.proto = load_model(model)
+        self.sha = model_sha256(model)
+        self.all_sites = discover_sites(self.proto)
+        self.config, self.sites, self.source = _source(self.proto, self.sha, self.all_sites,
+                                                       config, plan, len(data))
+        self.order = layer_order(self.proto, self.all_sites)
+        self.layers = {s.name: layer_of(s) for s in self.all_sites}
+        self.ranks = {s.name: len(s.shape) for s in self.all_sites}
+        self.store: ResultStore | None = None
+        self.created = db is not None and not (resume and Path(db).exists())
+        self.meta: dict[str, Any] = {}
+        if db is not None:
+            self.meta = _meta(model, self.sha, self.config, [], len(data))
+            self.meta["data_sha256"] = data_sha256(data)
+            self.meta["layer_order"] = self.order
+            if not self.created:  # resume: refuse a foreign database before any work
+                self.store = _open_store(db, resume, self.meta, [], self.config)
+
+    def stored_result(self, gates: tuple[tuple[str, float], ...]) -> CampaignResult | None:
+        """The result of a resumed campaign whose trials are all stored, else ``None``."""
+        if self.store is None:
+            return None
+        done = self.store.done_trials()
+        if any(t not in done for t in self.source.trial_numbers()):
+            return None
+        stored = self.store.meta()
+        table = self.store.trial_table()
+        self.store.close()
+        self.providers = tuple(stored.get("providers", ()))
+        self.golden_acc = stored.get("golden_accuracy")
+        return self.result(table, gates)
+
+    def golden(self) -> None:
+        """Build the engine and run the golden pass (before any file is written)."""
+        cfg = self.config
+        try:
+            self.engine = FaultEngine(self.proto, self.sites, cfg.provider)
+            names = self.engine.output_names
+            self.output = cfg.output or names[0]
+            if self.output not in names:
+                raise EnpheephError(f"unknown output {self.output!r}: the model has {names}")
+            self.feeds = check_feeds(_Inputs(self.engine), self.data.inputs)
+            self.golden_out = self.engine.run(self.feeds, FaultSet.empty(), cfg.batch_size)
+        except BaseException:
+            if self.store:
+                self.store.close()
+            raise
+        self.providers = tuple(self.engine.providers)
+        labels = self.data.labels
+        self.golden_acc = None if labels is None else float(
+            np.mean(correct(self.golden_out[self.output], labels)))
+        if self.db is not None and self.created:
+            self.meta["providers"] = self.engine.providers
+            infos = [SiteInfo(s.name, s.kind.value, layer_of(s), len(s.shape))
+                     for s in self.all_sites]
+            self.store = _open_store(self.db, self.resume, self.meta, infos, self.config)
+
+    def trials(self, progress: bool | None, commit_every: float) -> TrialTable:
+        """Run every trial not stored yet; returns the table of all trials."""
+        store, committed = self.store, False
+        rows: list[tuple[Any, ...]] = []  # trial-table rows (the faults are not kept)
+        try:
             if store:
-                store.add(rec)
-                if time.monotonic() - last_commit >= commit_every:
-                    store.flush()
-                    committed = True
-                    last_commit = time.monotonic()
-            else:
-                rows.append(_trial_row(rec))
-        if store:
+                old = store.meta().get("golden_accuracy")
+                if old is not None and self.golden_acc is not None and old != self.golden_acc:
+                    raise EnpheephError(
+                        f"cannot resume {self.db}: the golden accuracy changed ({old} -> "
+                        f"{self.golden_acc}); was the onnxruntime version changed? use a new "
+                        "--db")
+                store.set_meta("golden_accuracy", self.golden_acc)
+            done = store.done_trials() if store else set()
+            todo = [t for t in self.source.trial_numbers() if t not in done]
+            if done:
+                log.info("resuming: %d trials already stored, %d to run", len(done), len(todo))
+            correct_sum = 0.0
+            last_commit = time.monotonic()
+            bar = tqdm(todo, desc="trials", unit="trial", leave=False,
+                       disable=None if progress is None else not progress, total=len(todo))
+            for seen, t in enumerate(bar, 1):
+                rec = self.trial(self.source.spec(t))
+                if rec.correct is not None:
+                    correct_sum += float(np.mean(rec.correct))
+                    bar.set_postfix(acc=f"{correct_sum / seen:.4f}")
+                if store:
+                    store.add(rec)
+                    if time.monotonic() - last_commit >= commit_every:
+                        store.flush()
+                        committed = True
+                        last_commit = time.monotonic()
+                else:
+                    rows.append(_trial_row(rec))
+            if not store:
+                return TrialTable.from_rows(rows)
             store.flush()
             committed = True
             store.set_meta("status", "complete")
-            table = store.trial_table()
-        else:
-            table = TrialTable.from_rows(rows)
-    except KeyboardInterrupt:
-        raise
-    except BaseException:
-        if store and created and not committed:  # a failed new campaign leaves no file
-            store.close()
-            store = None
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-        raise
-    finally:
-        if store:
-            store.close()
-    summary = summarize(table, golden_accuracy=golden_acc, samples=len(data),
-                        rate_kind=config.count.value, config=config.to_json(), layer_order=order)
-    return CampaignResult(config, golden_acc, len(data), summary,
-                          tuple(check_gates(summary, gates)),
-                          Path(db) if db is not None else None, tuple(engine.providers))
+            return store.trial_table()
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            if store and self.created and not committed:  # a failed new campaign: no file
+                store.close()
+                store = self.store = None
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+            raise
+        finally:
+            if store:
+                store.close()
+
+    def trial(self, spec: TrialSpec) -> TrialRecord:
+        """Run one trial and judge its outcomes against the session's own golden run."""
+        fs, bs, golden = spec.faults, self.config.batch_size, self.golden_out
+        start = time.perf_counter()
+        out = self.engine.run(self.feeds, fs, bs) if len(fs) else golden
+        seconds = time.perf_counter() - start
+        ref = self.engine.reference(self.feeds, fs, bs) if len(fs) else golden
+        codes = classify(ref, out, self.output)
+        labels = self.data.labels
+        ok = None if labels is None else correct(out[self.output], labels, codes)
+        return _record(spec, codes, ok, seconds, self.layers, self.ranks)
+
+    def result(self, table: TrialTable, gates: tuple[tuple[str, float], ...]
+               ) -> CampaignResult:
+        cfg = self.config
+        summary = summarize(table, golden_accuracy=self.golden_acc, samples=len(self.data),
+                            rate_kind=cfg.count.value, config=cfg.to_json(),
+                            layer_order=self.order)
+        return CampaignResult(cfg, self.golden_acc, len(self.data), summary,
+                              tuple(check_gates(summary, gates)),
+                              Path(self.db) if self.db is not None else None, self.providers)
 
 
 def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: float,

@@ -610,14 +610,14 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    s = res.to_json()
     if as_json:
-        click.echo(json.dumps(_finite(s), indent=1, default=_json_default, allow_nan=False))
+        click.echo(json.dumps(_finite(res.to_json()), indent=1, default=_json_default,
+                              allow_nan=False))
     else:
-        _print_summary(s)
+        _print_summary(res.summary)
     tail = f", results in {db}" if db else ""
-    head = (f"campaign: golden {_fmt(s['golden_accuracy'])}, mean {_fmt(s['mean_accuracy'])}, "
-            f"drop {_fmt(s['accuracy_drop'])}, {len(res.trials)} trials{tail}")
+    head = (f"campaign: golden {_fmt(res.golden_accuracy)}, mean {_fmt(res.mean_accuracy)}, "
+            f"drop {_fmt(res.accuracy_drop)}, {len(res.trials)} trials{tail}")
     failed = [g for g in res.gates if not g.passed]
     if failed:
         g = failed[0]
@@ -649,55 +649,58 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def _ci(p: dict[str, Any]) -> str:
-    if not p["n"]:
+def _ci(p: Any) -> str:
+    """``rate [low, high]`` of a proportion (:class:`~enpheeph_onnx.stats.Proportion` or
+    :class:`~enpheeph_onnx.stats.ClusteredProportion`)."""
+    if not p.n:
         return "-"
-    return f"{_fmt(p['rate'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]"
+    return f"{_fmt(p.rate)} [{_fmt(p.low)}, {_fmt(p.high)}]"
 
 
-def _print_summary(s: dict[str, Any]) -> None:
-    click.echo(f"golden accuracy  {_fmt(s['golden_accuracy'])}  ({s['samples']} samples)")
-    click.echo(f"mean accuracy    {_fmt(s['mean_accuracy'])}  over {len(s['trials'])} trials")
-    click.echo(f"accuracy drop    {_fmt(s['accuracy_drop'])}")
-    tot = s["outcomes"]
-    n = max(sum(tot.values()), 1)
-    click.echo("outcomes         " + "  ".join(f"{k} {v / n:.4f}" for k, v in tot.items()))
+def _acc(g: Any) -> str:
+    a = g.accuracy
+    return "-" if a is None else f"{a.mean:.4f} [{_fmt(a.low)}, {_fmt(a.high)}]"
+
+
+def _print_summary(s: Any) -> None:
+    """The campaign tables of a :class:`~enpheeph_onnx.summary.CampaignSummary`."""
+    click.echo(f"golden accuracy  {_fmt(s.golden_accuracy)}  ({s.samples} samples)")
+    click.echo(f"mean accuracy    {_fmt(s.mean_accuracy)}  over {len(s.table)} trials")
+    click.echo(f"accuracy drop    {_fmt(s.accuracy_drop)}")
+    n = max(sum(s.outcomes.values()), 1)
+    click.echo("outcomes         " + "  ".join(f"{k} {v / n:.4f}" for k, v in s.outcomes.items()))
     click.echo("")
     rk = {"fault_rate": "fault rate", "bit_error_rate": "bit err rate", "fixed": "level"}
-    rows = [[("-" if r["rate"] is None else f"{r['rate']:.1e}"), str(r["trials"]),
-             f"{r['mean_faults']:.2f}", _acc(r), _ci(r["masked"]), _ci(r["critical_sdc"]),
-             _ci(r["due"]), _ci(r["p_trial_critical"])] for r in s["per_rate"]]
-    click.echo(_table(rows, [rk[s["rate_kind"]], "trials", "faults", "accuracy [95% CI]",
+    rows = [[("-" if r.key["rate"] is None else f"{r.key['rate']:.1e}"), str(r.trials),
+             f"{r.mean_faults:.2f}", _acc(r), _ci(r.outcomes.masked),
+             _ci(r.outcomes.critical_sdc), _ci(r.outcomes.due), _ci(r.p_trial_critical)]
+            for r in s.per_rate]
+    click.echo(_table(rows, [rk[s.rate_kind], "trials", "faults", "accuracy [95% CI]",
                              "masked", "critical SDC", "DUE", "P(trial critical)"]))
     click.echo("(intervals over trials: t for accuracy, cluster-adjusted Wilson for outcome "
                "rates, Wilson for P(trial critical))")
-    for key, label in (("per_layer", "layer"), ("per_bit", "bit")):
-        if s[key]:
+    for groups, label in ((s.per_layer, "layer"), (s.per_bit, "bit")):
+        if groups:
             click.echo("")
-            rows = [[str(r[label]), str(r["trials"]), f"{r['mean_faults']:.2f}", _acc(r),
-                     _ci(r["critical_sdc"]), _ci(r["due"]), _ci(r["p_trial_critical"])]
-                    for r in s[key]]
+            rows = [[str(g.key[label]), str(g.trials), f"{g.mean_faults:.2f}", _acc(g),
+                     _ci(g.outcomes.critical_sdc), _ci(g.outcomes.due),
+                     _ci(g.p_trial_critical)] for g in groups]
             click.echo(_table(rows, [label, "trials", "faults", "accuracy [95% CI]",
                                      "critical SDC", "DUE", "P(trial critical)"]))
-    if s["per_layer"] or s["per_bit"]:
-        click.echo("(stratified: trials of that stratum)" if s["attribution"] == "stratified"
+    if s.per_layer or s.per_bit:
+        click.echo("(stratified: trials of that stratum)" if s.attribution == "stratified"
                    else "(trials whose faults all lie in that layer / have that bit; "
                         "--stratify measures every layer and bit)")
-    if len(s["trials"]) <= 50:
+    if len(s.table) <= 50:
         click.echo("")
         rows = [[str(t["trial"]), "-" if t["rate"] is None else f"{t['rate']:.1e}",
                  t["stratum"] or "-", _fmt(t["accuracy"]), str(t["masked"]),
                  str(t["tolerable_sdc"]), str(t["critical_sdc"]), str(t["due"]),
                  str(t["n_faults"]), "; ".join(t["first_faults"])
                  + (" ..." if t["n_faults"] > len(t["first_faults"]) else "")]
-                for t in s["trials"]]
+                for t in s.trial_rows()]
         click.echo(_table(rows, ["trial", "rate", "stratum", "accuracy", "masked", "sdc",
                                  "critical", "due", "faults", "first faults"]))
-
-
-def _acc(r: dict[str, Any]) -> str:
-    a = r["accuracy"]
-    return "-" if a is None else f"{a['mean']:.4f} [{_fmt(a['ci_low'])}, {_fmt(a['ci_high'])}]"
 
 
 @main.command("sample-size")

@@ -65,7 +65,7 @@ _NA = "n/a"
 
 
 def write_report(
-    summary: Mapping[str, Any],
+    summary: Any,
     out_dir: str | os.PathLike[str],
     title: str = "enpheeph-onnx campaign",
 ) -> list[Path]:
@@ -89,7 +89,9 @@ def write_report(
       links to the three images.
 
     Args:
-        summary: the campaign summary. ``Prop`` below is
+        summary: a :class:`~enpheeph_onnx.summary.CampaignSummary`, or its JSON form (what
+            ``campaign --json`` prints, so a saved summary can be rendered again). ``Prop``
+            below is
             ``{"k": int, "n": int, "rate": float, "ci_low": float, "ci_high": float}``
             (NaN rate and bounds when ``n == 0``)::
 
@@ -123,6 +125,8 @@ def write_report(
             ``rate_kind``, a ``bit_layer`` grid whose shape does not match its labels).
             Nothing is written in these cases.
     """
+    if hasattr(summary, "to_json"):
+        summary = summary.to_json()
     rate_kind, grid = _check_summary(summary)
     out = _prepare_out_dir(out_dir)
 
@@ -556,7 +560,7 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
 COMPARE_PNG = "compare_accuracy_vs_rate.png"
 
 
-def write_comparison(summaries: Mapping[str, Mapping[str, Any]], out_dir: str | os.PathLike[str],
+def write_comparison(summaries: Mapping[str, Any], out_dir: str | os.PathLike[str],
                      title: str = "enpheeph-onnx: accuracy versus fault rate") -> Path:
     """One figure comparing several campaigns: top-1 accuracy (with 95 % bands, left) and
     accuracy normalised by each model's golden accuracy (right) versus fault rate (log
@@ -577,6 +581,7 @@ def write_comparison(summaries: Mapping[str, Mapping[str, Any]], out_dir: str | 
     """
     if not summaries:
         raise EnpheephError("nothing to compare: give at least one campaign")
+    summaries = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in summaries.items()}
     kinds = {str(s.get("rate_kind", "fault_rate")) for s in summaries.values()}
     out = _prepare_out_dir(out_dir)
 

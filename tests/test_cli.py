@@ -1,8 +1,12 @@
-"""The command line, through click's CliRunner: results, files and every input error."""
+"""enpheeph_onnx.cli: the command line, through click's CliRunner as a user runs it: the
+sites, inject, run, campaign and sample-size commands, their results and files, TOML
+configs, gates, and every input error."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,31 +15,17 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper
 
-from enpheeph_onnx import parse_fault
+from enpheeph_onnx import inject, parse_fault
+from enpheeph_onnx.campaign import Outcome
 from enpheeph_onnx.cli import main
 from enpheeph_onnx.faults import FaultModel
+from enpheeph_onnx.faultset import CODE_OF, FaultSet
 from enpheeph_onnx.runtime import make_session
+from enpheeph_onnx.stats import sample_size
 from enpheeph_onnx.store import ResultStore
 
-from .conftest import cuda_available
-
-
-def invoke(*args: str) -> tuple[int, str, str]:
-    res = CliRunner().invoke(main, [str(a) for a in args])
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr
-
-
-def assert_user_error(code: int, out: str, err: str, *words: str) -> None:
-    assert code == 2, (code, out, err)
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("Error: ")
-    assert "Traceback" not in err + out
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-
+from .conftest import MODEL, MODELS, SNN_DATA, SNN_MODEL, cuda_available
+from .helpers import VARIANTS, assert_user_error, invoke, stored_trials, strict_json
 
 # -- sites ---------------------------------------------------------------------------------
 
@@ -111,6 +101,21 @@ def test_inject_plan_file_and_empty_plan(tmp_path: Path, model_path: Path,
     assert code == 0, err
     b = make_session(onnx.load(out_model)).run(None, x)[0]
     assert (np.argmax(b, 1) == 3).all()
+
+
+def test_inject_cli_takes_a_binary_plan(tmp_path: Path) -> None:
+    fs = FaultSet.from_faults([parse_fault("conv1.weight[0,0,1,1]:bitflip:30")])
+    fs.save_npz(tmp_path / "p.npz")
+    out = tmp_path / "f.onnx"
+    r = subprocess.run([sys.executable, "-m", "enpheeph_onnx", "inject", str(MODEL), "-o",
+                        str(out), "--plan", str(tmp_path / "p.npz"),
+                        "--fault", "fc2.bias[3]:value=0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ref = inject(MODEL, [parse_fault("conv1.weight[0,0,1,1]:bitflip:30"),
+                         parse_fault("fc2.bias[3]:value=0")]).model
+    got = onnx.load(out)
+    assert ({t.name: t.raw_data for t in got.graph.initializer}
+            == {t.name: t.raw_data for t in ref.graph.initializer})
 
 
 @pytest.mark.parametrize(("fault", "words"), [
@@ -223,6 +228,35 @@ def test_run_bad_inputs(tmp_path: Path, model_path: Path, digits: dict[str, np.n
     assert not out.exists()
 
 
+def test_wrong_input_shape_is_a_user_error(tmp_path: Path, model_path: Path,
+                                           digits: dict[str, np.ndarray]) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, input=np.zeros((5, 1, 8, 9), np.float32), labels=np.zeros(5, np.int64))
+    assert_user_error(*invoke("run", model_path, "--inputs", bad), "shape", "8, 9")
+    db = tmp_path / "r.sqlite"
+    assert_user_error(*invoke("campaign", model_path, "--data", bad, "--db", db), "shape")
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, input=np.zeros((0, 1, 8, 8), np.float32))
+    assert_user_error(*invoke("run", model_path, "--inputs", empty), "no samples")
+    scalar = tmp_path / "scalar.npz"
+    np.savez(scalar, input=np.float32(1.0), labels=np.int64(1))
+    assert_user_error(*invoke("campaign", model_path, "--data", scalar, "--db", db), "scalar")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.npz", "empty.npz", "scalar.npz"]
+
+
+def test_run_refuses_per_batch_faults_with_small_batches(tmp_path: Path, model_path: Path,
+                                                         data_path: Path) -> None:
+    faulty = tmp_path / "f.onnx"
+    assert invoke("inject", model_path, "-o", faulty, "--fault", "input[2,0,3,3]:value=nan")[0] == 0
+    assert_user_error(*invoke("run", faulty, "--inputs", data_path, "--batch-size", "7"),
+                      "--batch-size 360")
+    code, out, err = invoke("run", faulty, "--inputs", data_path, "--compare", model_path,
+                            "--json")
+    assert code == 0, err
+    cmp = strict_json(out)["compare"]["outputs"]["logits"]
+    assert cmp["nan_mismatch"] == 10 and cmp["max_abs_diff"] is None  # NaN -> null
+
+
 @pytest.mark.skipif(cuda_available(), reason="checks the no-GPU path")
 def test_run_cuda_without_gpu_is_refused(model_path: Path, data_path: Path) -> None:
     assert_user_error(*invoke("run", model_path, "--inputs", data_path, "--provider", "cuda"),
@@ -305,6 +339,128 @@ def test_campaign_same_seed_same_trials(tmp_path: Path, model_path: Path,
             assert len(f.bits) == 1 and 20 <= f.bits[0] <= 31
 
 
+@pytest.mark.parametrize(("model", "data"), VARIANTS)
+def test_campaign_cli_runs_on_every_variant(tmp_path: Path, model: str, data: str) -> None:
+    db = tmp_path / "r.sqlite"
+    code, out, err = invoke("campaign", MODELS / model, "--data", MODELS / data,
+                            "--fault-rate", "1e-4,1e-2", "--trials", "3", "--bits", "0-31",
+                            "--db", db, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["golden_accuracy"] >= (0.85 if "snn" in model else 0.96)
+    assert len(s["trials"]) == 6 and [r["rate"] for r in s["per_rate"]] == [1e-4, 1e-2]
+    assert s["per_rate"][1]["mean_faults"] > s["per_rate"][0]["mean_faults"]
+    code, _, err = invoke("report", db, "-o", tmp_path / "report")
+    assert code == 0, err
+
+
+def test_nan_value_faults_store_report_and_export(tmp_path: Path, model_path: Path,
+                                                  data_path: Path) -> None:
+    db = tmp_path / "nan.sqlite"
+    code, out, err = invoke("campaign", model_path, "--data", data_path, "--fault-model",
+                            "value", "--value", "nan", "--trials", "3", "--db", db, "--json")
+    assert code == 0, err
+    s = strict_json(out)
+    assert [t["n_faults"] for t in s["trials"]] == [1, 1, 1]
+    assert all(f.endswith(":value=nan") for t in s["trials"] for f in t["first_faults"])
+    assert s["outcomes"]["due"] + s["outcomes"]["masked"] + s["outcomes"]["tolerable_sdc"] \
+        + s["outcomes"]["critical_sdc"] == 3 * 360
+    faults, outcomes = stored_trials(db)
+    assert sorted(faults) == sorted(outcomes) == [0, 1, 2]
+    for fs in faults.values():
+        assert len(fs) == 1 and (fs.model == CODE_OF[FaultModel.VALUE]).all()
+        assert np.isnan(fs.value).all() and not fs.bits.any()
+    for t, (codes, ok) in outcomes.items():
+        row = s["trials"][t]
+        assert ok is not None and len(codes) == 360
+        assert not (ok & (codes == Outcome.DUE)).any()  # a DUE is never a correct answer
+        assert row["due"] == int((codes == Outcome.DUE).sum())
+        assert row["accuracy"] == float(ok.mean()) <= 1 - row["due"] / 360
+    assert s["outcomes"]["due"] > 0
+    assert invoke("report", db, "-o", tmp_path / "r")[0] == 0
+    assert invoke("export", db, "--table", "faults", "-o", tmp_path / "f.csv")[0] == 0
+    pq = pytest.importorskip("pyarrow.parquet")
+    assert invoke("export", db, "--format", "parquet", "--table", "faults", "-o",
+                  tmp_path / "f.parquet")[0] == 0
+    values = pq.read_table(tmp_path / "f.parquet").column("value").to_pylist()
+    assert len(values) == 3 and all(np.isnan(v) for v in values)
+
+
+def test_time_steps_cli(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    code, out, err = invoke("campaign", SNN_MODEL, "--data", SNN_DATA, "--kinds", "activation",
+                            "--time-steps", "2", "--faults-per-trial", "2", "--trials", "3",
+                            "--bits", "30", "--db", db, "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert [t["n_faults"] for t in s["trials"]] == [2, 2, 2]
+    texts = [f for t in s["trials"] for f in t["first_faults"]]
+    assert len(texts) == 6 and all(parse_fault(f).site.endswith(".t2") for f in texts)
+    with ResultStore.open(db) as store:
+        sets = dict(store.fault_sets())
+    assert sorted(sets) == [0, 1, 2]
+    names = [n for fs in sets.values() for n in fs.site_names()]
+    assert len(names) == 6 and all(n.endswith(".t2") for n in names)
+    assert all((fs.single_bits() == 30).all() for fs in sets.values())
+    assert_user_error(*invoke("campaign", SNN_MODEL, "--data", SNN_DATA, "--kinds", "activation",
+                              "--time-steps", "99"), "time step 99 does not exist")
+    assert_user_error(*invoke("campaign", MODELS / "digits_cnn.onnx", "--data",
+                              MODELS / "digits_test.npz", "--kinds", "activation",
+                              "--time-steps", "2"), "no time-step annotations")
+
+
+def test_margin_sets_the_trial_count(model_path: Path, data_path: Path) -> None:
+    code, out, err = invoke("campaign", model_path, "--data", data_path, "--bits", "30",
+                            "--sites", "fc2.bias", "--margin", "0.2", "--confidence", "0.9",
+                            "--json")
+    assert code == 0, err
+    # N = 10 elements x 1 bit; n = 10 / (1 + 0.04 * 9 / (1.6449^2 * 0.25)) = 6.53 -> 7
+    assert len(json.loads(out)["trials"]) == sample_size(10, 0.2, 0.9) == 7
+
+
+def test_gate_fails_with_exit_1_and_passes_otherwise(model_path: Path, data_path: Path) -> None:
+    base = ["campaign", model_path, "--data", data_path, "--bits", "30", "--trials", "10"]
+    code, _, err = invoke(*base, "--fail-above", "critical_sdc_rate=0.01")
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("FAILED campaign:")
+    assert "critical_sdc_rate" in err
+    code, out, err = invoke(*base, "--fail-above", "critical_sdc_rate=0.99",
+                            "--fail-above", "accuracy_drop=0.99", "--json")
+    assert code == 0, err
+    assert err.strip().splitlines()[-1].startswith("PASSED campaign:")
+    gates = json.loads(out)["gates"]
+    assert [g["metric"] for g in gates] == ["critical_sdc_rate", "accuracy_drop"]
+    assert all(g["passed"] for g in gates)
+    assert_user_error(*invoke(*base, "--fail-above", "speed=3"), "METRIC=THRESHOLD")
+
+
+def test_toml_config_with_flag_override(tmp_path: Path, model_path: Path,
+                                        data_path: Path) -> None:
+    cfg = tmp_path / "campaign.toml"
+    cfg.write_text('fault-rate = [1e-3, 1e-2]\ntrials = 3\nseed = 5\nbits = "28-31"\n'
+                   'kinds = "weight"\n')
+    code, out, err = invoke("campaign", model_path, "--data", data_path, "--config", cfg,
+                            "--trials", "2", "--json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["config"]["rates"] == [1e-3, 1e-2] and s["config"]["trials"] == 2
+    assert s["config"]["seed"] == 5 and s["config"]["bits"] == "28-31"
+    assert len(s["trials"]) == 4
+    cfg.write_text("trials = 3\nspeed = 11\n")
+    assert_user_error(*invoke("campaign", model_path, "--data", data_path, "--config", cfg),
+                      "unknown key 'speed'")
+
+
+def test_config_accepts_negated_flags(tmp_path: Path, model_path: Path,
+                                      data_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("no-progress = true\ntrials = 2\n")
+    code, out, err = invoke("campaign", model_path, "--data", data_path, "--config", cfg,
+                            "--json")
+    assert code == 0, err
+    assert len(strict_json(out)["trials"]) == 2
+
+
 def test_campaign_bad_input(tmp_path: Path, model_path: Path, data_path: Path,
                             digits: dict[str, np.ndarray]) -> None:
     db = tmp_path / "r.sqlite"
@@ -323,3 +479,53 @@ def test_campaign_bad_input(tmp_path: Path, model_path: Path, data_path: Path,
     assert_user_error(*invoke("campaign", model_path, "--data", data_path, "--db", db),
                       "already exists")
     assert db.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--fault-rate", "-1e-3"], ["out of range"]),
+    (["--fault-rate", "2"], ["out of range"]),
+    (["--bit-error-rate", "1e-1:1e-7:2"], ["yields no rate"]),
+    (["--sites", "nothing*"], ["site selection is empty"]),
+    (["--kinds", "weight,activation", "--per-sample"], ["per-sample"]),
+    (["--fault-rate", "1e-3", "--faults-per-trial", "2"], ["not both"]),
+    (["--fault-model", "value"], ["needs --value"]),
+    (["--resume"], ["--resume needs --db"]),
+])
+def test_campaign_bad_sampling_input(tmp_path: Path, model_path: Path, data_path: Path,
+                                     args: list[str], words: list[str]) -> None:
+    assert_user_error(*invoke("campaign", model_path, "--data", data_path, *args), *words)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plan_with_sampling_options_is_refused(tmp_path: Path, model_path: Path,
+                                               data_path: Path) -> None:
+    plan = tmp_path / "p.json"
+    assert invoke("plan", model_path, "--data", data_path, "--trials", "2", "-o", plan)[0] == 0
+    assert_user_error(*invoke("campaign", model_path, "--data", data_path, "--plan", plan,
+                              "--fault-rate", "1e-2"), "--fault-rate", "no effect")
+    assert_user_error(*invoke("campaign", model_path, "--data", data_path, "--plan", plan,
+                              "--seed", "9"), "--seed")
+
+
+# -- sample-size ---------------------------------------------------------------------------
+
+def test_sample_size_command() -> None:
+    code, out, _ = invoke("sample-size", "--population", "1e9", "--margin", "0.01",
+                          "--confidence", "0.99")
+    assert code == 0 and int(out) == 16587 == sample_size(1e9, 0.01, 0.99)
+    code, out, _ = invoke("sample-size", "--population", "1000", "--margin", "0.05", "--json")
+    assert json.loads(out)["trials"] == 278
+    assert_user_error(*invoke("sample-size", "--population", "1e6", "--margin", "2"), "margin")
+
+
+def test_sample_size_needs_a_finite_population() -> None:
+    assert_user_error(*invoke("sample-size", "--population", "inf", "--margin", "0.01"),
+                      "finite")
+
+
+# -- the program ---------------------------------------------------------------------------
+
+def test_cli_runner_has_no_global_state() -> None:
+    # the same invocation twice gives byte-identical JSON apart from timings
+    r = CliRunner()
+    assert r.invoke(main, ["--version"]).output.startswith("enpheeph-onnx")

@@ -1,4 +1,6 @@
-"""Model export (torch -> ONNX), pruned models and --pruned-weights sampling."""
+"""enpheeph_onnx.export.core (torch -> ONNX, through the export command): the exported
+model equals torch, weights files load, pruning masks are recorded and folded, int8
+quantization on export, every input error, and the shipped pruned model."""
 
 from __future__ import annotations
 
@@ -8,31 +10,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 
-from enpheeph_onnx import Fault, discover_sites, load_model
-from enpheeph_onnx.campaign import (
-    CampaignConfig,
-    CountMode,
-    Sampler,
-    allowed_elements,
-    load_dataset,
-    run_campaign,
-    select_sites,
-)
+from enpheeph_onnx import discover_sites, load_model
 from enpheeph_onnx.model import default_opset
 from enpheeph_onnx.runtime import make_session
-from enpheeph_onnx.store import ResultStore
 
-from .conftest import ROOT
-from .test_cli import assert_user_error, invoke
+from .conftest import PRUNED_MODEL
+from .helpers import assert_user_error, initializers, invoke
 
 torch = pytest.importorskip("torch")
-PRUNED = ROOT / "models" / "digits_cnn_pruned.onnx"
-
-
-def _weights(path: Path) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
 
 
 def test_export_command_matches_torch(tmp_path: Path) -> None:
@@ -64,7 +50,7 @@ def test_export_with_weights_file(tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     assert invoke("export", "--model", "tests.exportable:small_cnn", "--weights", w,
                   "--input-shape", "1,1,8,8", "-o", out)[0] == 0
-    assert (_weights(out)["fc.bias"] == 3.0).all()
+    assert (initializers(out)["fc.bias"] == 3.0).all()
 
 
 def test_export_pruned_records_and_folds_masks(tmp_path: Path) -> None:
@@ -78,7 +64,7 @@ def test_export_pruned_records_and_folds_masks(tmp_path: Path) -> None:
     assert set(meta) == {"fc.weight", "conv1.weight"}
     assert meta["fc.weight"]["method"] == "L1Unstructured"
     assert meta["fc.weight"]["sparsity"] == pytest.approx(0.6)
-    w = _weights(out)
+    w = initializers(out)
     assert np.count_nonzero(w["fc.weight"] == 0) == round(0.6 * w["fc.weight"].size)
     # structured: 2 of 4 output channels of conv1 are all zero
     assert sum(bool((w["conv1.weight"][c] == 0).all()) for c in range(4)) == 2
@@ -89,6 +75,29 @@ def test_export_pruned_records_and_folds_masks(tmp_path: Path) -> None:
     with torch.no_grad():
         ref = pruned_cnn().eval()(torch.from_numpy(x)).numpy()
     assert np.abs(make_session(m).run(None, {"input": x})[0] - ref).max() <= 1e-5
+
+
+def test_export_quantize_int8_command(tmp_path: Path) -> None:
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, input=np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
+    out = tmp_path / "q.onnx"
+    code, _, err = invoke("export", "--model", "tests.exportable:small_cnn", "--input-shape",
+                          "1,1,8,8", "--quantize", "int8", "--calibration", calib, "-o", out)
+    assert code == 0, err
+    m = onnx.load(out)
+    assert default_opset(m) == 26
+    ops = {n.op_type for n in m.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    sites = [s for s in discover_sites(m) if s.kind.value == "weight" and s.dtype == "int8"
+             and s.name.endswith("_quantized")]
+    assert sites and all(s.scale is not None and s.zero_point is not None for s in sites)
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, image=np.zeros((4, 1, 8, 8), np.float32))
+    out2 = tmp_path / "q2.onnx"
+    assert_user_error(*invoke("export", "--model", "tests.exportable:small_cnn",
+                              "--input-shape", "1,1,8,8", "--quantize", "int8",
+                              "--calibration", bad, "-o", out2), "lacks the input")
+    assert not out2.exists()
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -119,99 +128,14 @@ def test_export_weights_that_do_not_match(tmp_path: Path) -> None:
     assert not out.exists()
 
 
-# -- the shipped pruned model ------------------------------------------------------------------
+# -- the shipped pruned model --------------------------------------------------------------
 
 def test_shipped_pruned_model(digits: dict[str, np.ndarray]) -> None:
-    m = load_model(PRUNED)
-    w = _weights(PRUNED)
+    m = load_model(PRUNED_MODEL)
+    w = initializers(PRUNED_MODEL)
     names = [n for n in w if n.endswith("weight")]
     zeros = sum(int(np.count_nonzero(w[n] == 0)) for n in names)
     assert zeros / sum(w[n].size for n in names) >= 0.5
     logits = make_session(m).run(None, {"input": digits["input"]})[0]
     acc = float(np.mean(np.argmax(logits, 1) == digits["labels"]))
     assert acc >= 0.9972 - 0.03
-
-
-@pytest.mark.parametrize("mode", ["skip", "only", "include"])
-def test_pruned_weights_sampling(mode: str) -> None:
-    m = load_model(PRUNED)
-    cfg = CampaignConfig(faults_per_trial=200, trials=5, pruned_weights=mode, seed=3)
-    sites = select_sites(discover_sites(m), cfg)
-    allowed = allowed_elements(m, sites, mode)
-    sampler = Sampler(sites, cfg, 1, allowed)
-    w = _weights(PRUNED)
-    faults = [f for t in range(5) for f in sampler.sample(t).to_faults(sampler.ranks)]
-    assert len(faults) == 5 * 200
-    hits = [w[f.site][f.index] for f in faults]
-    zero = np.array([h == 0 for h in hits])
-    if mode == "skip":
-        assert not zero.any()
-    elif mode == "only":
-        assert zero.all()
-        assert sampler.sample(0).hit_sites() <= {"conv1.weight", "conv2.weight",
-                                                  "fc1.weight", "fc2.weight"}
-    else:
-        assert zero.any() and not zero.all()
-    total = sum(v.size for v in w.values())
-    pruned = sum(int(np.count_nonzero(v == 0)) for v in w.values())
-    expect = {"skip": total - pruned, "only": pruned, "include": total}[mode]
-    assert sampler.population == expect
-
-
-def test_pruned_only_on_dense_model_is_an_error(model_path: Path) -> None:
-    from enpheeph_onnx.errors import EnpheephError
-
-    m = load_model(model_path)
-    cfg = CampaignConfig(pruned_weights="only")
-    sites = select_sites(discover_sites(m), cfg)
-    with pytest.raises(EnpheephError, match="no element to hit"):
-        Sampler(sites, cfg, 1, allowed_elements(m, sites, "only"))
-
-
-def _stored_faults(db: Path) -> dict[int, tuple[Fault, ...]]:
-    """Trial -> its faults, read back from the results store."""
-    with ResultStore.open(db) as store:
-        ranks = {s.name: s.rank for s in store.sites()}
-        return {t: fs.to_faults(ranks) for t, fs in store.fault_sets()}
-
-
-def test_campaign_on_pruned_model_resurrection(data_path: Path, tmp_path: Path) -> None:
-    data = load_dataset(data_path, ["input"])
-    base = dict(count=CountMode.FAULT_RATE, rates=(1e-3,), bits=tuple(range(23, 31)),
-                trials=4, seed=0)
-    skip = run_campaign(PRUNED, data, CampaignConfig(**base), tmp_path / "skip.sqlite",
-                        progress=False)
-    only = run_campaign(PRUNED, data, CampaignConfig(**base, pruned_weights="only"),
-                        tmp_path / "only.sqlite", progress=False)
-    assert skip.golden_accuracy == only.golden_accuracy
-    assert len(only.trials) == 4 and (only.trials.n_faults > 0).all()
-    w = _weights(PRUNED)
-    for name, res in (("skip", skip), ("only", only)):
-        faults = _stored_faults(tmp_path / f"{name}.sqlite")
-        assert sorted(faults) == [0, 1, 2, 3]
-        assert [len(faults[t]) for t in range(4)] == res.trials.n_faults.tolist()
-        zero = [w[f.site][f.index] == 0 for fs in faults.values() for f in fs]
-        assert zero and all(zero) == (name == "only") and any(zero) == (name == "only")
-
-
-def test_export_quantize_int8_command(tmp_path: Path) -> None:
-    calib = tmp_path / "calib.npz"
-    np.savez(calib, input=np.random.default_rng(0).random((64, 1, 8, 8), dtype=np.float32))
-    out = tmp_path / "q.onnx"
-    code, _, err = invoke("export", "--model", "tests.exportable:small_cnn", "--input-shape",
-                          "1,1,8,8", "--quantize", "int8", "--calibration", calib, "-o", out)
-    assert code == 0, err
-    m = onnx.load(out)
-    assert default_opset(m) == 26
-    ops = {n.op_type for n in m.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    sites = [s for s in discover_sites(m) if s.kind.value == "weight" and s.dtype == "int8"
-             and s.name.endswith("_quantized")]
-    assert sites and all(s.scale is not None and s.zero_point is not None for s in sites)
-    bad = tmp_path / "bad.npz"
-    np.savez(bad, image=np.zeros((4, 1, 8, 8), np.float32))
-    out2 = tmp_path / "q2.onnx"
-    assert_user_error(*invoke("export", "--model", "tests.exportable:small_cnn",
-                              "--input-shape", "1,1,8,8", "--quantize", "int8",
-                              "--calibration", bad, "-o", out2), "lacks the input")
-    assert not out2.exists()

@@ -1,4 +1,6 @@
-"""Campaign reports: the four files, valid non-blank PNGs and the Markdown numbers."""
+"""enpheeph_onnx.report: campaign reports (the four files, valid non-blank PNGs and the
+Markdown numbers), malformed summaries, and the report command on real campaigns, one or
+several compared."""
 
 from __future__ import annotations
 
@@ -12,6 +14,9 @@ import pytest
 
 from enpheeph_onnx.errors import EnpheephError
 from enpheeph_onnx.report import write_report
+
+from .conftest import MODELS
+from .helpers import VARIANTS, assert_user_error, invoke
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ROOT = Path(__file__).resolve().parents[1]
@@ -271,3 +276,41 @@ def test_matplotlib_lazy_and_no_pyplot(tmp_path: Path) -> None:
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     assert len(list((tmp_path / "r").iterdir())) == 4
+
+
+# -- the report command --------------------------------------------------------------------
+
+def test_report_command_writes_plots(tmp_path: Path, model_path: Path, data_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    assert invoke("campaign", model_path, "--data", data_path, "--fault-rate", "1e-4,1e-2",
+                  "--trials", "5", "--db", db)[0] == 0
+    out = tmp_path / "report"
+    code, stdout, err = invoke("report", db, "-o", out)
+    assert code == 0, err
+    assert len(stdout.splitlines()) == 4
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["accuracy_vs_rate.png", "bits_layers.png", "layers.png", "summary.md"]
+    md = (out / "summary.md").read_text()
+    assert "1.0e-04" in md and "1.0e-02" in md
+    assert (out / "accuracy_vs_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_user_error(*invoke("report", tmp_path / "missing.sqlite", "-o", tmp_path / "r2"),
+                      "not found")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_comparison_report_over_variants(tmp_path: Path) -> None:
+    dbs = []
+    for model, data in VARIANTS[:2]:
+        db = tmp_path / f"{model}.sqlite"
+        assert invoke("campaign", MODELS / model, "--data", MODELS / data, "--fault-rate",
+                      "1e-3", "--trials", "2", "--db", db)[0] == 0
+        dbs.append(db)
+    out = tmp_path / "cmp"
+    code, stdout, err = invoke("report", *dbs, "--label", "dense", "--label", "pruned",
+                               "-o", out)
+    assert code == 0, err
+    assert len(stdout.splitlines()) == 1 + 2 * 4  # the comparison + 4 files per campaign
+    assert (out / "compare_accuracy_vs_rate.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "dense" / "summary.md").exists() and (out / "pruned" / "layers.png").exists()
+    assert_user_error(*invoke("report", *dbs, "--label", "one", "-o", tmp_path / "x"),
+                      "--label")

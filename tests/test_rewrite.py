@@ -1,7 +1,12 @@
-"""Faulty models run in onnxruntime equal the numpy reference bit for bit.
+"""enpheeph_onnx.rewrite (``inject``): faulty models run in onnxruntime equal the numpy
+reference bit for bit.
 
-Every test model is a chain of bit-preserving ops (Identity, BitCast), so the output of a
-faulty model must carry exactly the bits :func:`enpheeph_onnx.apply_faults` computes.
+Most test models are chains of bit-preserving ops (Identity, BitCast: ``chain_model`` in
+tests/helpers.py), so the output of a faulty model must carry exactly the bits
+:func:`enpheeph_onnx.apply_faults` computes. Also: identities, model hygiene, provenance,
+determinism, invalid faults, fault sets, the shipped digits CNN, exact int8 weight and
+activation faults on the shipped int8 model, and a time-step state fault on the shipped
+spiking model.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
@@ -30,56 +35,40 @@ from enpheeph_onnx import (
     parse_fault,
 )
 from enpheeph_onnx.bits import BY_NAME
+from enpheeph_onnx.campaign import CampaignConfig, Sampler, select_sites
 from enpheeph_onnx.engine import FaultEngine
 from enpheeph_onnx.errors import EnpheephError
-from enpheeph_onnx.runtime import make_session
 
+from .conftest import MODEL, ROOT, SNN_DATA, SNN_MODEL
 from .helpers import (
+    CONV1_W,
+    CONV2_W,
+    INT8,
+    RELU2_Q,
     W_SHAPE,
     X_TAIL,
     as_bits,
+    assert_bits_equal,
+    assert_same_bits,
+    chain_faults,
     chain_model,
     chain_reference,
-    chain_sites,
+    copy_model,
     faults_for,
     feed_array,
+    int8_model,
+    int8_sites,
     raw_bits,
+    replace_weight,
+    run,
+    run_input,
+    scalar_model,
+    site_shape,
+    weight_value,
 )
 
 ACT_DTYPES = ["float32", "float16", "bfloat16", "int8", "uint8"]
 WEIGHT_DTYPES = ["float32", "float16", "bfloat16", "float64", "int8", "uint8", "int32"]
-
-
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = make_session(model)
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, feeds), strict=True))
-
-
-def assert_bits_equal(got: np.ndarray, want: np.ndarray, what: str = "") -> None:
-    g, w = as_bits(np.asarray(got)), as_bits(np.asarray(want))
-    assert g.shape == w.shape, (what, g.shape, w.shape)
-    bad = np.argwhere(g != w)
-    assert bad.size == 0, (
-        f"{what}: {len(bad)} element(s) differ, first at {bad[0].tolist()}: "
-        f"got {int(g[tuple(bad[0])]):#x}, want {int(w[tuple(bad[0])]):#x}"
-    )
-
-
-def site_shape(site: str) -> tuple[object, ...]:
-    return W_SHAPE if site in ("W", "WY") else ("N", *X_TAIL)
-
-
-@st.composite
-def chain_faults(draw: st.DrawFn, dtype: str, sites: tuple[str, ...] | None = None
-                 ) -> list[Fault]:
-    """1-6 faults on the sites of ``chain_model(dtype)`` (several per site likely)."""
-    chain = [s for c in chain_sites(dtype).values() for s in c if s[1] in BY_NAME]
-    if sites is not None:
-        chain = [(s, dt) for s, dt in chain if s in sites]
-    pick = st.sampled_from(chain).flatmap(
-        lambda sd: faults_for(sd[0], site_shape(sd[0]), BY_NAME[sd[1]]))
-    return draw(st.lists(pick, min_size=1, max_size=6))
 
 
 @st.composite
@@ -101,10 +90,7 @@ def check_inject(dtype: str, x_bits: np.ndarray, w_bits: np.ndarray, faults: lis
     return out
 
 
-# --------------------------------------------------------------------------------------
-# inject: bit-exact against the reference, property based
-# --------------------------------------------------------------------------------------
-
+# -- bit-exact against the reference, property based ---------------------------------------
 
 @pytest.mark.parametrize("dtype", ACT_DTYPES)
 @settings(max_examples=30, deadline=None)
@@ -221,80 +207,7 @@ def test_dynamic_dim_int_index() -> None:
     assert_bits_equal(out, want)
 
 
-# --------------------------------------------------------------------------------------
-# FaultEngine (run-time path) against inject and the reference
-# --------------------------------------------------------------------------------------
-
-
-@functools.cache
-def engine_for(dtype: str, constant: bool) -> tuple[FaultEngine, np.ndarray]:
-    d = BY_NAME[dtype]
-    rng = np.random.default_rng(11)
-    w_bits = rng.integers(0, d.all_ones, size=W_SHAPE, dtype=np.uint64,
-                          endpoint=True).astype(d.container)
-    model = chain_model(dtype, w_bits, constant)
-    return FaultEngine(model, discover_sites(model)), w_bits
-
-
-@pytest.mark.parametrize(("dtype", "constant"), [("float32", False), ("int8", True),
-                                                 ("uint8", False), ("bfloat16", False)])
-@settings(max_examples=25, deadline=None)
-@given(data=st.data())
-def test_engine_matches_inject(dtype: str, constant: bool, data: st.DataObject) -> None:
-    engine, w_bits = engine_for(dtype, constant)
-    d = BY_NAME[dtype]
-    n = data.draw(st.integers(1, 3), label="batch")
-    x_bits = data.draw(raw_bits(d, (n, *X_TAIL)), label="x_bits")
-    faults = data.draw(chain_faults(dtype), label="faults")
-    feed = {"X": feed_array(dtype, x_bits)}
-    want = chain_reference(dtype, x_bits, w_bits, faults)
-    got = engine.run(feed, faults)
-    for name in ("Y", "WY"):
-        assert_bits_equal(got[name], want[name], f"engine {name}")
-    batch_size = data.draw(st.sampled_from([1, 2]), label="batch_size")
-    got_b = engine.run(feed, faults, batch_size=batch_size)
-    assert_bits_equal(got_b["Y"], want["Y"], f"engine Y, batch_size={batch_size}")
-    if dtype in ("float32", "int8"):
-        model = chain_model(dtype, w_bits, constant)
-        out = run(inject(model, faults).model, feed)
-        for name in ("Y", "WY"):
-            assert_bits_equal(out[name], got[name], f"inject vs engine {name}")
-
-
-def test_engine_bfloat16_weight_fault() -> None:
-    """Regression: perturbed bfloat16 weights must reach onnxruntime (its Python API takes
-    bfloat16 only as an OrtValue, not as an ml_dtypes array)."""
-    engine, w_bits = engine_for("bfloat16", False)
-    x = np.zeros((1, *X_TAIL), np.uint16)
-    fault = parse_fault("W[0,1]:bitflip:15")
-    got = engine.run({"X": x}, [fault])["WY"]
-    want = w_bits.copy()
-    want[0, 1] ^= 0x8000
-    assert_bits_equal(got, want)
-
-
-def test_engine_golden_and_double_flip() -> None:
-    engine, w_bits = engine_for("float32", False)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, *X_TAIL)).astype(np.float32)
-    golden = engine.run({"X": x})
-    assert_bits_equal(golden["Y"], x)
-    assert_bits_equal(golden["WY"], w_bits)
-    flip_a = parse_fault("act[2,*,1]:bitflip:5,30")
-    flip_w = parse_fault("W[*,3]:bitflip:0,31")
-    other = parse_fault("act[0,0,0]:stuck-at-1:0")
-    out = engine.run({"X": x}, [flip_a, flip_w, other, flip_w, flip_a])
-    want = x.copy()
-    want.view(np.uint32)[0, 0, 0] |= 1
-    assert_bits_equal(out["Y"], want)
-    assert_bits_equal(out["WY"], w_bits)
-    assert_bits_equal(engine.run({"X": x}, [])["Y"], x)  # nothing left over between runs
-
-
-# --------------------------------------------------------------------------------------
-# inject: identities, model hygiene, provenance, determinism
-# --------------------------------------------------------------------------------------
-
+# -- identities, model hygiene, provenance, determinism ------------------------------------
 
 def test_double_flip_and_empty_plan_restore_golden() -> None:
     rng = np.random.default_rng(5)
@@ -451,17 +364,6 @@ def test_invalid_faults_float32(expr: str) -> None:
         inject(chain_model("float32"), [parse_fault("act[0,0,0]:bitflip:0"), parse_fault(expr)])
 
 
-def scalar_model() -> onnx.ModelProto:
-    """X[3] -> ReduceSum(keepdims=0) -> s (a rank-0 activation) -> Identity -> Y."""
-    graph = helper.make_graph(
-        [helper.make_node("ReduceSum", ["X"], ["s"], name="sum", keepdims=0),
-         helper.make_node("Identity", ["s"], ["Y"], name="id")], "scalar",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [3])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)],
-                             ir_version=10)
-
-
 def test_rank0_activation_inject() -> None:
     """Regression: a 0-d mask must stay 0-d (np.ascontiguousarray made it shape (1,))."""
     x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
@@ -472,14 +374,6 @@ def test_rank0_activation_inject() -> None:
     res = inject(scalar_model(), [parse_fault("s[]:bitflip:31")])
     out = run(res.model, {"X": x})["Y"]
     assert out.shape == () and out.tolist() == -6.0
-
-
-def test_rank0_activation_engine() -> None:
-    """Regression: rank-0 sites must not break the campaign model (GatherND needs rank 1)."""
-    model = scalar_model()
-    engine = FaultEngine(model, discover_sites(model))
-    x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
-    assert engine.run({"X": x}, [parse_fault("s[]:bitflip:31")])["Y"].tolist() == -6.0
 
 
 def test_reinject_same_site() -> None:
@@ -514,10 +408,26 @@ def test_inject_rejects_bad_model() -> None:
         inject("/nonexistent/model.onnx", [])
 
 
-# --------------------------------------------------------------------------------------
-# The real model
-# --------------------------------------------------------------------------------------
+# -- fault sets ----------------------------------------------------------------------------
 
+def test_inject_a_fault_set_equals_inject_of_the_same_faults() -> None:
+    proto = load_model(MODEL)
+    cfg = CampaignConfig(faults_per_trial=20_000, bits=tuple(range(31)), trials=4)
+    sites = select_sites(discover_sites(proto), cfg)
+    fs = Sampler(sites, cfg, 1).sample(3)
+    ranks = {s.name: len(s.shape) for s in sites}
+    a = inject(proto, fs)
+    b = inject(proto, FaultPlan(fs.to_faults(ranks)))
+    ta = {t.name: t.raw_data for t in a.model.graph.initializer}
+    tb = {t.name: t.raw_data for t in b.model.graph.initializer}
+    assert ta == tb and ta != {t.name: t.raw_data for t in proto.graph.initializer}
+    meta = {p.key: p.value for p in a.model.metadata_props}
+    assert json.loads(meta["enpheeph.faults"]) == {"count": 20_000}
+    assert len(meta["enpheeph.faults_sha256"]) == 64
+    assert sum(w.faults for w in a.weights) == 20_000
+
+
+# -- the shipped digits CNN ----------------------------------------------------------------
 
 def test_digits_weight_fault_changes_exactly_one_element(
         model_path: Path, digits: dict[str, np.ndarray]) -> None:
@@ -553,3 +463,132 @@ def test_digits_weight_fault_changes_exactly_one_element(
     act_model = inject(model, [act]).model
     assert_bits_equal(engine.run({"input": x}, [act], batch_size=16)["logits"],
                       run(act_model, {"input": x})["logits"], "engine activation")
+
+
+# -- int8 weight faults on the shipped int8 model ------------------------------------------
+
+def _negative_index(name: str) -> tuple[int, ...]:
+    w = weight_value(int8_model(), name)
+    return tuple(int(i) for i in np.argwhere(w < 0)[0])
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(CONV2_W, (3, 5, 1, 1), FaultModel.BIT_FLIP, (7,)),
+    Fault(CONV2_W, (3, 5, 1, 1), FaultModel.BIT_FLIP, (0,)),
+    Fault(CONV1_W, (2, 0, 0, 1), FaultModel.BIT_FLIP, (7,)),
+    Fault(CONV1_W, (15, 0, 2, 2), FaultModel.BIT_FLIP, (0, 3, 6)),
+    Fault(CONV2_W, (0, 0, 0, 0), FaultModel.STUCK_AT_1, (7,)),
+    Fault(CONV2_W, (31, 15, 2, 2), FaultModel.STUCK_AT_1, (0, 1, 2, 3, 4, 5)),
+    Fault("fc1.weight_quantized", (7, 100), FaultModel.VALUE, value=-128),
+], ids=str)
+def test_int8_weight_fault_is_exact(fault: Fault, digits: dict[str, np.ndarray]) -> None:
+    m = int8_model()
+    res = inject(m, [fault])
+    before = weight_value(m, fault.site)
+    after = weight_value(res.model, fault.site)
+    want = apply_faults(before, [fault], INT8)
+    assert_same_bits(after, want, str(fault))
+    assert res.weights[0].elements_changed == int(np.count_nonzero(before != want))
+    assert res.nodes == ()  # weight faults add no node
+    x = digits["input"]
+    got = run_input(res.model, x)[0]
+    assert_same_bits(got, run_input(replace_weight(m, fault.site, want), x)[0], str(fault))
+
+
+def test_int8_stuck_at_0_on_the_sign_bit(digits: dict[str, np.ndarray]) -> None:
+    idx = _negative_index(CONV2_W)
+    f = Fault(CONV2_W, idx, FaultModel.STUCK_AT_0, (7,))
+    m = int8_model()
+    res = inject(m, [f])
+    before, after = weight_value(m, CONV2_W), weight_value(res.model, CONV2_W)
+    assert int(after[idx]) == int(before[idx]) + 128  # two's complement: sign bit cleared
+    assert res.weights[0].elements_changed == 1
+    want = apply_faults(before, [f], INT8)
+    assert_same_bits(after, want)
+    x = digits["input"][:64]
+    assert_same_bits(run_input(res.model, x)[0], run_input(replace_weight(m, CONV2_W, want), x)[0])
+
+
+# -- int8 activation faults (between QuantizeLinear and DequantizeLinear) ------------------
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the int8 tensors ``names``."""
+    m = copy_model(model)
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.INT8, None)
+                          for n in names)
+    return m
+
+
+def check_activation_faults(faults: list[Fault], x: np.ndarray) -> np.ndarray:
+    """Inject, fetch the site's int8 tensor before and after the fault node, compare with
+    ``apply_faults``; returns the faulty logits."""
+    site = faults[0].site
+    res = inject(int8_model(), faults)
+    assert len(res.nodes) >= 1
+    pre = f"enpheeph/{site}/in"  # the fault node's input: the QuantizeLinear output
+    logits, golden, faulty = run_input(with_outputs(res.model, [pre, site]), x)
+    assert golden.dtype == np.int8 and faulty.dtype == np.int8
+    # the untouched QuantizeLinear output equals the original model's
+    orig = run_input(with_outputs(int8_model(), [site]), x)[1]
+    assert_same_bits(golden, orig, "golden int8 activation")
+    assert_same_bits(faulty, apply_faults(golden, faults, INT8), str(faults))
+    # fetching tensors does not change the faulty model's outputs
+    assert_same_bits(logits, run_input(res.model, x)[0], "logits")
+    return logits
+
+
+@pytest.mark.parametrize("fault", [
+    Fault(RELU2_Q, (None, 3, 2, 1), FaultModel.BIT_FLIP, (7,)),
+    Fault(RELU2_Q, (5, 3, 2, 1), FaultModel.BIT_FLIP, (0,)),
+    Fault("input_QuantizeLinear_Output", (None, 0, 4, 4), FaultModel.STUCK_AT_1, (6, 7)),
+    Fault("/relu3/Relu_output_0_QuantizeLinear_Output", (None, 10), FaultModel.STUCK_AT_0,
+          (0, 1, 2, 3, 4, 5, 6, 7)),
+], ids=str)
+def test_int8_activation_fault_is_exact(fault: Fault, digits: dict[str, np.ndarray]) -> None:
+    logits = check_activation_faults([fault], digits["input"][:16])
+    golden = run_input(int8_model(), digits["input"][:16])[0]
+    if fault.model is FaultModel.BIT_FLIP and fault.bits == (7,):
+        assert not np.array_equal(logits, golden)  # a sign flip of a ReLU output shows
+
+
+def _int8_activation_sites() -> list[str]:
+    return [n.output[0] for n in int8_model().graph.node if n.op_type == "QuantizeLinear"]
+
+
+@st.composite
+def int8_activation_faults(draw: st.DrawFn) -> list[Fault]:
+    site = int8_sites()[draw(st.sampled_from(_int8_activation_sites()))]
+    out = []
+    for _ in range(draw(st.integers(1, 3))):
+        index = tuple(
+            draw(st.one_of(st.none(), st.integers(0, 5))) if not isinstance(n, int)
+            else draw(st.integers(0, n - 1)) for n in site.shape)
+        model = draw(st.sampled_from([FaultModel.BIT_FLIP, FaultModel.STUCK_AT_0,
+                                      FaultModel.STUCK_AT_1]))
+        bits = draw(st.sets(st.integers(0, 7), min_size=1, max_size=3))
+        out.append(Fault(site.name, index, model, tuple(sorted(bits))))
+    return out
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(faults=int8_activation_faults())
+def test_int8_activation_faults_hypothesis(faults: list[Fault]) -> None:
+    with np.load(ROOT / "models" / "digits_test.npz") as z:
+        x = z["input"][:6]
+    check_activation_faults(faults, x)
+
+
+# -- the shipped spiking model: time-step states -------------------------------------------
+
+def test_time_step_state_fault_changes_only_later_outputs() -> None:
+    data = np.load(SNN_DATA)
+    from enpheeph_onnx.runtime import make_session
+
+    x = data["input"][:40]
+    golden = make_session(load_model(SNN_MODEL)).run(None, {"input": x})[0]
+    late = inject(SNN_MODEL, [parse_fault("lif2.membrane@15[*,0]:stuck-at-1:30")]).model
+    out = make_session(late).run(None, {"input": x})[0]
+    # a stuck membrane at the last step changes at most that step's spike of class 0
+    # (bit 30 set: a huge positive membrane spikes, a huge negative one cannot)
+    assert set(np.unique(out[:, 0] - golden[:, 0])) <= {-1.0, 0.0, 1.0}
+    assert (out[:, 1:] == golden[:, 1:]).all() and (out != golden).any()

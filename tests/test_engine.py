@@ -1,0 +1,271 @@
+"""enpheeph_onnx.engine (``FaultEngine``, the run-time path): golden runs equal the
+unmodified model, faulty runs equal ``inject`` and the numpy reference bit for bit (chain
+models, the digits CNN, the shipped int8 model), fault sets and Fault lists alike, and the
+per-site-set session variants it caches."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enpheeph_onnx import (
+    Fault,
+    FaultModel,
+    SiteKind,
+    apply_faults,
+    discover_sites,
+    inject,
+    load_model,
+    parse_fault,
+)
+from enpheeph_onnx.bits import BY_NAME
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.errors import EnpheephError
+from enpheeph_onnx.faultset import FaultSet
+from enpheeph_onnx.runtime import make_session
+
+from .conftest import MODEL
+from .helpers import (
+    CONV1_W,
+    CONV2_W,
+    INT8,
+    RELU2_Q,
+    W_SHAPE,
+    X_TAIL,
+    assert_bits_equal,
+    assert_same_bits,
+    chain_faults,
+    chain_model,
+    chain_reference,
+    feed_array,
+    int8_model,
+    int8_sites,
+    raw_bits,
+    run,
+    run_input,
+    scalar_model,
+    weight_value,
+)
+
+
+@pytest.fixture(scope="module")
+def engine(model_path: Path) -> FaultEngine:
+    m = load_model(model_path)
+    return FaultEngine(m, discover_sites(m))
+
+
+# -- the digits CNN ------------------------------------------------------------------------
+
+def test_golden_run_equals_unmodified_model(engine: FaultEngine, model_path: Path,
+                                            digits: dict[str, np.ndarray]) -> None:
+    x = {"input": digits["input"]}
+    ref = make_session(load_model(model_path)).run(None, x)[0]
+    for bs in (360, 100, 7):
+        assert engine.run(x, (), bs)["logits"].tobytes() == ref.tobytes()
+    acc = np.mean(np.argmax(ref, 1) == digits["labels"])
+    assert acc == pytest.approx(359 / 360)
+
+
+@pytest.mark.parametrize("faults", [
+    ["conv1.weight[0,0,1,1]:bitflip:30"],
+    ["fc1.bias[3]:stuck-at-0:0-31", "fc1.bias[3]:stuck-at-1:30"],
+    ["/relu1/Relu_output_0[*,3,2,2]:stuck-at-1:23-30", "/relu1/Relu_output_0[1,3,2,2]:bitflip:31"],
+    ["input[202,0,1,1]:bitflip:30", "logits[*,3]:value=100"],
+    ["/conv2/Conv_output_0[*,5,1,1]:bitflip:30", "/conv2/Conv_output_0[*,5,1,1]:bitflip:30"],
+    ["/fc1/Gemm_output_0[*,7]:bitflip:22", "/fc1/Gemm_output_0[17,7]:stuck-at-0:22",
+     "/fc1/Gemm_output_0[*,7]:value=nan"],
+])
+def test_engine_equals_inject_bit_for_bit(engine: FaultEngine, model_path: Path,
+                                          digits: dict[str, np.ndarray],
+                                          faults: list[str]) -> None:
+    fs = [parse_fault(f) for f in faults]
+    x = {"input": digits["input"]}
+    fed = engine.run(x, fs, batch_size=100)["logits"]
+    standalone = make_session(inject(model_path, fs).model).run(None, x)[0]
+    assert fed.view(np.uint32).tolist() == standalone.view(np.uint32).tolist()
+    golden = engine.run(x)["logits"]
+    if faults[0].startswith("/conv2") :  # the same flip twice cancels out
+        assert fed.tobytes() == golden.tobytes()
+    else:
+        assert fed.tobytes() != golden.tobytes()
+
+
+def test_session_variants_agree_with_full_instrumentation(model_path: Path,
+                                                          digits: dict[str, np.ndarray]) -> None:
+    m = load_model(model_path)
+    acts = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
+    x = {"input": digits["input"]}
+    cached = FaultEngine(m, acts, max_variants=16)
+    full_only = FaultEngine(m, acts, max_variants=0)
+    plans = [[parse_fault("/relu1/Relu_output_0[*,3,2,2]:bitflip:30")],
+             [parse_fault("/conv2/Conv_output_0[*,1,1,1]:bitflip:29"),
+              parse_fault("/fc1/Gemm_output_0[*,5]:stuck-at-1:30")],
+             [parse_fault("logits[*,2]:bitflip:31")]]
+    golden = cached.run(x)["logits"]
+    for faults in [*plans, *plans]:  # a set of hit sites gets its session when it recurs
+        a = cached.run(x, faults, 100)["logits"]
+        b = full_only.run(x, faults, 100)["logits"]
+        assert a.tobytes() == b.tobytes()
+        assert cached.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
+        assert full_only.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
+    # one session per distinct set of hit sites, plus the base (weights only)
+    assert len(cached._variants) == 2 + len(plans)  # + the full one for first sightings
+    assert set(full_only._variants) == {frozenset(), frozenset(s.name for s in acts)}
+
+
+def test_run_and_reference_use_the_same_session(model_path: Path,
+                                                digits: dict[str, np.ndarray]) -> None:
+    m = load_model(model_path)
+    acts = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
+    e = FaultEngine(m, acts)
+    x = {"input": digits["input"]}
+    faults = [parse_fault("/relu1/Relu_output_0[*,1,1,1]:stuck-at-0:31")]
+    e.run(x, faults)
+    e.reference(x, faults)
+    # first sighting: both on the session instrumented everywhere, no per-set session yet
+    assert set(e._variants) == {frozenset(), frozenset(s.name for s in acts)}
+    e.run(x, faults)
+    e.reference(x, faults)
+    assert frozenset({"/relu1/Relu_output_0"}) in e._variants
+
+
+def test_engine_takes_fault_sets_and_fault_objects_alike(digits: dict[str, np.ndarray]) -> None:
+    proto = load_model(MODEL)
+    sites = [s for s in discover_sites(proto) if s.name in ("conv2.weight", "/relu1/Relu_output_0")]
+    engine = FaultEngine(proto, sites)
+    faults = [parse_fault("conv2.weight[3,1,0,2]:bitflip:30"),
+              parse_fault("/relu1/Relu_output_0[*,3,2,2]:stuck-at-1:30"),
+              parse_fault("conv2.weight[3,1,0,2]:bitflip:30,2")]
+    x = {"input": digits["input"][:64]}
+    a = engine.run(x, faults)["logits"]
+    b = engine.run(x, FaultSet.from_faults(faults))["logits"]
+    assert a.tobytes() == b.tobytes()
+    standalone = make_session(inject(proto, faults).model).run(None, x)[0]
+    assert standalone.tobytes() == a.tobytes()
+    with pytest.raises(EnpheephError, match="not one of the sites"):
+        engine.run(x, [parse_fault("fc1.weight[0,0]:bitflip:1")])
+
+
+# -- chain models: against inject and the reference ----------------------------------------
+
+@functools.cache
+def engine_for(dtype: str, constant: bool) -> tuple[FaultEngine, np.ndarray]:
+    d = BY_NAME[dtype]
+    rng = np.random.default_rng(11)
+    w_bits = rng.integers(0, d.all_ones, size=W_SHAPE, dtype=np.uint64,
+                          endpoint=True).astype(d.container)
+    model = chain_model(dtype, w_bits, constant)
+    return FaultEngine(model, discover_sites(model)), w_bits
+
+
+@pytest.mark.parametrize(("dtype", "constant"), [("float32", False), ("int8", True),
+                                                 ("uint8", False), ("bfloat16", False)])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_engine_matches_inject(dtype: str, constant: bool, data: st.DataObject) -> None:
+    engine, w_bits = engine_for(dtype, constant)
+    d = BY_NAME[dtype]
+    n = data.draw(st.integers(1, 3), label="batch")
+    x_bits = data.draw(raw_bits(d, (n, *X_TAIL)), label="x_bits")
+    faults = data.draw(chain_faults(dtype), label="faults")
+    feed = {"X": feed_array(dtype, x_bits)}
+    want = chain_reference(dtype, x_bits, w_bits, faults)
+    got = engine.run(feed, faults)
+    for name in ("Y", "WY"):
+        assert_bits_equal(got[name], want[name], f"engine {name}")
+    batch_size = data.draw(st.sampled_from([1, 2]), label="batch_size")
+    got_b = engine.run(feed, faults, batch_size=batch_size)
+    assert_bits_equal(got_b["Y"], want["Y"], f"engine Y, batch_size={batch_size}")
+    if dtype in ("float32", "int8"):
+        model = chain_model(dtype, w_bits, constant)
+        out = run(inject(model, faults).model, feed)
+        for name in ("Y", "WY"):
+            assert_bits_equal(out[name], got[name], f"inject vs engine {name}")
+
+
+def test_engine_bfloat16_weight_fault() -> None:
+    """Regression: perturbed bfloat16 weights must reach onnxruntime (its Python API takes
+    bfloat16 only as an OrtValue, not as an ml_dtypes array)."""
+    engine, w_bits = engine_for("bfloat16", False)
+    x = np.zeros((1, *X_TAIL), np.uint16)
+    fault = parse_fault("W[0,1]:bitflip:15")
+    got = engine.run({"X": x}, [fault])["WY"]
+    want = w_bits.copy()
+    want[0, 1] ^= 0x8000
+    assert_bits_equal(got, want)
+
+
+def test_engine_golden_and_double_flip() -> None:
+    engine, w_bits = engine_for("float32", False)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, *X_TAIL)).astype(np.float32)
+    golden = engine.run({"X": x})
+    assert_bits_equal(golden["Y"], x)
+    assert_bits_equal(golden["WY"], w_bits)
+    flip_a = parse_fault("act[2,*,1]:bitflip:5,30")
+    flip_w = parse_fault("W[*,3]:bitflip:0,31")
+    other = parse_fault("act[0,0,0]:stuck-at-1:0")
+    out = engine.run({"X": x}, [flip_a, flip_w, other, flip_w, flip_a])
+    want = x.copy()
+    want.view(np.uint32)[0, 0, 0] |= 1
+    assert_bits_equal(out["Y"], want)
+    assert_bits_equal(out["WY"], w_bits)
+    assert_bits_equal(engine.run({"X": x}, [])["Y"], x)  # nothing left over between runs
+
+
+def test_rank0_activation_engine() -> None:
+    """Regression: rank-0 sites must not break the campaign model (GatherND needs rank 1)."""
+    model = scalar_model()
+    engine = FaultEngine(model, discover_sites(model))
+    x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    assert engine.run({"X": x}, [parse_fault("s[]:bitflip:31")])["Y"].tolist() == -6.0
+
+
+# -- the shipped int8 model ----------------------------------------------------------------
+
+@pytest.mark.parametrize("faults", [
+    [Fault(CONV2_W, (3, 5, 1, 1), FaultModel.BIT_FLIP, (7,))],
+    [Fault(CONV1_W, (4, 0, 1, 1), FaultModel.STUCK_AT_1, (6,)),
+     Fault(CONV1_W, (4, 0, 1, 1), FaultModel.BIT_FLIP, (0,))],
+    [Fault(RELU2_Q, (None, 3, 2, 1), FaultModel.BIT_FLIP, (7,))],
+    [Fault(RELU2_Q, (7, 5, 1, 1), FaultModel.BIT_FLIP, (6,))],
+    [Fault(CONV2_W, (1, 2, 0, 0), FaultModel.BIT_FLIP, (6,)),
+     Fault(RELU2_Q, (None, 31, 3, 3), FaultModel.BIT_FLIP, (7,))],
+], ids=lambda fs: " ".join(str(f) for f in fs))
+def test_engine_equals_inject_on_int8(faults: list[Fault], digits: dict[str, np.ndarray]
+                                      ) -> None:
+    m = int8_model()
+    sites = int8_sites()
+    engine = FaultEngine(m, [sites[CONV1_W], sites[CONV2_W], sites[RELU2_Q]])
+    data = {"input": digits["input"][:100]}
+    golden = run_input(m, data["input"])[0]
+    assert_same_bits(engine.run(data)["logits"], golden, "engine golden")
+    assert_same_bits(engine.reference(data, faults)["logits"], golden, "engine reference")
+    want = run_input(inject(m, faults).model, data["input"])[0]
+    assert_same_bits(engine.run(data, faults, batch_size=32)["logits"], want,
+                      " ".join(map(str, faults)))
+    assert not np.array_equal(want, golden)
+
+
+def test_engine_equals_inject_with_every_int8_weight_site(digits: dict[str, np.ndarray]
+                                                          ) -> None:
+    m = int8_model()
+    engine = FaultEngine(m, [s for s in int8_sites().values() if s.kind is SiteKind.WEIGHT])
+    data = {"input": digits["input"][:100]}
+    faults = [Fault(CONV1_W, (0, 0, 0, 1), FaultModel.BIT_FLIP, (6,))]
+    want = run_input(inject(m, faults).model, data["input"])[0]
+    assert_same_bits(engine.run(data, faults)["logits"], want)
+
+
+def test_engine_int8_weight_feed_is_the_numpy_reference() -> None:
+    sites = int8_sites()
+    engine = FaultEngine(int8_model(), [sites[CONV2_W]])
+    faults = [Fault(CONV2_W, (3, 5, 1, 1), FaultModel.BIT_FLIP, (7,)),
+              Fault(CONV2_W, (None, 0, 0, 0), FaultModel.STUCK_AT_0, (7,))]
+    feed = engine.weight_feeds(faults)[CONV2_W]
+    assert_same_bits(feed, apply_faults(weight_value(int8_model(), CONV2_W), faults, INT8))

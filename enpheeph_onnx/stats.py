@@ -135,25 +135,12 @@ def mean_interval(values: np.ndarray, confidence: float = 0.95,
 
 
 @dataclass(frozen=True)
-class ClusteredProportion:
+class ClusteredProportion(Proportion):
     """A pooled rate ``k / n`` over trials (clusters of inputs) with a cluster-aware
     Wilson interval; ``n_eff`` is the effective number of independent pairs."""
 
-    k: int
-    n: int
-    low: float
-    high: float
-    trials: int
-    n_eff: float
-    confidence: float = 0.95
-
-    @property
-    def rate(self) -> float:
-        return self.k / self.n if self.n else float("nan")
-
-    def to_json(self) -> dict[str, float | int]:
-        return {"k": self.k, "n": self.n, "rate": self.rate, "ci_low": self.low,
-                "ci_high": self.high}
+    trials: int = 0
+    n_eff: float = 0.0
 
 
 def wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
@@ -190,7 +177,7 @@ def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
     n = np.asarray(n, np.float64)
     m, total, hits = len(k), float(n.sum()), float(k.sum())
     if m == 0 or total == 0:
-        return ClusteredProportion(0, 0, float("nan"), float("nan"), m, 0.0, confidence)
+        return ClusteredProportion(0, 0, float("nan"), float("nan"), confidence, m, 0.0)
     p = hits / total
     if 0 < p < 1 and m >= 2:
         var = m / (m - 1) * float(((k - p * n) ** 2).sum()) / total ** 2
@@ -199,4 +186,4 @@ def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
     else:
         n_eff = float(m)
     low, high = wilson(p, n_eff, confidence)
-    return ClusteredProportion(int(hits), int(total), low, high, m, n_eff, confidence)
+    return ClusteredProportion(int(hits), int(total), low, high, confidence, m, n_eff)

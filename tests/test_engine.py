@@ -269,3 +269,55 @@ def test_engine_int8_weight_feed_is_the_numpy_reference() -> None:
               Fault(CONV2_W, (None, 0, 0, 0), FaultModel.STUCK_AT_0, (7,))]
     feed = engine.weight_feeds(faults)[CONV2_W]
     assert_same_bits(feed, apply_faults(weight_value(int8_model(), CONV2_W), faults, INT8))
+
+
+# -- dense masks for sites with many faults -------------------------------------------------
+
+def _many_broadcast_faults(site: str, shape: tuple[int, ...], width: int, n: int,
+                           seed: int) -> list[Fault]:
+    """``n`` faults ``[*, c, h, w]`` of every model on ``site``, repeated elements included."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        idx = (None, *(int(rng.integers(0, d)) for d in shape))
+        model = list(FaultModel)[int(rng.integers(0, 4))]
+        if model is FaultModel.VALUE:
+            out.append(Fault(site, idx, model, (), float(rng.integers(-3, 4))))
+        else:
+            out.append(Fault(site, idx, model, (int(rng.integers(0, width)),)))
+    out += out[:5]  # the same elements again: composed in order
+    return out
+
+
+def test_dense_masks_equal_inject_float32(digits: dict[str, np.ndarray]) -> None:
+    """A site with >= 1/16 of its elements faulted gets dense masks; the result is the
+    standalone injected model's, bit for bit (and not the golden one)."""
+    m = load_model(MODEL)
+    site = "/relu1/Relu_output_0"  # [batch, 16, 8, 8]: 1024 elements per sample
+    engine = FaultEngine(m, [s for s in discover_sites(m) if s.name == site])
+    port = engine.ports[site]
+    assert port.dense is not None
+    faults = _many_broadcast_faults(site, (16, 8, 8), 32, 200, 0)
+    fs = FaultSet.from_faults(faults)
+    x = {"input": digits["input"][:96]}
+    feeds = engine.value_feeds(fs, x)
+    assert feeds[port.dense[0]].shape == (1, 16, 8, 8)  # dense, not scattered
+    assert feeds[port.broadcast[0]].shape == (0,) and feeds[port.indices].shape == (0, 4)
+    few = engine.value_feeds(fs.take(np.arange(10)), x)
+    assert few[port.dense[0]].shape == (0, 16, 8, 8) and few[port.broadcast[0]].shape == (10,)
+    want = make_session(inject(m, faults).model).run(None, x)[0]
+    got = engine.run(x, fs, batch_size=40)["logits"]
+    assert got.tobytes() == want.tobytes()
+    assert got.tobytes() != engine.reference(x, fs, 40)["logits"].tobytes()
+
+
+def test_dense_masks_equal_inject_int8(digits: dict[str, np.ndarray]) -> None:
+    m = int8_model()
+    sites = int8_sites()
+    engine = FaultEngine(m, [sites[RELU2_Q]])  # int8 [batch, 32, 4, 4]: 512 per sample
+    faults = _many_broadcast_faults(RELU2_Q, (32, 4, 4), 8, 100, 1)
+    x = {"input": digits["input"][:64]}
+    feeds = engine.value_feeds(FaultSet.from_faults(faults), x)
+    assert feeds[engine.ports[RELU2_Q].dense[1]].dtype == np.int8
+    want = run_input(inject(m, faults).model, x["input"])[0]
+    assert_same_bits(engine.run(x, faults)["logits"], want)

@@ -677,8 +677,8 @@ def _print_summary(s: Any) -> None:
             for r in s.per_rate]
     click.echo(_table(rows, [rk[s.rate_kind], "trials", "faults", "accuracy [95% CI]",
                              "masked", "critical SDC", "DUE", "P(trial critical)"]))
-    click.echo("(intervals over trials: t for accuracy, cluster-adjusted Wilson for outcome "
-               "rates, Wilson for P(trial critical))")
+    click.echo("(95 % Wilson intervals with the trials as the sample: accuracy, outcome rates "
+               "and P(trial critical))")
     for groups, label in ((s.per_layer, "layer"), (s.per_bit, "bit")):
         if groups:
             click.echo("")

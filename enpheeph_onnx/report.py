@@ -551,8 +551,8 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
            "only trials whose faults all lie in one layer / have one bit count there; run "
            "with `--stratify layer,bit` to measure every cell")
     lines.append("Rates are fractions with 95 % intervals over trials as `rate [low, high]` "
-                 "(accuracy: Student t; outcome rates: Wilson at the cluster-adjusted "
-                 f"effective sample size); {_NA} where no outcome was observed. Per layer and "
+                 "(Wilson intervals with the trials as the sample: a trial's inputs share its "
+                 f"faults); {_NA} where no outcome was observed. Per layer and "
                  f"bit: {how}.")
     return "\n".join(lines) + "\n"
 

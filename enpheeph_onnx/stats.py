@@ -11,12 +11,15 @@
   (e.g. the probability that a trial has any critical SDC), whose outcomes are independent.
 * The trial is the sampling unit of a campaign: the inputs of one trial share its faults,
   so (trial, input) outcomes are clustered and a binomial interval over pairs is 10-20x too
-  narrow. :func:`mean_interval` gives a Student t interval over per-trial values (mean
-  accuracy); :func:`clustered_proportion` gives the ratio estimator of a pooled outcome rate
-  with a Wilson interval at the *effective* sample size ``n / deff``, the design effect
-  ``deff`` estimated from the between-trial variance (Kish, "Survey Sampling", 1965, sec.
-  8.2; Korn & Graubard, "Confidence intervals for proportions with small expected number
-  of positive counts estimated from survey data", Survey Methodology 24(2), 1998).
+  narrow. A per-trial quantity bounded in [0, 1] (a trial's accuracy, the fraction of its
+  inputs with an outcome) gets a Wilson interval with the *trials* as the sample
+  (:func:`bounded_mean_interval`, :func:`clustered_proportion`): among variables in
+  [0, 1] with a given mean the Bernoulli one has the largest variance, so this is
+  conservative whatever the within-trial correlation (and exact when every trial is all or
+  nothing). It never has zero width (two identical trials do not demonstrate anything), and
+  its upper bound grows with the observed rate. A Student t interval over trials
+  (:func:`mean_interval`) is kept for unbounded per-trial quantities; it collapses to zero
+  width when all trials agree, so summaries do not use it for gates.
 """
 
 from __future__ import annotations
@@ -161,17 +164,11 @@ def wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
 def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
                          ) -> ClusteredProportion:
     """Pooled proportion ``sum(k) / sum(n)`` of outcomes over trials with a Wilson interval
-    at the effective sample size (see the module docstring).
+    over the trials (see the module docstring): ``n_eff`` = the number of trials.
 
     Args:
         k: ``[m]`` outcomes of interest per trial.
         n: ``[m]`` inputs per trial.
-
-    The ratio estimator's variance is the between-trial (cluster) linearization
-    ``m / (m - 1) * sum((k_i - p n_i)^2) / (sum n)^2``; ``deff`` is that over the binomial
-    ``p (1 - p) / sum(n)``, and ``n_eff = sum(n) / deff`` is clamped to ``[m, sum(n)]``.
-    When every trial agrees exactly (``p`` is 0 or 1), the spread is unknown and ``n_eff``
-    is the number of trials, the conservative choice.
     """
     k = np.asarray(k, np.float64)
     n = np.asarray(n, np.float64)
@@ -179,11 +176,23 @@ def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
     if m == 0 or total == 0:
         return ClusteredProportion(0, 0, float("nan"), float("nan"), confidence, m, 0.0)
     p = hits / total
-    if 0 < p < 1 and m >= 2:
-        var = m / (m - 1) * float(((k - p * n) ** 2).sum()) / total ** 2
-        deff = var / (p * (1 - p) / total)
-        n_eff = total if deff <= 0 else min(max(total / deff, m), total)
-    else:
-        n_eff = float(m)
-    low, high = wilson(p, n_eff, confidence)
-    return ClusteredProportion(int(hits), int(total), low, high, confidence, m, n_eff)
+    low, high = wilson(p, float(m), confidence)
+    return ClusteredProportion(int(hits), int(total), low, high, confidence, m, float(m))
+
+
+def bounded_mean_interval(values: np.ndarray, confidence: float = 0.95) -> MeanInterval:
+    """Mean of per-trial values in [0, 1] (e.g. accuracies) with a Wilson interval over the
+    trials (see the module docstring); NaN values are ignored.
+
+    Raises:
+        EnpheephError: a value outside [0, 1].
+    """
+    v = np.asarray(values, np.float64)
+    v = v[~np.isnan(v)]
+    if len(v) and (v.min() < 0 or v.max() > 1):
+        raise EnpheephError("bounded_mean_interval needs values in [0, 1]")
+    if not len(v):
+        return MeanInterval(float("nan"), float("nan"), float("nan"), 0, confidence)
+    mean = float(v.mean())
+    low, high = wilson(mean, float(len(v)), confidence)
+    return MeanInterval(mean, min(low, mean), max(high, mean), len(v), confidence)

@@ -4,10 +4,10 @@ The **trial** is the sampling unit (a trial's inputs share its faults, so their 
 are not independent). For each group of trials (a fault-rate level, a layer, a bit, a
 layer x bit cell):
 
-* ``accuracy``: the mean of the trials' accuracies with a 95 % Student t interval over
-  trials (:func:`enpheeph_onnx.stats.mean_interval`);
+* ``accuracy``: the mean of the trials' accuracies with a 95 % Wilson interval over trials
+  (:func:`enpheeph_onnx.stats.bounded_mean_interval`);
 * ``masked``, ``tolerable_sdc``, ``critical_sdc``, ``due``, ``sdc``: pooled rates over the
-  (trial, input) pairs with a cluster-aware Wilson interval at the effective sample size
+  (trial, input) pairs with a Wilson interval over trials
   (:func:`enpheeph_onnx.stats.clustered_proportion`);
 * ``p_trial_critical``: the fraction of trials with at least one critical SDC, with a
   Wilson interval over trials (:func:`enpheeph_onnx.stats.proportion`).
@@ -36,8 +36,8 @@ from .stats import (
     ClusteredProportion,
     MeanInterval,
     Proportion,
+    bounded_mean_interval,
     clustered_proportion,
-    mean_interval,
     proportion,
 )
 from .store import OUTCOMES, TrialTable
@@ -105,7 +105,7 @@ class GroupSummary:
         acc = None
         drop = drop_high = None
         if len(t) and not np.isnan(t.accuracy).all():
-            acc = mean_interval(t.accuracy, bounds=(0.0, 1.0))
+            acc = bounded_mean_interval(t.accuracy)
             if golden is not None:
                 drop, drop_high = golden - acc.mean, golden - acc.low
         crit = int(np.count_nonzero(t.counts[:, 2] > 0))

@@ -111,6 +111,28 @@ def _is_zip(path: Path) -> bool:
         raise EnpheephError(f"cannot read plan {path}: {e.strerror}") from None
 
 
+def _refuse_overwrite(out: Path | None, *inputs: Path | None, what: str = "output") -> None:
+    """Refuse an output path that is one of the command's inputs (it would be destroyed).
+
+    Raises:
+        EnpheephError: ``out`` is (or resolves to, or is a hard link of) an input.
+    """
+    if out is None:
+        return
+    for src in inputs:
+        if src is None:
+            continue
+        same = out.resolve() == src.resolve()
+        if not same and out.exists() and src.exists():
+            try:
+                same = out.samefile(src)
+            except OSError:
+                same = False
+        if same:
+            raise EnpheephError(f"{what} {out} is also an input of this command; choose "
+                                "another path (the input would be overwritten)")
+
+
 def _summary(ok: bool, text: str) -> None:
     click.echo(f"{'PASSED' if ok else 'FAILED'} {text}", err=True)
 
@@ -210,6 +232,7 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
 
     if not fault_exprs and plan_path is None:
         raise EnpheephError("no faults given: add --fault EXPR or --plan PLAN.json")
+    _refuse_overwrite(out, model, plan_path)
     plan = _plan(fault_exprs, plan_path)
     res = do_inject(model, plan)
     res.save(out)
@@ -248,6 +271,7 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
     from .model import atomic_path, load_model
     from .runtime import check_feeds, load_npz, make_session, run_batched
 
+    _refuse_overwrite(out, model, inputs_path, other)
     arrays = load_npz(inputs_path)
     proto = load_model(model)
     sess = make_session(proto, provider)  # type: ignore[arg-type]
@@ -497,6 +521,9 @@ def _gates(specs: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
             out.append((name, float(val)))
         except ValueError:
             raise EnpheephError(f"bad --fail-above {spec!r}: the threshold is a number") from None
+    from .summary import validate_gates
+
+    validate_gates(out)
     return tuple(out)
 
 
@@ -522,6 +549,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
     from .campaign import input_names, load_dataset, plan_campaign
     from .model import load_model
 
+    _refuse_overwrite(out, model, data_path)
     cfg = _build_config(model, **opts)
     data = load_dataset(data_path, input_names(load_model(model)), require_labels=False)
     p = plan_campaign(model, cfg, len(data))
@@ -572,6 +600,7 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
     from .campaign import CampaignPlan, input_names, load_dataset, run_campaign
     from .model import load_model
 
+    _refuse_overwrite(db, model, data_path, plan_path, what="--db")
     if resume and db is None:
         raise EnpheephError("--resume needs --db RESULTS.sqlite")
     gates = _gates(fail_above)
@@ -748,6 +777,8 @@ def report(dbs: tuple[Path, ...], out_dir: Path, labels: tuple[str, ...]) -> Non
     """
     from .report import write_comparison, write_report
 
+    _refuse_overwrite(out_dir, *dbs)
+
     if labels and len(labels) != len(dbs):
         raise EnpheephError(f"{len(labels)} --label for {len(dbs)} databases: give one each")
     names = list(labels) if labels else [db.stem for db in dbs]
@@ -817,6 +848,7 @@ def export(db: Path | None, fmt: str, table: str, factory: str | None, weights: 
                                 "pkg.module:factory to export a model")
         from .export_results import export_table
 
+        _refuse_overwrite(out, db)
         n = export_table(db, table, fmt, out)
         _summary(True, f"export: {n} {table} rows -> {out}")
         return
@@ -836,6 +868,8 @@ def export(db: Path | None, fmt: str, table: str, factory: str | None, weights: 
         raise EnpheephError(f"--input-shape {input_shape!r}: dimensions must be >= 1")
     from .export.core import export_model, load_factory, load_weights
     from .runtime import load_npz
+
+    _refuse_overwrite(out, weights, calibration)
 
     calib = load_npz(calibration) if calibration is not None else None
     if calib is not None and input_name not in calib:

@@ -52,6 +52,10 @@ def _trial_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
 
 
 def _fault_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
+    if store.meta().get("config", {}).get("store_faults") == "none":
+        raise EnpheephError(
+            f"{store.path} stored no faults (campaign --store-faults none); re-create them "
+            "with 'enpheeph-onnx plan' and the campaign's options and seed")
     info = {s.name: s for s in store.sites()}
     for trial, fs in store.fault_sets():
         names = fs.site_names()

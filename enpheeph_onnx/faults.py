@@ -346,10 +346,17 @@ class FaultPlan:
             text = p.read_text()
         except OSError as e:
             raise EnpheephError(f"cannot read plan {p}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise EnpheephError(f"plan {p} is neither a JSON fault plan nor a binary (.npz) "
+                                "one; write one with FaultPlan.dumps() or FaultSet.save_npz()"
+                                ) from None
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise EnpheephError(f"plan {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        if isinstance(obj, dict) and obj.get("format") == "enpheeph-onnx campaign plan":
+            raise EnpheephError(f"{p} is a campaign plan: replay it with 'campaign --plan'; "
+                                "'inject --plan' takes a fault plan {\"faults\": [...]}")
         try:
             return cls.from_json(obj)
         except EnpheephError as e:

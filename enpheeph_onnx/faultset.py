@@ -34,6 +34,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,16 +172,16 @@ class FaultSet:
         return out
 
     def to_faults(self, ranks: dict[str, int] | None = None) -> tuple[Fault, ...]:
-        """The faults as :class:`Fault` objects, exactly. ``ranks``: each site's rank
-        (default: the width of :attr:`index`, trailing zero columns dropped only when a
-        rank is given)."""
+        """The faults as :class:`Fault` objects, exactly. ``ranks``: each site's rank (a
+        site not in it, or no ``ranks``: the width of :attr:`index`); the index columns
+        beyond a site's rank are dropped."""
         out = []
         width = self.index.shape[1]
         idx_rows = self.index.tolist()
         bit_rows = self.bits.tolist()
         for r, (s, m) in enumerate(zip(self.site.tolist(), self.model.tolist(), strict=True)):
             name = self.sites[s]
-            rank = ranks[name] if ranks is not None else width
+            rank = ranks.get(name, width) if ranks is not None else width
             index = tuple(None if i < 0 else i for i in idx_rows[r][:rank])
             model = MODEL_CODES[m]
             if model is FaultModel.VALUE:
@@ -275,9 +277,10 @@ class FaultSet:
         except (KeyError, TypeError, ValueError) as e:
             raise EnpheephError(f"malformed fault columns ({e})") from None
         if len(fs) and (fs.site.min() < 0 or fs.site.max() >= len(fs.sites)
-                        or fs.model.max() > VALUE or fs.index.min() < -1):
+                        or fs.model.max() > VALUE or fs.index.min() < -1
+                        or ((fs.model != VALUE) & (fs.bits == 0)).any()):
             raise EnpheephError("malformed fault columns (a site, model or index is out of "
-                                "range)")
+                                "range, or a bit fault without bits)")
         return fs
 
     def save_npz(self, path: str | os.PathLike[str]) -> None:
@@ -295,9 +298,17 @@ class FaultSet:
             EnpheephError: unreadable or not a fault plan.
         """
         z = _open_npz(path)
-        if str(z.get("format", "")) != PLAN_FORMAT:
-            raise EnpheephError(f"{path} is not a binary fault plan (a campaign plan goes to "
-                                "'campaign --plan')")
+        fmt = str(z.get("format", ""))
+        if fmt != PLAN_FORMAT:
+            if "header" in z and "offsets" in z:
+                raise EnpheephError(f"{path} is a campaign plan: replay it with 'campaign "
+                                    "--plan'; 'inject --plan' takes a fault set "
+                                    "(FaultSet.save_npz)")
+            if fmt.startswith("enpheeph-onnx fault plan"):
+                raise EnpheephError(f"{path} is a fault plan of another version ({fmt!r}); "
+                                    f"this version reads {PLAN_FORMAT!r}")
+            raise EnpheephError(f"{path} is an .npz file but not a fault plan (arrays "
+                                f"{sorted(z)[:4]}); write one with FaultSet.save_npz()")
         try:
             return cls.from_arrays(z)
         except EnpheephError as e:
@@ -369,7 +380,7 @@ def _open_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         raise EnpheephError(f"{p} is not a valid .npz file ({e})") from None
 
 

@@ -300,7 +300,17 @@ class ResultStore:
         names = [s.name for s in self.sites()]
         for trial, layout, data in self.conn.execute(
                 "SELECT trial, layout, data FROM fault_set ORDER BY trial"):
-            yield trial, FaultSet.decode(layout, data, names)
+            yield trial, self._decode(trial, layout, data, names)
+
+    def _decode(self, trial: int, layout: str, data: bytes, names: list[str]) -> FaultSet:
+        try:
+            fs = FaultSet.decode(layout, data, names)
+            if len(fs) and (fs.site.max() >= len(names) or fs.site.min() < 0):
+                raise ValueError("site id out of range")
+            return fs
+        except (ValueError, KeyError, TypeError, IndexError) as e:
+            raise EnpheephError(f"results database {self.path} is damaged: the faults of "
+                                f"trial {trial} cannot be read ({e})") from None
 
     def faults(self, trial: int) -> FaultSet | None:
         """The faults of one trial, or ``None`` when they were not stored."""
@@ -308,13 +318,18 @@ class ResultStore:
                                 (trial,)).fetchone()
         if row is None:
             return None
-        return FaultSet.decode(row[0], row[1], [s.name for s in self.sites()])
+        return self._decode(trial, row[0], row[1], [s.name for s in self.sites()])
 
     def outcome_sets(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         """``(trial, outcomes uint8[N], correct bool[N] | None)`` in trial order."""
-        for trial, outcome, correct in self.conn.execute(
-                "SELECT trial, outcome, correct FROM outcome_set ORDER BY trial"):
+        for trial, samples, outcome, correct in self.conn.execute(
+                "SELECT o.trial, t.samples, o.outcome, o.correct FROM outcome_set o "
+                "JOIN trial t ON t.trial = o.trial ORDER BY o.trial"):
             codes = np.frombuffer(outcome, np.uint8)
+            if len(codes) != samples or (len(codes) and codes.max() > 3) or (
+                    correct is not None and len(correct) != (samples + 7) // 8):
+                raise EnpheephError(f"results database {self.path} is damaged: the outcomes "
+                                    f"of trial {trial} do not match its {samples} inputs")
             yield trial, codes, (None if correct is None else np.unpackbits(
                 np.frombuffer(correct, np.uint8), count=len(codes)).astype(bool))
 

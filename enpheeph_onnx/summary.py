@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EnpheephError
 from .stats import (
     ClusteredProportion,
     MeanInterval,
@@ -279,6 +280,23 @@ class GateResult:
                 "value": self.value, "bound": self.bound, "passed": self.passed}
 
 
+def validate_gates(gates: Sequence[tuple[str, float]]) -> None:
+    """Check gates before a campaign runs.
+
+    Raises:
+        EnpheephError: an unknown metric, or a threshold that is not a number a bound can
+            be compared with (rates in [0, 1], ``accuracy_drop`` in [-1, 1]).
+    """
+    for metric, threshold in gates:
+        if metric not in METRICS:
+            raise EnpheephError(f"unknown gate metric {metric!r}: use one of "
+                                f"{', '.join(METRICS)}")
+        lo = -1.0 if metric == "accuracy_drop" else 0.0
+        if not (isinstance(threshold, int | float) and lo <= threshold <= 1.0):
+            raise EnpheephError(f"gate {metric}={threshold}: the threshold must be a number in "
+                                f"[{lo:g}, 1] (a fraction, e.g. 0.01)")
+
+
 def check_gates(summary: CampaignSummary, gates: Sequence[tuple[str, float]]
                 ) -> list[GateResult]:
     """Evaluate ``--fail-above`` gates at every fault-rate level (a missing value, e.g.
@@ -293,4 +311,4 @@ def check_gates(summary: CampaignSummary, gates: Sequence[tuple[str, float]]
 
 
 __all__ = ["METRICS", "BitLayerGrid", "CampaignSummary", "GateResult", "GroupSummary",
-           "OutcomeRates", "check_gates", "summarize"]
+           "OutcomeRates", "check_gates", "summarize", "validate_gates"]

@@ -18,13 +18,14 @@ from onnx import helper
 from enpheeph_onnx import inject, parse_fault
 from enpheeph_onnx.campaign import Outcome
 from enpheeph_onnx.cli import main
+from enpheeph_onnx.errors import EnpheephError
 from enpheeph_onnx.faults import FaultModel
 from enpheeph_onnx.faultset import CODE_OF, FaultSet
 from enpheeph_onnx.runtime import make_session
 from enpheeph_onnx.stats import sample_size
 from enpheeph_onnx.store import ResultStore
 
-from .conftest import MODEL, MODELS, SNN_DATA, SNN_MODEL, cuda_available
+from .conftest import DATA, MODEL, MODELS, SNN_DATA, SNN_MODEL, cuda_available
 from .helpers import VARIANTS, assert_user_error, invoke, stored_trials, strict_json
 
 # -- sites ---------------------------------------------------------------------------------
@@ -529,3 +530,89 @@ def test_cli_runner_has_no_global_state() -> None:
     # the same invocation twice gives byte-identical JSON apart from timings
     r = CliRunner()
     assert r.invoke(main, ["--version"]).output.startswith("enpheeph-onnx")
+
+
+# -- review findings: inputs are never destroyed, damaged files are one-line errors ------------
+
+def test_an_output_that_is_an_input_is_refused(tmp_path: Path) -> None:
+    import shutil
+
+    model, data = tmp_path / "m.onnx", tmp_path / "d.npz"
+    shutil.copy(MODEL, model)
+    shutil.copy(DATA, data)
+    before = (model.read_bytes(), data.read_bytes())
+    db = tmp_path / "r.sqlite"
+    code, _, err = invoke("campaign", model, "--data", data, "--trials", "2", "--db", db,
+                          "--no-progress")
+    assert code == 0, err
+    db_bytes = db.read_bytes()
+    for args in (["inject", model, "-o", model, "--fault", "conv1.weight[0,0,1,1]:bitflip:30"],
+                 ["inject", model, "-o", str(tmp_path / "." / "m.onnx"), "--fault",
+                  "conv1.weight[0,0,1,1]:bitflip:30"],
+                 ["run", model, "--inputs", data, "-o", data],
+                 ["plan", model, "--data", data, "-o", model],
+                 ["export", db, "-o", db],
+                 ["campaign", model, "--data", data, "--db", data]):
+        assert_user_error(*invoke(*args), "is also an input")
+    assert (model.read_bytes(), data.read_bytes()) == before and db.read_bytes() == db_bytes
+
+
+def test_damaged_plans_are_one_line_errors(tmp_path: Path) -> None:
+    from enpheeph_onnx.faultset import FaultSet
+
+    fs = FaultSet.from_faults([parse_fault("conv1.weight[0,0,1,1]:bitflip:30")] * 200)
+    fs.save_npz(tmp_path / "p.npz")
+    raw = (tmp_path / "p.npz").read_bytes()
+    (tmp_path / "trunc.npz").write_bytes(raw[: len(raw) // 2])
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "p.npz") as z:  # a byte inside the compressed index
+        info = z.getinfo("index.npy")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    flipped = bytearray(raw)
+    flipped[start + info.compress_size // 2] ^= 0xFF
+    (tmp_path / "flip.npz").write_bytes(bytes(flipped))
+    out = tmp_path / "f.onnx"
+    for bad in ("trunc.npz", "flip.npz"):
+        assert_user_error(*invoke("inject", MODEL, "-o", out, "--plan", tmp_path / bad))
+        assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--plan", tmp_path / bad))
+    assert_user_error(*invoke("inject", MODEL, "-o", out, "--plan", MODEL), "neither a JSON")
+    assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--plan", tmp_path / "p.npz"),
+                      "fault set", "inject --plan")
+    code, _, err = invoke("plan", MODEL, "--data", DATA, "--trials", "2", "-o",
+                          tmp_path / "c.npz")
+    assert code == 0, err
+    assert_user_error(*invoke("inject", MODEL, "-o", out, "--plan", tmp_path / "c.npz"),
+                      "campaign plan", "campaign --plan")
+    assert not out.exists()
+
+
+def test_store_faults_none_is_kept_and_refused_where_faults_are_needed(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    args = ["campaign", MODEL, "--data", DATA, "--trials", "3", "--db", db, "--no-progress"]
+    code, _, err = invoke(*args, "--store-faults", "none")
+    assert code == 0, err
+    assert_user_error(*invoke("export", db, "--table", "faults", "-o", tmp_path / "f.csv"),
+                      "stored no faults", "plan")
+    assert not (tmp_path / "f.csv").exists()
+    assert_user_error(*invoke(*args, "--resume", "--trials", "6"), "--store-faults")
+    code, _, err = invoke("export", db, "--table", "trials", "-o", tmp_path / "t.csv")
+    assert code == 0 and len((tmp_path / "t.csv").read_text().splitlines()) == 4
+
+
+def test_gates_are_checked_before_the_campaign_runs(tmp_path: Path) -> None:
+    from enpheeph_onnx.campaign import CampaignConfig, load_dataset, run_campaign
+
+    for spec in ("critical_sdc_rate=1.5", "critical_sdc_rate=-1", "critical_sdc_rate=nan",
+                 "accuracy_drop=2"):
+        assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--trials", "2",
+                                  "--fail-above", spec, "--db", tmp_path / "g.sqlite"),
+                          "threshold")
+    assert not (tmp_path / "g.sqlite").exists()
+    data = load_dataset(DATA, ["input"])
+    with pytest.raises(EnpheephError, match="unknown gate metric 'bogus'"):
+        run_campaign(MODEL, data, CampaignConfig(trials=1), gates=(("bogus", 0.1),))
+    # two identical trials demonstrate nothing: the accuracy-drop gate fails
+    code, _, err = invoke("campaign", MODEL, "--data", DATA, "--fault-rate", "1e-7",
+                          "--trials", "2", "--fail-above", "accuracy_drop=0.001")
+    assert code == 1 and "upper bound" in err

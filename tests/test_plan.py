@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from enpheeph_onnx.campaign import CampaignConfig, CampaignPlan, CountMode, Sampler, plan_campaign
 from enpheeph_onnx.model import load_model
 from enpheeph_onnx.store import ResultStore
 
-from .conftest import MODEL
+from .conftest import DATA, MODEL
 from .helpers import invoke, selected_sites
 
 
@@ -93,3 +95,37 @@ def test_plan_replays_exactly(tmp_path: Path, model_path: Path, data_path: Path)
     for spec_j, spec_b, (_, stored) in zip(p_json.trials, p_bin.trials, faults["direct"],
                                            strict=True):
         assert spec_j.faults.equals(stored) and spec_b.faults.equals(stored)
+
+
+def test_json_plan_writes_each_fault_with_its_own_rank(tmp_path: Path) -> None:
+    cfg = CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-2,), trials=2, seed=0)
+    plan = plan_campaign(MODEL, cfg, 360)
+    plan.save(tmp_path / "p.json")
+    d = json.loads((tmp_path / "p.json").read_text())
+    ranks = {"conv1.weight": 4, "conv2.weight": 4, "fc1.weight": 2, "fc2.weight": 2,
+             "conv1.bias": 1, "conv2.bias": 1, "fc1.bias": 1, "fc2.bias": 1}
+    faults = [f for t in d["trials"] for f in t["faults"]]
+    assert len(faults) > 100
+    assert all(len(f["index"]) == ranks[f["site"]] for f in faults)
+    # a trial's faults are a valid fault plan for inject
+    from enpheeph_onnx import FaultPlan, inject
+
+    inject(MODEL, FaultPlan.from_json({"faults": d["trials"][0]["faults"]}))
+
+
+def test_a_plan_level_outside_its_configuration_is_refused(tmp_path: Path) -> None:
+    from enpheeph_onnx.campaign import load_dataset, run_campaign
+    from enpheeph_onnx.errors import EnpheephError
+
+    cfg = CampaignConfig(count=CountMode.FAULT_RATE, rates=(1e-3, 1e-2), trials=1, seed=0)
+    plan_campaign(MODEL, cfg, 360).save(tmp_path / "p.json")
+    d = json.loads((tmp_path / "p.json").read_text())
+    d["trials"][0]["level"] = 7
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    bad = CampaignPlan.load(tmp_path / "bad.json")
+    with pytest.raises(EnpheephError, match="level 7"):
+        run_campaign(MODEL, load_dataset(DATA, ["input"]), cfg, plan=bad)
+    d["version"] = 99
+    (tmp_path / "v.json").write_text(json.dumps(d))
+    with pytest.raises(EnpheephError, match="version 99"):
+        CampaignPlan.load(tmp_path / "v.json")

@@ -36,7 +36,7 @@ from enpheeph_onnx.runtime import make_session
 from enpheeph_onnx.sites import SiteKind
 from enpheeph_onnx.store import ResultStore
 
-from .conftest import INT8_MODEL, PRUNED_MODEL, SNN_DATA, SNN_MODEL
+from .conftest import DATA, INT8_MODEL, MODEL, PRUNED_MODEL, SNN_DATA, SNN_MODEL
 from .helpers import (
     DENSE_ACCURACY,
     accuracy,
@@ -307,3 +307,18 @@ def test_campaign_on_the_shipped_snn(snn_model: onnx.ModelProto,
     assert not np.isnan(t.accuracy).any() and ((t.accuracy >= 0) & (t.accuracy <= 1)).all()
     assert (t.n_faults > 0).all()  # rate 1e-3 over thousands of elements
     assert result.mean_accuracy == pytest.approx(float(t.accuracy.mean()), abs=1e-15)
+
+
+def test_a_damaged_database_blob_is_an_error(tmp_path: Path) -> None:
+    from enpheeph_onnx.export_results import export_table
+
+    db = tmp_path / "r.sqlite"
+    run_campaign(MODEL, load_dataset(DATA, ["input"]), CampaignConfig(trials=2), db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE fault_set SET layout = 'not json' WHERE trial = 1")
+        conn.execute("UPDATE outcome_set SET outcome = x'00' WHERE trial = 0")
+    with pytest.raises(EnpheephError, match="damaged: the faults of trial 1"):
+        export_table(db, "faults", "csv", tmp_path / "f.csv")
+    with pytest.raises(EnpheephError, match="damaged: the outcomes of trial 0"):
+        export_table(db, "outcomes", "csv", tmp_path / "o.csv")
+    assert not (tmp_path / "f.csv").exists() and not (tmp_path / "o.csv").exists()

@@ -248,3 +248,16 @@ def test_time_steps_selection_and_permanent_faults() -> None:
     assert len(by_state) == 3 and all(sorted(v) == list(range(16)) for v in by_state.values())
     with pytest.raises(EnpheephError, match="time step 20 does not exist"):
         select_sites(sites, CampaignConfig(selection=sel, time_steps="20"))
+
+
+def test_layers_are_in_network_order_on_the_int8_model() -> None:
+    from enpheeph_onnx.campaign import layer_order
+
+    from .conftest import INT8_MODEL
+
+    proto = load_model(INT8_MODEL)
+    order = layer_order(proto, discover_sites(proto))
+    names = [k for k, _ in sorted(order.items(), key=lambda kv: kv[1])]
+    layers = [n for n in names if n in ("conv1", "relu1", "conv2", "relu2", "fc1", "relu3",
+                                        "fc2")]
+    assert layers == ["conv1", "relu1", "conv2", "relu2", "fc1", "relu3", "fc2"]

@@ -13,7 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
-from dataclasses import dataclass
+import zipfile
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,8 @@ class CampaignPlan:
     model_sha256: str
     samples: int
     trials: tuple[TrialSpec, ...]
+    ranks: dict[str, int] = field(default_factory=dict)
+    """The rank of each site (so that a fault is written with one coordinate per dimension)."""
 
     def trial_numbers(self) -> list[int]:
         return [t.trial for t in self.trials]
@@ -58,14 +62,16 @@ class CampaignPlan:
 
     def _header(self, version: int) -> dict[str, Any]:
         return {"format": FORMAT, "version": version, "config": self.config.to_json(),
-                "model_sha256": self.model_sha256, "samples": self.samples}
+                "model_sha256": self.model_sha256, "samples": self.samples,
+                "ranks": dict(self.ranks)}
 
     def to_json(self) -> dict[str, Any]:
         return {**self._header(1), "trials": [
             {"trial": t.trial, "level": t.level, "rate": t.rate,
              "stratum": None if t.stratum is None else {"layer": t.stratum.layer,
                                                         "bit": t.stratum.bit},
-             "faults": [f.to_json() for f in t.faults.to_faults()]} for t in self.trials]}
+             "faults": [f.to_json() for f in t.faults.to_faults(self.ranks)]}
+            for t in self.trials]}
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the plan atomically: JSON for a ``.json`` path, else binary (``.npz``)."""
@@ -108,6 +114,10 @@ class CampaignPlan:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise EnpheephError(f"campaign plan {p} is neither a binary (.npz) plan nor valid "
                                 f"JSON ({e})") from None
+        if isinstance(d, dict) and d.get("format") == FORMAT and d.get("version") != 1:
+            raise EnpheephError(f"{p}: campaign plan version {d.get('version')!r} is not one "
+                                "this version reads (1); write it again with "
+                                "'enpheeph-onnx plan'")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise EnpheephError(
                 f"{p} is not a campaign plan (write one with 'enpheeph-onnx plan'); "
@@ -120,7 +130,7 @@ class CampaignPlan:
                                                           for f in t["faults"]))
                            for t in d["trials"])
             return cls(CampaignConfig.from_json(d["config"]), str(d["model_sha256"]),
-                       int(d["samples"]), trials)
+                       int(d["samples"]), trials, _ranks(d, trials))
         except (KeyError, TypeError, ValueError) as e:
             raise EnpheephError(f"campaign plan {p} is malformed ({e})") from None
 
@@ -129,9 +139,16 @@ class CampaignPlan:
         try:
             with np.load(io.BytesIO(raw), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
+            if "header" not in arrays:
+                raise EnpheephError(f"{p} is not a campaign plan" + (
+                    " but a fault set: apply it with 'inject --plan'" if "format" in arrays
+                    else "") + "; write one with 'enpheeph-onnx plan'")
             header = json.loads(str(arrays["header"]))
-            if header.get("format") != FORMAT:
-                raise KeyError("format")
+            if header.get("format") != FORMAT or header.get("version") != 2:
+                raise EnpheephError(f"{p}: not a campaign plan of this version (format "
+                                    f"{header.get('format')!r}, version "
+                                    f"{header.get('version')!r}); write one with "
+                                    "'enpheeph-onnx plan'")
             joined = FaultSet.from_arrays(arrays, "faults_")
             offsets = arrays["offsets"].astype(np.int64)
             trials = tuple(
@@ -139,10 +156,21 @@ class CampaignPlan:
                           joined.take(np.arange(offsets[i], offsets[i + 1])))
                 for i, t in enumerate(header["trials"]))
             return cls(CampaignConfig.from_json(header["config"]), str(header["model_sha256"]),
-                       int(header["samples"]), trials)
-        except (KeyError, TypeError, ValueError, OSError, IndexError) as e:
-            raise EnpheephError(f"{p} is not a campaign plan, or it is malformed ({e}); write "
-                                "one with 'enpheeph-onnx plan'") from None
+                       int(header["samples"]), trials, _ranks(header, trials))
+        except (KeyError, TypeError, ValueError, OSError, IndexError, EOFError,
+                zipfile.BadZipFile, zlib.error) as e:
+            raise EnpheephError(f"{p} is not a campaign plan, or it is damaged "
+                                f"({type(e).__name__}: {e}); write one with 'enpheeph-onnx "
+                                "plan' (a fault set .npz goes to 'inject --plan')") from None
+
+
+def _ranks(header: dict[str, Any], trials: tuple[TrialSpec, ...]) -> dict[str, int]:
+    """The header's site ranks, or (older plans) the width of each trial's index."""
+    ranks = {str(k): int(v) for k, v in (header.get("ranks") or {}).items()}
+    for t in trials:
+        for name in t.faults.sites:
+            ranks.setdefault(name, t.faults.index.shape[1])
+    return ranks
 
 
 def _stratum(d: Any) -> Stratum | None:
@@ -160,7 +188,7 @@ def plan_campaign(model: ModelSource, cfg: CampaignConfig, samples: int) -> Camp
     sampler = Sampler(sites, cfg, samples, allowed_elements(proto, sites, cfg.pruned_weights),
                       layer_order(proto, sites))
     return CampaignPlan(cfg, model_sha256(model), samples,
-                        tuple(sampler.spec(t) for t in sampler.trial_numbers()))
+                        tuple(sampler.spec(t) for t in sampler.trial_numbers()), sampler.ranks)
 
 
 __all__ = ["CampaignPlan", "plan_campaign"]

@@ -29,7 +29,7 @@ from ..rewrite import validate_fault_set
 from ..runtime import check_feeds
 from ..sites import FaultSite, discover_sites, site_map
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
-from ..summary import CampaignSummary, GateResult, check_gates, summarize
+from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
 from .config import CampaignConfig
 from .data import Dataset, data_sha256
 from .outcomes import classify, correct
@@ -121,6 +121,10 @@ def _open_store(db: str | os.PathLike[str], resume: bool, meta: dict[str, Any],
     elif old.get("data_sha256", meta["data_sha256"]) != meta["data_sha256"]:
         problem = (f"it was run on other data (sha256 {str(old.get('data_sha256'))[:12]}...); "
                    "use the same --data or a new --db")
+    elif old["config"].get("store_faults", "all") != cfg.store_faults:
+        problem = (f"it stores faults with --store-faults "
+                   f"{old['config'].get('store_faults', 'all')}; resume with the same option "
+                   "(a mixed database would hold the faults of some trials only)")
     else:
         was = CampaignConfig.from_json(old["config"]).sampling_json()
         now = cfg.sampling_json()
@@ -150,6 +154,17 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
                      output=config.output or plan.config.output,
                      store_faults=config.store_faults)
     smap = site_map(all_sites)
+    levels = config.levels
+    numbers = [t.trial for t in plan.trials]
+    if len(set(numbers)) != len(numbers):
+        raise EnpheephError("the campaign plan lists a trial number twice; write it again "
+                            "with 'enpheeph-onnx plan'")
+    for t in plan.trials:
+        if not 0 <= t.level < len(levels) or t.rate != levels[t.level]:
+            raise EnpheephError(
+                f"campaign plan trial {t.trial}: level {t.level} (rate {t.rate}) is not one "
+                f"of the plan's levels {list(levels)}; write it again with 'enpheeph-onnx "
+                "plan'")
     names: set[str] = set()
     for t in plan.trials:
         validate_fault_set(smap, t.faults)
@@ -195,6 +210,7 @@ def run_campaign(
             created or resumed; a fault that cannot be applied.
         KeyboardInterrupt: after committing every finished trial.
     """
+    validate_gates(gates)
     run = _Run(model, data, config, db, resume, plan)
     finished = run.stored_result(gates)  # resuming a finished campaign runs nothing
     if finished is not None:

@@ -368,12 +368,38 @@ def trials_for_margin(sites: list[FaultSite], cfg: CampaignConfig, margin: float
     return sample_size(fault_population(sites, cfg, allowed), margin, confidence, p)
 
 
+_PASS_THROUGH = {"DequantizeLinear", "QuantizeLinear", "Cast", "Identity", "Reshape",
+                 "Transpose", "Unsqueeze", "Squeeze"}
+"""Ops that only carry a weight to the node that computes with it (QDQ models keep every
+weight's DequantizeLinear at the top of the graph)."""
+
+
 def layer_order(model: onnx.ModelProto, sites: Sequence[FaultSite]) -> dict[str, int]:
-    """Layer name -> the position of its first node in the graph (network order)."""
-    pos = {n.name: i for i, n in enumerate(model.graph.node)}
+    """Layer name -> its position in the network: the graph position of the node producing
+    one of its activations, or of the first node computing with one of its weights or
+    inputs (following DequantizeLinear and other pass-through ops to their consumers)."""
+    nodes = list(model.graph.node)
+    pos = {n.name: i for i, n in enumerate(nodes)}
+    consumers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            consumers.setdefault(name, []).append(i)
+
+    def position(i: int, depth: int = 0) -> int:
+        n = nodes[i]
+        if n.op_type not in _PASS_THROUGH or depth >= 4:
+            return i
+        nxt = [c for o in n.output for c in consumers.get(o, [])]
+        return min((position(c, depth + 1) for c in nxt), default=i)
+
     out: dict[str, int] = {}
     for s in sites:
-        p = min([pos[n] for n in s.node.split(",") if n in pos] or [len(pos)])
+        if (s.kind is SiteKind.ACTIVATION and s.node in pos
+                and nodes[pos[s.node]].op_type not in _PASS_THROUGH):
+            p = pos[s.node]  # where it is computed
+        else:
+            first = consumers.get(s.name, []) or ([pos[s.node]] if s.node in pos else [])
+            p = min((position(c) for c in first), default=len(nodes))
         name = layer_of(s)
         out[name] = min(out.get(name, p), p)
     return out

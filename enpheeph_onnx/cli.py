@@ -528,7 +528,10 @@ def _gates(specs: tuple[str, ...]) -> tuple[tuple[str, float], ...]:
 
 
 def _fmt(x: float | None, spec: str = ".4f") -> str:
-    return "-" if x is None else format(x, spec)
+    if x is None:
+        return "-"
+    text = format(x, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0000"
 
 
 @main.command()
@@ -695,7 +698,9 @@ def _print_summary(s: Any) -> None:
     """The campaign tables of a :class:`~enpheeph_onnx.summary.CampaignSummary`."""
     click.echo(f"golden accuracy  {_fmt(s.golden_accuracy)}  ({s.samples} samples)")
     click.echo(f"mean accuracy    {_fmt(s.mean_accuracy)}  over {len(s.table)} trials")
-    click.echo(f"accuracy drop    {_fmt(s.accuracy_drop)}")
+    click.echo(f"accuracy drop    {_fmt(s.accuracy_drop)}"
+               + ("  (stratified: every stratum weighs the same, not an estimate for the "
+                  "whole model)" if s.attribution == "stratified" else ""))
     n = max(sum(s.outcomes.values()), 1)
     click.echo("outcomes         " + "  ".join(f"{k} {v / n:.4f}" for k, v in s.outcomes.items()))
     click.echo("")
@@ -809,8 +814,8 @@ def _stored_summary(db: Path) -> dict[str, Any]:
 
 @main.command()
 @click.argument("db", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv",
-              show_default=True, help="Results export: file format.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default=None,
+              help="Results export: file format [default: from the -o suffix, else csv].")
 @click.option("--table", type=click.Choice(["trials", "faults", "outcomes"]), default="trials",
               show_default=True,
               help="Results export: trials (one row per trial), faults (one per fault) or "
@@ -849,6 +854,12 @@ def export(db: Path | None, fmt: str, table: str, factory: str | None, weights: 
         from .export_results import export_table
 
         _refuse_overwrite(out, db)
+        suffix = out.suffix.lower().lstrip(".")
+        if fmt is None:
+            fmt = suffix if suffix in ("csv", "parquet") else "csv"
+        elif suffix in ("csv", "parquet") and suffix != fmt:
+            raise EnpheephError(f"--format {fmt} but -o {out} ends in .{suffix}: make them "
+                                "agree")
         n = export_table(db, table, fmt, out)
         _summary(True, f"export: {n} {table} rows -> {out}")
         return

@@ -270,7 +270,10 @@ def _yerr(mean: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
 
 def _fmt(x: Any, spec: str = ".4f") -> str:
     v = _num(x)
-    return _NA if math.isnan(v) else format(v, spec)
+    if math.isnan(v):
+        return _NA
+    text = format(v, spec)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0000"
 
 
 def _fmt_ci(mean: Any, low: Any, high: Any) -> str:

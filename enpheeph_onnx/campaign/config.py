@@ -153,6 +153,8 @@ class CampaignConfig:
     store_faults: str = "all"
 
     def __post_init__(self) -> None:
+        if isinstance(self.stratify, str):
+            object.__setattr__(self, "stratify", tuple(self.stratify.split(",")))
         axes = tuple(a for a in ("layer", "bit") if a in self.stratify)
         if len(axes) != len(set(self.stratify)):
             raise EnpheephError(f"--stratify {','.join(self.stratify)}: use layer, bit or "
@@ -164,8 +166,9 @@ class CampaignConfig:
             raise EnpheephError("--stratify bit needs a bit fault model: the value model "
                                 "replaces whole elements")
         if axes and self.count is CountMode.BIT_ERROR_RATE:
-            raise EnpheephError("--stratify works with --fault-rate or a fixed count; "
-                                "--bit-error-rate draws the bit with the element")
+            raise EnpheephError("--stratify works with --fault-rate or a fixed count, not "
+                                "--bit-error-rate (whose population, elements x bits, is not "
+                                "split into strata); use --fault-rate")
         if self.pruned_weights not in ("skip", "only", "include"):
             raise EnpheephError(f"--pruned-weights {self.pruned_weights!r}: use skip, only or "
                                 "include")

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes (a smoke test, ~20 s)")
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--faults", type=int, default=100_000)
-    ap.add_argument("--params", type=int, default=10_000_000)
+    ap.add_argument("--params", type=int, default=10_240_000)
     ap.add_argument("--plan-faults", type=int, default=1_000_000)
     ap.add_argument("--json-faults", type=int, default=100_000)
     ap.add_argument("--out", type=Path, default=None, help="write the figures as JSON")

@@ -142,38 +142,6 @@ def broadcast_function(dtype: DType) -> onnx.FunctionProto:
                            "sample")
 
 
-def dense_function(dtype: DType) -> onnx.FunctionProto:
-    """``DenseFaults_<dtype>(x, and, or, xor) -> y``: ``((x & and) | or) ^ xor`` on the stored
-    bits of every element, the masks (container dtype, ``[1, *per-sample shape]``)
-    broadcast over the batch: one pass over the tensor, no scatter, for sites with many
-    faults. Behind an ``If`` that passes ``x`` through when the masks are empty
-    (``[0, ...]``). Source: ONNX operator spec, BitCast-26, Bitwise*-18 (multidirectional
-    broadcasting), If-21.
-    """
-    ops, upd = _bit_ops(dtype, "x")
-    then = helper.make_graph([*ops, helper.make_node("Identity", [upd], ["y_faulty"])],
-                             "apply_dense", [],
-                             [helper.make_tensor_value_info("y_faulty", dtype.onnx, None)])
-    skip = helper.make_graph([helper.make_node("Identity", ["x"], ["y_same"])], "no_fault", [],
-                             [helper.make_tensor_value_info("y_same", dtype.onnx, None)])
-    gate = [
-        helper.make_node("Shape", ["and"], ["k"], start=0, end=1),
-        helper.make_node("Constant", [], ["zero"], value_ints=[0]),
-        helper.make_node("Greater", ["k", "zero"], ["any1"]),
-        helper.make_node("Squeeze", ["any1"], ["any"]),
-        helper.make_node("If", ["any"], ["y"], then_branch=then, else_branch=skip),
-    ]
-    return helper.make_function(
-        FAULT_DOMAIN, f"DenseFaults_{dtype.name}", ["x", "and", "or", "xor"], ["y"], gate,
-        opset_imports=[helper.make_opsetid("", TARGET_OPSET)],
-        doc_string="enpheeph-onnx run-time fault feed: dense masks over the per-sample shape")
-
-
-DENSE_MIN_FRACTION = 1 / 16
-"""A site whose broadcast faults number at least this fraction of its per-sample elements
-gets dense masks (one pass over the tensor) instead of a scatter of those elements."""
-
-
 def _mask_dtype(d: DType) -> np.dtype:
     return d.container if d.is_float else d.numpy
 
@@ -187,7 +155,6 @@ class _Port:
     or_: str
     xor: str
     broadcast: tuple[str, str, str, str] | None = None  # positions, and, or, xor
-    dense: tuple[str, str, str] | None = None  # and, or, xor masks [0 or 1, *per-sample]
 
 
 def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
@@ -255,20 +222,11 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
                                                          [kb]))
             for name in names[1:]:
                 g.input.append(helper.make_tensor_value_info(name, mt, [kb]))
-            df = dense_function(d)
-            funcs.setdefault(df.name, df)
-            dense = tuple(f"enpheeph/{s.name}/dense/{x}" for x in ("and", "or", "xor"))
-            for name in dense:
-                g.input.append(helper.make_tensor_value_info(
-                    name, mt, [f"{k}_d", *(int(n) for n in s.shape[1:])]))  # type: ignore[arg-type]
-            p = replace(p, broadcast=names, dense=dense)  # type: ignore[arg-type]
+            p = replace(p, broadcast=names)  # type: ignore[arg-type]
             ports[s.name] = p
             mid = f"enpheeph/{s.name}/broadcast/out"
-            dmid = f"enpheeph/{s.name}/dense/out"
             return [
-                helper.make_node(df.name, [src, *dense], [dmid], name=f"{node}/Dense",
-                                 domain=FAULT_DOMAIN),
-                helper.make_node(bf.name, [dmid, *names], [mid], name=f"{node}/Broadcast",
+                helper.make_node(bf.name, [src, *names], [mid], name=f"{node}/Broadcast",
                                  domain=FAULT_DOMAIN),
                 helper.make_node(f.name, [mid, p.indices, p.and_, p.or_, p.xor], [dst],
                                  name=node, domain=FAULT_DOMAIN),
@@ -486,11 +444,6 @@ class FaultEngine:
             feeds[p.indices], feeds[p.and_], feeds[p.or_], feeds[p.xor] = idx, a, o, x
             if p.broadcast is not None:
                 per_sample = tuple(int(d) for d in site.shape[1:])  # type: ignore[arg-type]
-                elements = int(np.prod(per_sample, dtype=np.int64))
-                dense = len(bcast) >= DENSE_MIN_FRACTION * elements and len(bcast) > 0
-                feeds.update(_dense_feed(fs, bcast if dense else bcast[:0], per_sample, p))
-                if dense:
-                    bcast = bcast[:0]
                 if len(bcast):
                     sub = fs.take(bcast)
                     sub = FaultSet(sub.sites, sub.site, sub.index[:, 1:len(site.shape)],
@@ -563,28 +516,6 @@ class FaultEngine:
         return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}
 
 
-def _dense_feed(fs: FaultSet, rows: np.ndarray, per_sample: tuple[int, ...], p: _Port
-                ) -> dict[str, np.ndarray]:
-    """The dense mask inputs of ``p``: ``[1, *per_sample]`` masks holding the folded faults
-    ``rows`` (each ``[*, ...]``), or empty ``[0, *per_sample]`` masks when ``rows`` is."""
-    assert p.dense is not None
-    mdt = _mask_dtype(p.dtype)
-    if not len(rows):
-        empty = np.zeros((0, *per_sample), dtype=mdt)
-        return {name: empty for name in p.dense}
-    sub = fs.take(rows)
-    sub = FaultSet(sub.sites, sub.site, sub.index[:, 1:1 + len(per_sample)], sub.model,
-                   sub.bits, sub.value)
-    lin, a, o, x = fold(sub, np.arange(len(sub)), per_sample, p.dtype)
-    n = int(np.prod(per_sample, dtype=np.int64))
-    c = p.dtype.container
-    masks = [np.full(n, p.dtype.all_ones, c), np.zeros(n, c), np.zeros(n, c)]
-    for m, v in zip(masks, (a, o, x), strict=True):
-        m[lin] = v
-    return {name: m.view(mdt).reshape(1, *per_sample)
-            for name, m in zip(p.dense, masks, strict=True)}
-
-
 def as_fault_set(faults: FaultSet | Iterable[Fault]) -> FaultSet:
     """``faults`` as a :class:`FaultSet` (converted when given as :class:`Fault` objects)."""
     return faults if isinstance(faults, FaultSet) else FaultSet.from_faults(faults)
@@ -626,5 +557,4 @@ def _site_feed(fs: FaultSet, rows: np.ndarray, shape: tuple[int, ...] | None, p:
     return idx, a, o, x
 
 
-__all__ = ["FaultEngine", "as_fault_set", "dense_function", "feed_function", "instrument",
-           "run_batched"]
+__all__ = ["FaultEngine", "as_fault_set", "feed_function", "instrument", "run_batched"]

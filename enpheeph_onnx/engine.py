@@ -45,6 +45,7 @@ from .runtime import (
     session_options,
 )
 from .sites import FaultSite, SiteKind, infer_shapes
+from .suffix import GoldenCache, crossing_tensors, exposed, feeds_of, site_positions, suffix_model
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,8 @@ class _Variant:
     session: Any
     ports: dict[str, _Port]
     golden: dict[str, np.ndarray] | None = None
+    start: int = 0  # the suffix's first node (0: the whole model)
+    inputs: frozenset[str] = frozenset()  # the session's input names
 
 
 class FaultEngine:
@@ -302,12 +305,27 @@ class FaultEngine:
         provider: ``"cpu"`` or ``"cuda"`` (verified, see :func:`make_session`).
         threads: intra-op threads (``None``: onnxruntime's default).
         max_variants: sessions kept for sets of hit activation/input sites.
+        suffix: run a trial on the suffix of the graph after the golden tensors crossing
+            the cut before its first hit site (:mod:`enpheeph_onnx.suffix`), cached per
+            batch; each cut is checked bit-identical to the full model before use.
+        cache_mb: the most memory the suffix cache may hold; beyond it full runs serve.
+
+    Sessions are keyed by (first node of the suffix, instrumented sites).
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
                  provider: Provider = "cpu", threads: int | None = None,
-                 max_variants: int = 16) -> None:
+                 max_variants: int = 16, suffix: bool = True, cache_mb: float = 512.0
+                 ) -> None:
         self.source = model
+        self.suffix = suffix
+        self.cache_mb = cache_mb
+        self._pos = site_positions(model, sites)
+        self._suffix_models: dict[int, onnx.ModelProto | None] = {}
+        self._bad_cuts: set[int] = set()
+        self._verified: set[int] = set()
+        self._cache: GoldenCache | None = None
+        self._cache_key: tuple[int, int | None] | None = None
         self.sites = {s.name: s for s in sites}
         self.provider = provider
         self.options = session_options(threads)
@@ -315,11 +333,11 @@ class FaultEngine:
         self._weight_sites = [s for s in sites if s.kind is SiteKind.WEIGHT]
         self._value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]
         self._full = frozenset(s.name for s in self._value_sites)
-        self._variants: OrderedDict[frozenset[str], _Variant] = OrderedDict()
-        self._seen: dict[frozenset[str], int] = {}
+        self._variants: OrderedDict[tuple[int, frozenset[str]], _Variant] = OrderedDict()
+        self._seen: dict[tuple[int, frozenset[str]], int] = {}
         self._ref_data: Mapping[str, np.ndarray] | None = None
         self._ref_batch: int | None = None
-        base = self._variant(frozenset())
+        base = self._variant((0, frozenset()))
         self.model, self.session = base.model, base.session
         self.providers = self.session.get_providers()
         self._weights: dict[str, np.ndarray] = {}
@@ -329,35 +347,64 @@ class FaultEngine:
         self._shape_cache: dict[tuple[tuple[str, tuple[int, ...]], ...],
                                 dict[str, tuple[int, ...]]] = {}
 
-    def _variant(self, key: frozenset[str]) -> _Variant:
+    def _variant(self, key: tuple[int, frozenset[str]]) -> _Variant:
         v = self._variants.get(key)
         if v is None:
-            chosen = [*self._weight_sites, *(s for s in self._value_sites if s.name in key)]
-            model, ports = instrument(self.source, chosen)
-            v = _Variant(model, make_session(model, self.provider, self.options), ports)
+            start, hit = key
+            src = self.source if start == 0 else self._suffix_models[start]
+            assert src is not None
+            present = _tensor_names(src)
+            chosen = [s for s in (*self._weight_sites,
+                                  *(s for s in self._value_sites if s.name in hit))
+                      if s.name in present]
+            model, ports = instrument(src, chosen)
+            sess = make_session(model, self.provider, self.options)
+            fed = [*sess.get_inputs(), *sess.get_overridable_initializers()]
+            v = _Variant(model, sess, ports, start=start,
+                         inputs=frozenset(i.name for i in fed))
             self._variants[key] = v
-            log.debug("built a session instrumented at %d site(s)", len(key))
+            log.debug("built a session from node %d instrumented at %d site(s)", start,
+                      len(hit))
         self._variants.move_to_end(key)
         return v
 
-    def _key(self, faults: FaultSet, sighting: bool = True) -> frozenset[str]:
-        """The session for a trial: the one for exactly its hit sites if it exists or the
-        set was seen before (a set seen once, e.g. random sites of a multi-fault trial,
-        is not worth a session build), else the one instrumented everywhere.
-        ``sighting``: count this call as a sighting (:meth:`run` does, :meth:`reference`
-        does not, so both pick the same session for the same trial)."""
+    def _start(self, faults: FaultSet) -> int:
+        """The first node of the suffix a trial can run on (0: the whole model)."""
+        if not self.suffix or not len(faults):
+            return 0
+        start = min(self._pos.get(name, 0) for name in faults.hit_sites())
+        if start == 0 or start in self._bad_cuts:
+            return 0
+        if start not in self._suffix_models:
+            self._suffix_models[start] = suffix_model(self.source, start)
+        if self._suffix_models[start] is None:
+            self._bad_cuts.add(start)
+            return 0
+        return start
+
+    def _key(self, faults: FaultSet, sighting: bool = True) -> tuple[int, frozenset[str]]:
+        """The session for a trial: the suffix from its first hit site on, instrumented at
+        exactly its hit sites if that session exists or the set was seen before (a set
+        seen once, e.g. random sites of a multi-fault trial, is not worth a session build),
+        else at every site. ``sighting``: count this call as a sighting (:meth:`run` does,
+        :meth:`reference` does not, so both pick the same session for the same trial)."""
+        start = self._start(faults)
         hit = frozenset(faults.hit_sites() & self._full)
-        if not hit or hit in self._variants:
-            return hit
+        key = (start, hit)
+        if key in self._variants:
+            return key
+        if not hit:
+            return key
         if sighting:
-            self._seen[hit] = self._seen.get(hit, 0) + 1
-        room = len(self._variants) - (self._full in self._variants) < self.max_variants
-        return hit if room and self._seen.get(hit, 0) >= 2 else self._full
+            self._seen[key] = self._seen.get(key, 0) + 1
+        partial = sum(1 for k in self._variants if k[1] and k[1] != self._full)
+        room = partial < self.max_variants
+        return key if room and self._seen.get(key, 0) >= 2 else (start, self._full)
 
     @property
     def ports(self) -> dict[str, _Port]:
         """The fault inputs of a session instrumented at every activation/input site."""
-        return self._variant(self._full).ports
+        return self._variant((0, self._full)).ports
 
     @property
     def input_names(self) -> list[str]:
@@ -478,7 +525,36 @@ class FaultEngine:
         """
         fs = as_fault_set(faults)
         self._check_sites(fs)
-        return self._run(self._variant(self._key(fs)), data, fs, batch_size)
+        key = self._key(fs)
+        if key[0] and key[0] not in self._verified:
+            key = self._verify(key, data, batch_size, fs)
+        return self._run(self._variant(key), data, fs, batch_size)
+
+    def _verify(self, key: tuple[int, frozenset[str]], data: Mapping[str, np.ndarray],
+                batch_size: int | None, fs: FaultSet) -> tuple[int, frozenset[str]]:
+        """Use a cut only if its fault-free suffix run equals the full model bit for bit
+        (and the golden cache fits ``cache_mb``); otherwise abandon it."""
+        start = key[0]
+        ok = False
+        try:
+            full = self._run(self._variant((0, frozenset())), data, FaultSet.empty(),
+                             batch_size)
+            part = self._run(self._variant((start, frozenset())), data, FaultSet.empty(),
+                             batch_size)
+            ok = all(full[n].tobytes() == part[n].tobytes() for n in full)
+        except _NoCache as e:
+            log.info("suffix re-execution off: %s", e)
+            self.suffix = False
+        if ok:
+            self._verified.add(start)
+            return key
+        if self.suffix:
+            log.info("suffix from node %d abandoned: its outputs differ from the full "
+                     "model's", start)
+        self._bad_cuts.add(start)
+        for k in [k for k in self._variants if k[0] == start]:
+            del self._variants[k]
+        return self._key(fs, sighting=False)
 
     def reference(self, data: Mapping[str, np.ndarray], faults: FaultSet | Sequence[Fault] = (),
                   batch_size: int | None = None) -> dict[str, np.ndarray]:
@@ -503,17 +579,70 @@ class FaultEngine:
     def _run(self, v: _Variant, data: Mapping[str, np.ndarray], faults: FaultSet,
              batch_size: int | None) -> dict[str, np.ndarray]:
         names = self.output_names
-        wfeeds = self.weight_feeds(faults)
+        wfeeds = {k: a for k, a in self.weight_feeds(faults).items() if k in v.inputs}
         n = len(next(iter(data.values())))
         step = batch_size or n
+        cache = self._golden_cache(data, batch_size) if v.start else None
         chunks: list[list[np.ndarray]] = [[] for _ in names]
-        for start in range(0, n, step):
+        for b, start in enumerate(range(0, n, step)):
             batch = {k: val[start:start + step] for k, val in data.items()}
-            feeds = {**batch, **wfeeds, **self.value_feeds(faults, batch, start, v.ports)}
+            feeds = {k: a for k, a in batch.items() if k in v.inputs}
+            if cache is not None:
+                feeds.update(feeds_of(cache, b, v.inputs & set(cache.names)))
+            feeds.update(wfeeds)
+            feeds.update(self.value_feeds(faults, batch, start, v.ports))
             for i, out in enumerate(run_session(v.session, names, feeds)):
                 chunks[i].append(out)
         sizes = [min(step, n - start) for start in range(0, n, step)]
         return {nm: join_batches(nm, c, sizes) for nm, c in zip(names, chunks, strict=True)}
+
+    def _golden_cache(self, data: Mapping[str, np.ndarray], batch_size: int | None
+                      ) -> GoldenCache:
+        """The golden crossing tensors of every cut in use, per batch of ``data``."""
+        key = (id(data), batch_size)
+        if self._cache is not None and self._cache_key == key:
+            return self._cache
+        inputs = set(self.input_names)
+        names: dict[str, None] = {}  # for every cut a site can ask for
+        for start in sorted(set(self._pos.values()) - {0}):
+            for name in crossing_tensors(self.source, start) or ():
+                if name not in inputs:
+                    names.setdefault(name, None)
+        model = exposed(self.model, list(names))
+        sess = make_session(model, self.provider, self.options)
+        n = len(next(iter(data.values())))
+        step = batch_size or n
+        batches = []
+        total = 0
+        for start in range(0, n, step):
+            feeds = {k: val[start:start + step] for k, val in data.items()}
+            try:
+                outs = dict(zip(names, run_session(sess, list(names), feeds), strict=True))
+            except Exception as e:  # e.g. a bfloat16 tensor numpy cannot hold
+                raise _NoCache(f"the crossing tensors cannot be fetched ({e})") from None
+            total += sum(a.nbytes for a in outs.values())
+            if total > self.cache_mb * 2**20:
+                raise _NoCache(f"the golden cache would exceed {self.cache_mb:g} MB")
+            batches.append(outs)
+        self._cache = GoldenCache(tuple(names), batches)
+        self._cache_key = key
+        self._cache_data = data  # keep the data alive: its id() keys the cache
+        return self._cache
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes held by the suffix cache (0 when none is built)."""
+        return 0 if self._cache is None else self._cache.nbytes
+
+
+class _NoCache(Exception):
+    """No golden cache can be built (too big, or tensors numpy cannot hold)."""
+
+
+def _tensor_names(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    return ({i.name for i in g.input} | {t.name for t in g.initializer}
+            | {o for n in g.node for o in n.output})
 
 
 def as_fault_set(faults: FaultSet | Iterable[Fault]) -> FaultSet:

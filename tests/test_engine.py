@@ -100,8 +100,9 @@ def test_session_variants_agree_with_full_instrumentation(model_path: Path,
     m = load_model(model_path)
     acts = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
     x = {"input": digits["input"]}
-    cached = FaultEngine(m, acts, max_variants=16)
-    full_only = FaultEngine(m, acts, max_variants=0)
+    cached = FaultEngine(m, acts, max_variants=16, suffix=False)
+    full_only = FaultEngine(m, acts, max_variants=0, suffix=False)
+    suffixed = FaultEngine(m, acts, max_variants=16)
     plans = [[parse_fault("/relu1/Relu_output_0[*,3,2,2]:bitflip:30")],
              [parse_fault("/conv2/Conv_output_0[*,1,1,1]:bitflip:29"),
               parse_fault("/fc1/Gemm_output_0[*,5]:stuck-at-1:30")],
@@ -110,12 +111,17 @@ def test_session_variants_agree_with_full_instrumentation(model_path: Path,
     for faults in [*plans, *plans]:  # a set of hit sites gets its session when it recurs
         a = cached.run(x, faults, 100)["logits"]
         b = full_only.run(x, faults, 100)["logits"]
-        assert a.tobytes() == b.tobytes()
+        c = suffixed.run(x, faults, 100)["logits"]
+        assert a.tobytes() == b.tobytes() == c.tobytes()
+        assert suffixed.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
         assert cached.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
         assert full_only.reference(x, faults, 100)["logits"].tobytes() == golden.tobytes()
     # one session per distinct set of hit sites, plus the base (weights only)
     assert len(cached._variants) == 2 + len(plans)  # + the full one for first sightings
-    assert set(full_only._variants) == {frozenset(), frozenset(s.name for s in acts)}
+    assert set(full_only._variants) == {(0, frozenset()), (0, frozenset(s.name for s in acts))}
+    # the suffix engine cut each trial at its first hit site (and verified each cut)
+    assert {k[0] for k in suffixed._variants} - {0} == suffixed._verified
+    assert len(suffixed._verified) == 3 and suffixed.cache_bytes > 0
 
 
 def test_run_and_reference_use_the_same_session(model_path: Path,
@@ -127,11 +133,13 @@ def test_run_and_reference_use_the_same_session(model_path: Path,
     faults = [parse_fault("/relu1/Relu_output_0[*,1,1,1]:stuck-at-0:31")]
     e.run(x, faults)
     e.reference(x, faults)
-    # first sighting: both on the session instrumented everywhere, no per-set session yet
-    assert set(e._variants) == {frozenset(), frozenset(s.name for s in acts)}
+    # first sighting: both on the suffix from relu1's producer (node 1) instrumented
+    # everywhere (the fault-free (1, {}) session verified that cut), no per-set session yet
+    everywhere = frozenset(s.name for s in acts)
+    assert set(e._variants) == {(0, frozenset()), (1, frozenset()), (1, everywhere)}
     e.run(x, faults)
     e.reference(x, faults)
-    assert frozenset({"/relu1/Relu_output_0"}) in e._variants
+    assert (1, frozenset({"/relu1/Relu_output_0"})) in e._variants
 
 
 def test_engine_takes_fault_sets_and_fault_objects_alike(digits: dict[str, np.ndarray]) -> None:

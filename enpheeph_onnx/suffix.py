@@ -1,0 +1,138 @@
+"""Suffix re-execution: run only the part of the graph a fault can change.
+
+Every tensor computed before the first node that reads a faulted site is golden. For a
+*cut* at node position ``p`` (in the graph's topological order) the **suffix model** holds
+``nodes[p:]`` and takes as inputs the tensors that cross the cut: those produced before
+``p`` (or graph inputs) and read at or after it. A trial whose faults all lie at or after
+``p`` runs the suffix session on the golden values of the crossing tensors, cached once per
+batch, instead of the whole model.
+
+The suffix model is extracted with :class:`onnx.utils.Extractor`. A cut is used only where
+it is safe: no node has subgraphs (an ``If``/``Loop`` body may read any outer tensor), no
+graph output is produced before the cut, and the engine checks, when it first builds a
+suffix session, that its fault-free outputs are bit-identical to the full model's (else the
+cut is abandoned and full runs serve).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx.utils
+
+from .sites import FaultSite, SiteKind
+
+log = logging.getLogger(__name__)
+
+
+def site_positions(model: onnx.ModelProto, sites: Iterable[FaultSite]) -> dict[str, int]:
+    """The node position at which each site is first read: the first consumer of a weight
+    or input, the producer of an activation (its fault node sits right after it, so the
+    cut is at the producer's position: the producer runs in the suffix)."""
+    nodes = model.graph.node
+    first_reader: dict[str, int] = {}
+    producer: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for name in n.input:
+            first_reader.setdefault(name, i)
+        for name in n.output:
+            producer[name] = i
+    out = {}
+    for s in sites:
+        if s.kind is SiteKind.ACTIVATION and s.name in producer:
+            out[s.name] = producer[s.name]
+        else:
+            out[s.name] = first_reader.get(s.name, 0)
+    return out
+
+
+def crossing_tensors(model: onnx.ModelProto, start: int) -> list[str] | None:
+    """Tensors produced before node ``start`` (or graph inputs) and read at or after it, in
+    a deterministic order; ``None`` when no safe cut exists there (see the module
+    docstring)."""
+    g = model.graph
+    nodes = list(g.node)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in nodes for a in n.attribute):
+        return None
+    inits = {t.name for t in g.initializer}
+    before = {o for n in nodes[:start] for o in n.output} | {
+        i.name for i in g.input if i.name not in inits}
+    outputs = {o.name for o in g.output}
+    if outputs & {o for n in nodes[:start] for o in n.output}:
+        return None
+    seen: dict[str, None] = {}
+    for n in nodes[start:]:
+        for name in n.input:
+            if name and name in before:
+                seen.setdefault(name, None)
+    return list(seen)
+
+
+def suffix_model(model: onnx.ModelProto, start: int) -> onnx.ModelProto | None:
+    """``nodes[start:]`` of ``model`` as a model whose inputs are the crossing tensors;
+    ``None`` where no safe cut exists or the extraction fails."""
+    cut = crossing_tensors(model, start)
+    if cut is None:
+        return None
+    try:
+        from .sites import infer_shapes
+
+        m = onnx.utils.Extractor(infer_shapes(model)).extract_model(
+            cut, [o.name for o in model.graph.output])
+    except Exception as e:  # no shape for a crossing tensor, ...: full runs serve
+        log.debug("no suffix at node %d: %s", start, e)
+        return None
+    m.ir_version = model.ir_version
+    del m.opset_import[:]
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    return m
+
+
+@dataclass
+class GoldenCache:
+    """Golden values of crossing tensors, per batch of one data object.
+
+    Attributes:
+        names: the cached tensors (the union over the cuts in use).
+        batches: one ``{name: array}`` per batch, in batch order.
+        nbytes: total bytes held.
+    """
+
+    names: tuple[str, ...]
+    batches: list[dict[str, np.ndarray]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for b in self.batches for a in b.values()))
+
+
+def exposed(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` with ``names`` added as graph outputs (to fill a cache)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    have = {o.name for o in m.graph.output}
+    vi = {v.name: v for v in [*m.graph.value_info, *m.graph.input]}
+    for name in names:
+        if name in have:
+            continue
+        if name in vi:
+            m.graph.output.append(vi[name])
+        else:
+            m.graph.output.append(onnx.ValueInfoProto(name=name))
+    return m
+
+
+def feeds_of(cache: GoldenCache, batch: int, wanted: Iterable[str]) -> Mapping[str, np.ndarray]:
+    """The cached tensors of one batch that a suffix session reads."""
+    b = cache.batches[batch]
+    return {name: b[name] for name in wanted}
+
+
+__all__ = ["GoldenCache", "crossing_tensors", "exposed", "feeds_of", "site_positions",
+           "suffix_model"]

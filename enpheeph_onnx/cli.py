@@ -580,6 +580,11 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
                    "THRESHOLD at every fault rate; METRIC is one of masked_rate, "
                    "tolerable_sdc_rate, critical_sdc_rate, sdc_rate, due_rate, accuracy_drop "
                    "(repeatable).")
+@click.option("--suffix/--no-suffix", default=True, show_default=True,
+              help="Run each trial from its first faulted site on, on golden tensors cached "
+                   "per batch (each cut checked bit-identical to the full model).")
+@click.option("--cache-mb", type=float, default=512.0, show_default=True,
+              help="Most memory (MiB) the suffix cache may hold; beyond it, full runs.")
 @click.option("--store-faults", type=click.Choice(["all", "none"]), default="all",
               show_default=True,
               help="Store every trial's faults, or only their count (trials are "
@@ -590,7 +595,8 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 @batch_option
 @json_option
 def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
-             resume: bool, fail_above: tuple[str, ...], store_faults: str,
+             resume: bool, fail_above: tuple[str, ...], suffix: bool, cache_mb: float,
+             store_faults: str,
              progress: bool | None, provider: str, batch_size: int, as_json: bool,
              **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
@@ -622,11 +628,13 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         cp = CampaignPlan.load(plan_path)
         cfg = CampaignConfig(selection=cp.config.selection, batch_size=batch_size,
                              provider=provider,  # type: ignore[arg-type]
-                             output=opts.get("output_name"), store_faults=store_faults)
+                             output=opts.get("output_name"), store_faults=store_faults,
+                             suffix=suffix, cache_mb=cache_mb)
     else:
         cp = None
-        cfg = _build_config(model, batch_size=batch_size, provider=provider,
-                            store_faults=store_faults, **opts)
+        cfg = replace(_build_config(model, batch_size=batch_size, provider=provider,
+                                    store_faults=store_faults, **opts),
+                      suffix=suffix, cache_mb=cache_mb)
     data = load_dataset(data_path, input_names(load_model(model)))
 
     def _terminate(signum: int, frame: object) -> None:

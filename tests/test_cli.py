@@ -616,3 +616,19 @@ def test_gates_are_checked_before_the_campaign_runs(tmp_path: Path) -> None:
     code, _, err = invoke("campaign", MODEL, "--data", DATA, "--fault-rate", "1e-7",
                           "--trials", "2", "--fail-above", "accuracy_drop=0.001")
     assert code == 1 and "upper bound" in err
+
+
+def test_suffix_switch_gives_the_same_campaign(tmp_path: Path) -> None:
+    args = ["campaign", MODEL, "--data", DATA, "--faults-per-trial", "2", "--bits", "30",
+            "--trials", "12", "--seed", "3", "--json", "--kinds", "weight,activation"]
+    code, on, err = invoke(*args)
+    assert code == 0, err
+    code, off, err = invoke(*args, "--no-suffix")
+    assert code == 0, err
+    a, b = strict_json(on), strict_json(off)
+    assert a["suffix"]["enabled"] and a["suffix"]["cuts"] and a["suffix"]["cache_bytes"] > 0
+    assert b["suffix"] == {"enabled": False, "cuts": [], "cache_bytes": 0}
+    assert a["trials"] == [dict(t, seconds=u["seconds"]) for t, u in
+                           zip(b["trials"], a["trials"], strict=True)]
+    assert a["per_rate"] == b["per_rate"]
+    assert_user_error(*invoke(*args, "--cache-mb", "-1"), "--cache-mb")

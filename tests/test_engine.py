@@ -9,6 +9,7 @@ import functools
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -277,3 +278,73 @@ def test_engine_int8_weight_feed_is_the_numpy_reference() -> None:
               Fault(CONV2_W, (None, 0, 0, 0), FaultModel.STUCK_AT_0, (7,))]
     feed = engine.weight_feeds(faults)[CONV2_W]
     assert_same_bits(feed, apply_faults(weight_value(int8_model(), CONV2_W), faults, INT8))
+
+
+# -- suffix re-execution ------------------------------------------------------------------
+
+def _one_fault_per_site(sites: list, rng: np.random.Generator, bit: int) -> list[Fault]:
+    out = []
+    for s in sites:
+        d = BY_NAME[s.dtype]
+        idx = tuple(None if not isinstance(n, int) else int(rng.integers(0, n))
+                    for n in s.shape)
+        out.append(Fault(s.name, idx, FaultModel.BIT_FLIP, (min(bit, d.bits - 1),)))
+    return out
+
+
+@pytest.mark.parametrize("path", ["digits_cnn.onnx", "digits_cnn_int8.onnx",
+                                  "digits_cnn_pruned.onnx"])
+def test_suffix_runs_equal_full_runs_at_every_site(path: str, digits: dict[str, np.ndarray]
+                                                   ) -> None:
+    """A fault at any site (every weight and activation of the shipped CNNs), run on the
+    suffix from that site on, gives the full run's bits, and the standalone injected
+    model's."""
+    from .conftest import MODELS
+
+    m = load_model(MODELS / path)
+    sites = [s for s in discover_sites(m) if s.static_elements > 0]
+    with_suffix = FaultEngine(m, sites)
+    without = FaultEngine(m, sites, suffix=False)
+    x = {"input": digits["input"][:120]}
+    rng = np.random.default_rng(0)
+    for f in _one_fault_per_site(sites, rng, 30):
+        a = with_suffix.run(x, [f], 50)["logits"]
+        b = without.run(x, [f], 50)["logits"]
+        assert a.tobytes() == b.tobytes(), str(f)
+        ref_a = with_suffix.reference(x, [f], 50)["logits"]
+        assert ref_a.tobytes() == without.reference(x, [f], 50)["logits"].tobytes()
+    assert with_suffix.suffix and len(with_suffix._verified) >= 5
+    assert not with_suffix._bad_cuts
+    f = _one_fault_per_site([s for s in sites if s.kind is SiteKind.WEIGHT][-1:], rng, 30)
+    want = make_session(inject(m, f).model).run(None, x)[0]
+    assert with_suffix.run(x, f, 50)["logits"].tobytes() == want.tobytes()
+
+
+def test_suffix_on_the_spiking_model_at_every_time_step(snn_model: onnx.ModelProto) -> None:
+    from .conftest import SNN_DATA
+
+    with np.load(SNN_DATA) as z:
+        x = {"input": z["input"][:64]}
+    sites = [s for s in discover_sites(snn_model) if s.time_step is not None
+             and s.role == "membrane"]
+    assert len({s.time_step for s in sites}) == 16
+    with_suffix = FaultEngine(snn_model, sites)
+    without = FaultEngine(snn_model, sites, suffix=False)
+    for f in _one_fault_per_site(sites, np.random.default_rng(1), 30):
+        a = with_suffix.run(x, [f])["spike_counts"]
+        assert a.tobytes() == without.run(x, [f])["spike_counts"].tobytes(), str(f)
+    assert len(with_suffix._verified) >= 15
+
+
+def test_no_suffix_and_the_cache_bound(digits: dict[str, np.ndarray]) -> None:
+    m = load_model(MODEL)
+    sites = [s for s in discover_sites(m) if s.name in ("fc2.weight", "fc1.weight")]
+    x = {"input": digits["input"]}
+    f = [parse_fault("fc2.weight[3,4]:bitflip:30")]
+    tiny = FaultEngine(m, sites, cache_mb=0.001)  # the cache does not fit: full runs
+    full = FaultEngine(m, sites, suffix=False)
+    assert tiny.run(x, f)["logits"].tobytes() == full.run(x, f)["logits"].tobytes()
+    assert not tiny.suffix and tiny.cache_bytes == 0
+    on = FaultEngine(m, sites)
+    assert on.run(x, f)["logits"].tobytes() == full.run(x, f)["logits"].tobytes()
+    assert on.cache_bytes == 360 * (128 + 64) * 4  # fc1 reads the flatten output, fc2 relu3

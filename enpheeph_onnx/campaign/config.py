@@ -129,6 +129,9 @@ class CampaignConfig:
             cell) gets ``trials`` trials per level, each trial's faults confined to its
             stratum (stratified sampling: per-layer and per-bit vulnerability are measured,
             not attributed). Fault rates are then per parameter of the stratum.
+        suffix: run each trial from its first hit site on (suffix re-execution, on golden
+            tensors cached per batch; each cut verified bit-identical before use).
+        cache_mb: the most memory (MiB) the suffix cache may hold; beyond it, full runs.
         store_faults: ``"all"`` stores every trial's faults; ``"none"`` only their count
             (trials are reproducible from the seed either way).
     """
@@ -151,6 +154,8 @@ class CampaignConfig:
     output: str | None = None
     stratify: tuple[str, ...] = ()
     store_faults: str = "all"
+    suffix: bool = True
+    cache_mb: float = 512.0
 
     def __post_init__(self) -> None:
         if isinstance(self.stratify, str):
@@ -160,6 +165,8 @@ class CampaignConfig:
             raise EnpheephError(f"--stratify {','.join(self.stratify)}: use layer, bit or "
                                 "layer,bit")
         object.__setattr__(self, "stratify", axes)
+        if not (self.cache_mb >= 0 and math.isfinite(self.cache_mb)):
+            raise EnpheephError(f"--cache-mb {self.cache_mb}: give a size in MiB >= 0")
         if self.store_faults not in ("all", "none"):
             raise EnpheephError(f"--store-faults {self.store_faults!r}: use all or none")
         if "bit" in axes and self.fault_model is FaultModel.VALUE:
@@ -233,6 +240,8 @@ class CampaignConfig:
             "output": self.output,
             "stratify": list(self.stratify),
             "store_faults": self.store_faults,
+            "suffix": self.suffix,
+            "cache_mb": self.cache_mb,
         }
 
     @classmethod
@@ -248,13 +257,14 @@ class CampaignConfig:
             per_sample=d["per_sample"], pruned_weights=d.get("pruned_weights", "skip"),
             time_steps=d.get("time_steps"), seed=d["seed"], batch_size=d["batch_size"],
             provider=d["provider"], output=d["output"],
-            stratify=tuple(d.get("stratify", ())), store_faults=d.get("store_faults", "all"))
+            stratify=tuple(d.get("stratify", ())), store_faults=d.get("store_faults", "all"),
+            suffix=d.get("suffix", True), cache_mb=d.get("cache_mb", 512.0))
 
     def sampling_json(self) -> dict[str, Any]:
         """The settings that decide the faults and outcomes (not batch size, provider,
         fault storage)."""
         d = self.to_json()
-        for k in ("batch_size", "provider", "store_faults"):
+        for k in ("batch_size", "provider", "store_faults", "suffix", "cache_mb"):
             d.pop(k)
         return d
 

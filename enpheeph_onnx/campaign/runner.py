@@ -12,7 +12,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,6 +58,8 @@ class CampaignResult:
     gates: tuple[GateResult, ...] = ()
     db: Path | None = None
     providers: tuple[str, ...] = ()
+    suffix: dict[str, Any] = field(default_factory=dict)
+    """Suffix re-execution: ``enabled``, ``cuts`` (verified cut positions), ``cache_bytes``."""
 
     @property
     def trials(self) -> TrialTable:
@@ -81,6 +83,7 @@ class CampaignResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.summary.to_json(), "providers": list(self.providers),
+                "suffix": dict(self.suffix),
                 "db": str(self.db) if self.db else None,
                 "gates": [g.to_json() for g in self.gates], "passed": self.passed}
 
@@ -152,7 +155,8 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
                     plan.model_sha256[:12])
     config = replace(plan.config, batch_size=config.batch_size, provider=config.provider,
                      output=config.output or plan.config.output,
-                     store_faults=config.store_faults)
+                     store_faults=config.store_faults, suffix=config.suffix,
+                     cache_mb=config.cache_mb)
     smap = site_map(all_sites)
     levels = config.levels
     numbers = [t.trial for t in plan.trials]
@@ -263,7 +267,8 @@ class _Run:
         """Build the engine and run the golden pass (before any file is written)."""
         cfg = self.config
         try:
-            self.engine = FaultEngine(self.proto, self.sites, cfg.provider)
+            self.engine = FaultEngine(self.proto, self.sites, cfg.provider,
+                                      suffix=cfg.suffix, cache_mb=cfg.cache_mb)
             names = self.engine.output_names
             self.output = cfg.output or names[0]
             if self.output not in names:
@@ -355,9 +360,17 @@ class _Run:
         summary = summarize(table, golden_accuracy=self.golden_acc, samples=len(self.data),
                             rate_kind=cfg.count.value, config=cfg.to_json(),
                             layer_order=self.order)
+        engine = getattr(self, "engine", None)
+        suffix = {"enabled": bool(cfg.suffix and engine is not None and engine.suffix),
+                  "cuts": sorted(engine._verified) if engine is not None else [],
+                  "cache_bytes": engine.cache_bytes if engine is not None else 0}
+        if engine is not None and suffix["cuts"]:
+            log.info("suffix re-execution: %d cuts, golden cache %.1f MiB",
+                     len(suffix["cuts"]), suffix["cache_bytes"] / 2**20)
         return CampaignResult(cfg, self.golden_acc, len(self.data), summary,
                               tuple(check_gates(summary, gates)),
-                              Path(self.db) if self.db is not None else None, self.providers)
+                              Path(self.db) if self.db is not None else None, self.providers,
+                              suffix)
 
 
 def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: float,

@@ -324,6 +324,8 @@ class FaultEngine:
         self._suffix_models: dict[int, onnx.ModelProto | None] = {}
         self._bad_cuts: set[int] = set()
         self._verified: set[int] = set()
+        self._cut_seen: dict[int, int] = {}
+        self._inferred: onnx.ModelProto | None = None
         self._cache: GoldenCache | None = None
         self._cache_key: tuple[int, int | None] | None = None
         self.sites = {s.name: s for s in sites}
@@ -368,15 +370,23 @@ class FaultEngine:
         self._variants.move_to_end(key)
         return v
 
-    def _start(self, faults: FaultSet) -> int:
-        """The first node of the suffix a trial can run on (0: the whole model)."""
+    def _start(self, faults: FaultSet, sighting: bool = False) -> int:
+        """The first node of the suffix a trial can run on (0: the whole model). A cut is
+        built (and verified) when it comes back: a cut seen once is not worth it."""
         if not self.suffix or not len(faults):
             return 0
         start = min(self._pos.get(name, 0) for name in faults.hit_sites())
         if start == 0 or start in self._bad_cuts:
             return 0
+        if start not in self._verified:
+            if sighting:
+                self._cut_seen[start] = self._cut_seen.get(start, 0) + 1
+            if self._cut_seen.get(start, 0) < 2:
+                return 0
         if start not in self._suffix_models:
-            self._suffix_models[start] = suffix_model(self.source, start)
+            if self._inferred is None:
+                self._inferred = infer_shapes(self.source)  # once: every cut needs shapes
+            self._suffix_models[start] = suffix_model(self._inferred, start)
         if self._suffix_models[start] is None:
             self._bad_cuts.add(start)
             return 0
@@ -388,7 +398,7 @@ class FaultEngine:
         seen once, e.g. random sites of a multi-fault trial, is not worth a session build),
         else at every site. ``sighting``: count this call as a sighting (:meth:`run` does,
         :meth:`reference` does not, so both pick the same session for the same trial)."""
-        start = self._start(faults)
+        start = self._start(faults, sighting)
         hit = frozenset(faults.hit_sites() & self._full)
         key = (start, hit)
         if key in self._variants:
@@ -537,11 +547,12 @@ class FaultEngine:
         start = key[0]
         ok = False
         try:
-            full = self._run(self._variant((0, frozenset())), data, FaultSet.empty(),
-                             batch_size)
-            part = self._run(self._variant((start, frozenset())), data, FaultSet.empty(),
-                             batch_size)
+            full = self.reference(data, FaultSet.empty(), batch_size)
+            v = self._variant(key)  # the session the trial will use, without faults
+            part = self._run(v, data, FaultSet.empty(), batch_size)
             ok = all(full[n].tobytes() == part[n].tobytes() for n in full)
+            if ok and data is self._ref_data and batch_size == self._ref_batch:
+                v.golden = part
         except _NoCache as e:
             log.info("suffix re-execution off: %s", e)
             self.suffix = False

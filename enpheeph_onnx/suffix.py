@@ -74,16 +74,14 @@ def crossing_tensors(model: onnx.ModelProto, start: int) -> list[str] | None:
 
 
 def suffix_model(model: onnx.ModelProto, start: int) -> onnx.ModelProto | None:
-    """``nodes[start:]`` of ``model`` as a model whose inputs are the crossing tensors;
-    ``None`` where no safe cut exists or the extraction fails."""
+    """``nodes[start:]`` of ``model`` (shape-inferred: the crossing tensors need their
+    types) as a model whose inputs are the crossing tensors; ``None`` where no safe cut
+    exists or the extraction fails."""
     cut = crossing_tensors(model, start)
     if cut is None:
         return None
     try:
-        from .sites import infer_shapes
-
-        m = onnx.utils.Extractor(infer_shapes(model)).extract_model(
-            cut, [o.name for o in model.graph.output])
+        m = onnx.utils.Extractor(model).extract_model(cut, [o.name for o in model.graph.output])
     except Exception as e:  # no shape for a crossing tensor, ...: full runs serve
         log.debug("no suffix at node %d: %s", start, e)
         return None

@@ -324,7 +324,6 @@ class FaultEngine:
         self._suffix_models: dict[int, onnx.ModelProto | None] = {}
         self._bad_cuts: set[int] = set()
         self._verified: set[int] = set()
-        self._cut_seen: dict[int, int] = {}
         self._inferred: onnx.ModelProto | None = None
         self._cache: GoldenCache | None = None
         self._cache_key: tuple[int, int | None] | None = None
@@ -370,46 +369,45 @@ class FaultEngine:
         self._variants.move_to_end(key)
         return v
 
-    def _start(self, faults: FaultSet, sighting: bool = False) -> int:
-        """The first node of the suffix a trial can run on (0: the whole model). A cut is
-        built (and verified) when it comes back: a cut seen once is not worth it."""
+    def _start(self, faults: FaultSet) -> int:
+        """The first node of the suffix a trial could run on (0: the whole model)."""
         if not self.suffix or not len(faults):
             return 0
         start = min(self._pos.get(name, 0) for name in faults.hit_sites())
-        if start == 0 or start in self._bad_cuts:
-            return 0
-        if start not in self._verified:
-            if sighting:
-                self._cut_seen[start] = self._cut_seen.get(start, 0) + 1
-            if self._cut_seen.get(start, 0) < 2:
-                return 0
+        return 0 if start in self._bad_cuts else start
+
+    def _has_suffix(self, start: int) -> bool:
+        """Build the suffix model of a cut (once); False where none can be had."""
         if start not in self._suffix_models:
             if self._inferred is None:
                 self._inferred = infer_shapes(self.source)  # once: every cut needs shapes
             self._suffix_models[start] = suffix_model(self._inferred, start)
         if self._suffix_models[start] is None:
             self._bad_cuts.add(start)
-            return 0
-        return start
+            return False
+        return True
 
     def _key(self, faults: FaultSet, sighting: bool = True) -> tuple[int, frozenset[str]]:
         """The session for a trial: the suffix from its first hit site on, instrumented at
-        exactly its hit sites if that session exists or the set was seen before (a set
-        seen once, e.g. random sites of a multi-fault trial, is not worth a session build),
-        else at every site. ``sighting``: count this call as a sighting (:meth:`run` does,
-        :meth:`reference` does not, so both pick the same session for the same trial)."""
-        start = self._start(faults, sighting)
+        exactly its hit sites, once that (cut, hit set) has come back (a session built for
+        a set seen once, e.g. the random sites of a multi-fault trial, would not pay off);
+        until then the whole model, instrumented everywhere. ``sighting``: count this call
+        as a sighting (:meth:`run` does, :meth:`reference` does not, so both pick the same
+        session for the same trial)."""
         hit = frozenset(faults.hit_sites() & self._full)
-        key = (start, hit)
+        key = (self._start(faults), hit)
         if key in self._variants:
-            return key
-        if not hit:
             return key
         if sighting:
             self._seen[key] = self._seen.get(key, 0) + 1
         partial = sum(1 for k in self._variants if k[1] and k[1] != self._full)
-        room = partial < self.max_variants
-        return key if room and self._seen.get(key, 0) >= 2 else (start, self._full)
+        room = not hit or partial < self.max_variants
+        if room and self._seen.get(key, 0) >= 2 and (key[0] == 0 or self._has_suffix(key[0])):
+            return key
+        whole = (0, hit)
+        if whole in self._variants:
+            return whole
+        return (0, self._full) if hit else (0, frozenset())
 
     @property
     def ports(self) -> dict[str, _Port]:

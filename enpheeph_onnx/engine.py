@@ -21,6 +21,7 @@ bit transform (:meth:`enpheeph_onnx.bits.BitTransform.then`), in plan order, bec
 from __future__ import annotations
 
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -309,21 +310,26 @@ class FaultEngine:
             the cut before its first hit site (:mod:`enpheeph_onnx.suffix`), cached per
             batch; each cut is checked bit-identical to the full model before use.
         cache_mb: the most memory the suffix cache may hold; beyond it full runs serve.
+        suffix_worth: keep a cut only if its fault-free run takes at most this fraction of
+            a whole-model run (default :data:`SUFFIX_WORTH`; ``inf`` keeps every cut).
 
     Sessions are keyed by (first node of the suffix, instrumented sites).
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
                  provider: Provider = "cpu", threads: int | None = None,
-                 max_variants: int = 16, suffix: bool = True, cache_mb: float = 512.0
-                 ) -> None:
+                 max_variants: int = 16, suffix: bool = True, cache_mb: float = 512.0,
+                 suffix_worth: float | None = None) -> None:
         self.source = model
         self.suffix = suffix
         self.cache_mb = cache_mb
+        self.suffix_worth = SUFFIX_WORTH if suffix_worth is None else suffix_worth
         self._pos = site_positions(model, sites)
         self._suffix_models: dict[int, onnx.ModelProto | None] = {}
         self._bad_cuts: set[int] = set()
         self._verified: set[int] = set()
+        self._slow_cuts: set[int] = set()
+        self._full_seconds: float | None = None
         self._inferred: onnx.ModelProto | None = None
         self._cache: GoldenCache | None = None
         self._cache_key: tuple[int, int | None] | None = None
@@ -546,9 +552,22 @@ class FaultEngine:
         ok = False
         try:
             full = self.reference(data, FaultSet.empty(), batch_size)
+            if self._full_seconds is None:  # what a whole-model run costs, once
+                tic = time.perf_counter()
+                self._run(self._variant((0, frozenset())), data, FaultSet.empty(),
+                          batch_size)
+                self._full_seconds = time.perf_counter() - tic
             v = self._variant(key)  # the session the trial will use, without faults
-            part = self._run(v, data, FaultSet.empty(), batch_size)
+            part = self._run(v, data, FaultSet.empty(), batch_size)  # (warms it up)
+            tic = time.perf_counter()
+            self._run(v, data, FaultSet.empty(), batch_size)
+            seconds = time.perf_counter() - tic
             ok = all(full[n].tobytes() == part[n].tobytes() for n in full)
+            if ok and seconds > self.suffix_worth * self._full_seconds:
+                log.debug("suffix from node %d abandoned: %.1f ms vs %.1f ms for the whole "
+                          "model", start, 1e3 * seconds, 1e3 * self._full_seconds)
+                ok = False
+                self._slow_cuts.add(start)
             if ok and data is self._ref_data and batch_size == self._ref_batch:
                 v.golden = part
         except _NoCache as e:
@@ -557,7 +576,7 @@ class FaultEngine:
         if ok:
             self._verified.add(start)
             return key
-        if self.suffix:
+        if self.suffix and start not in self._slow_cuts:
             log.info("suffix from node %d abandoned: its outputs differ from the full "
                      "model's", start)
         self._bad_cuts.add(start)
@@ -642,6 +661,11 @@ class FaultEngine:
     def cache_bytes(self) -> int:
         """Bytes held by the suffix cache (0 when none is built)."""
         return 0 if self._cache is None else self._cache.nbytes
+
+
+SUFFIX_WORTH = 0.7
+"""A cut is kept only if its fault-free suffix run takes at most this fraction of a
+whole-model run (measured when it is verified): a session build is not repaid otherwise."""
 
 
 class _NoCache(Exception):

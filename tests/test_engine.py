@@ -103,7 +103,7 @@ def test_session_variants_agree_with_full_instrumentation(model_path: Path,
     x = {"input": digits["input"]}
     cached = FaultEngine(m, acts, max_variants=16, suffix=False)
     full_only = FaultEngine(m, acts, max_variants=0, suffix=False)
-    suffixed = FaultEngine(m, acts, max_variants=16)
+    suffixed = FaultEngine(m, acts, max_variants=16, suffix_worth=float("inf"))
     plans = [[parse_fault("/relu1/Relu_output_0[*,3,2,2]:bitflip:30")],
              [parse_fault("/conv2/Conv_output_0[*,1,1,1]:bitflip:29"),
               parse_fault("/fc1/Gemm_output_0[*,5]:stuck-at-1:30")],
@@ -129,7 +129,7 @@ def test_run_and_reference_use_the_same_session(model_path: Path,
                                                 digits: dict[str, np.ndarray]) -> None:
     m = load_model(model_path)
     acts = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
-    e = FaultEngine(m, acts)
+    e = FaultEngine(m, acts, suffix_worth=float("inf"))
     x = {"input": digits["input"]}
     faults = [parse_fault("/relu1/Relu_output_0[*,1,1,1]:stuck-at-0:31")]
     e.run(x, faults)
@@ -306,7 +306,7 @@ def test_suffix_runs_equal_full_runs_at_every_site(path: str, digits: dict[str, 
 
     m = load_model(MODELS / path)
     sites = [s for s in discover_sites(m) if s.static_elements > 0]
-    with_suffix = FaultEngine(m, sites)
+    with_suffix = FaultEngine(m, sites, suffix_worth=float("inf"))  # keep every cut
     without = FaultEngine(m, sites, suffix=False)
     x = {"input": digits["input"][:120]}
     rng = np.random.default_rng(0)
@@ -332,7 +332,7 @@ def test_suffix_on_the_spiking_model_at_every_time_step(snn_model: onnx.ModelPro
     sites = [s for s in discover_sites(snn_model) if s.time_step is not None
              and s.role == "membrane"]
     assert len({s.time_step for s in sites}) == 16
-    with_suffix = FaultEngine(snn_model, sites)
+    with_suffix = FaultEngine(snn_model, sites, suffix_worth=float("inf"))
     without = FaultEngine(snn_model, sites, suffix=False)
     for f in _one_fault_per_site(sites, np.random.default_rng(1), 30):
         b = without.run(x, [f])["spike_counts"]
@@ -352,7 +352,7 @@ def test_no_suffix_and_the_cache_bound(digits: dict[str, np.ndarray]) -> None:
     for _ in range(2):
         assert tiny.run(x, f)["logits"].tobytes() == full.run(x, f)["logits"].tobytes()
     assert not tiny.suffix and tiny.cache_bytes == 0
-    on = FaultEngine(m, sites)
+    on = FaultEngine(m, sites, suffix_worth=float("inf"))
     for _ in range(2):
         assert on.run(x, f)["logits"].tobytes() == full.run(x, f)["logits"].tobytes()
     assert on.cache_bytes == 360 * (128 + 64) * 4  # fc1 reads the flatten output, fc2 relu3

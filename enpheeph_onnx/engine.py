@@ -394,26 +394,31 @@ class FaultEngine:
         return True
 
     def _key(self, faults: FaultSet, sighting: bool = True) -> tuple[int, frozenset[str]]:
-        """The session for a trial: the suffix from its first hit site on, instrumented at
-        exactly its hit sites, once that (cut, hit set) has come back (a session built for
-        a set seen once, e.g. the random sites of a multi-fault trial, would not pay off);
-        until then the whole model, instrumented everywhere. ``sighting``: count this call
-        as a sighting (:meth:`run` does, :meth:`reference` does not, so both pick the same
-        session for the same trial)."""
+        """The session for a trial: instrumented at exactly its hit sites once that set of
+        sites has come back (a session built for a set seen once, e.g. the random sites of
+        a multi-fault trial, would not pay off), else at every site; run from the trial's
+        first hit site on where that cut is usable (suffix re-execution), else whole.
+        Sightings count by hit set alone, so the choice between a per-set and the
+        everywhere-instrumented session is the same with and without suffixes.
+        ``sighting``: count this call as a sighting (:meth:`run` does, :meth:`reference`
+        does not, so both pick the same session for the same trial)."""
         hit = frozenset(faults.hit_sites() & self._full)
-        key = (self._start(faults), hit)
-        if key in self._variants:
-            return key
-        if sighting:
-            self._seen[key] = self._seen.get(key, 0) + 1
-        partial = sum(1 for k in self._variants if k[1] and k[1] != self._full)
-        room = not hit or partial < self.max_variants
-        if room and self._seen.get(key, 0) >= 2 and (key[0] == 0 or self._has_suffix(key[0])):
-            return key
-        whole = (0, hit)
-        if whole in self._variants:
-            return whole
-        return (0, self._full) if hit else (0, frozenset())
+        start = self._start(faults)
+        if start and (start, hit) in self._variants:
+            return (start, hit)
+        if not hit or (0, hit) in self._variants:
+            base = (0, hit)
+        else:
+            if sighting:
+                self._seen[hit] = self._seen.get(hit, 0) + 1
+            sets = {k[1] for k in self._variants if k[1] and k[1] != self._full}
+            room = len(sets) < self.max_variants
+            base = (0, hit) if room and self._seen.get(hit, 0) >= 2 else (0, self._full)
+        # the everywhere-instrumented session always runs whole: a suffix of it would be
+        # built for first sightings, which do not come back
+        if start and (not hit or base[1] != self._full) and self._has_suffix(start):
+            return (start, base[1])
+        return base
 
     @property
     def ports(self) -> dict[str, _Port]:
@@ -573,6 +578,8 @@ class FaultEngine:
         except _NoCache as e:
             log.info("suffix re-execution off: %s", e)
             self.suffix = False
+        except Exception as e:  # a suffix onnxruntime or the checker refuses: run whole
+            log.info("suffix from node %d abandoned: %s", start, e)
         if ok:
             self._verified.add(start)
             return key

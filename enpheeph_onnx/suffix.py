@@ -8,8 +8,8 @@ Every tensor computed before the first node that reads a faulted site is golden.
 batch, instead of the whole model.
 
 The suffix model is extracted with :class:`onnx.utils.Extractor`. A cut is used only where
-it is safe: no node has subgraphs (an ``If``/``Loop`` body may read any outer tensor), no
-graph output is produced before the cut, and the engine checks, when it first builds a
+it is safe: no node has subgraphs (an ``If``/``Loop`` body may read any outer tensor), every
+graph output is produced after the cut, and the engine checks, when it first builds a
 suffix session, that its fault-free outputs are bit-identical to the full model's (else the
 cut is abandoned and full runs serve).
 """
@@ -63,8 +63,8 @@ def crossing_tensors(model: onnx.ModelProto, start: int) -> list[str] | None:
     before = {o for n in nodes[:start] for o in n.output} | {
         i.name for i in g.input if i.name not in inits}
     outputs = {o.name for o in g.output}
-    if outputs & {o for n in nodes[:start] for o in n.output}:
-        return None
+    if not outputs <= {o for n in nodes[start:] for o in n.output}:
+        return None  # an output produced before the cut (or a graph input passed through)
     seen: dict[str, None] = {}
     for n in nodes[start:]:
         for name in n.input:

@@ -137,7 +137,7 @@ def test_run_and_reference_use_the_same_session(model_path: Path,
     # first sighting: both on the whole model instrumented everywhere, no cut yet
     everywhere = frozenset(s.name for s in acts)
     assert set(e._variants) == {(0, frozenset()), (0, everywhere)}
-    # second: the (cut, hit set) came back: the suffix from relu1's producer (node 1),
+    # second: the hit set came back: the suffix from relu1's producer (node 1),
     # instrumented at relu1 only, verified against the full model, used by both
     e.run(x, faults)
     e.reference(x, faults)
@@ -356,3 +356,74 @@ def test_no_suffix_and_the_cache_bound(digits: dict[str, np.ndarray]) -> None:
     for _ in range(2):
         assert on.run(x, f)["logits"].tobytes() == full.run(x, f)["logits"].tobytes()
     assert on.cache_bytes == 360 * (128 + 64) * 4  # fc1 reads the flatten output, fc2 relu3
+
+
+def _residual_models() -> dict[str, onnx.ModelProto]:
+    """Small graphs that stress cuts: a residual, a weight shared by two layers, a rank-0
+    weight, Reshapes with shape inputs, a Constant read late, an input read late (A); a
+    graph input passed through as a graph output (D)."""
+    from onnx import TensorProto
+    from onnx import helper as h
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+    w2 = rng.standard_normal((4, 4)).astype(np.float32)
+    f = TensorProto.FLOAT
+
+    def model(nodes: list, inputs: list, outputs: list, inits: list) -> onnx.ModelProto:
+        m = h.make_model(h.make_graph(nodes, "g", inputs, outputs, inits),
+                         opset_imports=[h.make_opsetid("", 26)], ir_version=10)
+        onnx.checker.check_model(m, full_check=True)
+        return m
+
+    x = h.make_tensor_value_info("x", f, ["N", 4])
+    y = h.make_tensor_value_info("y", f, ["N", 4])
+    from onnx import numpy_helper as nh
+
+    a = model([
+        h.make_node("Constant", [], ["C"], value=nh.from_array(w2, "C")),
+        h.make_node("MatMul", ["x", "W"], ["h0"]), h.make_node("Relu", ["h0"], ["r0"]),
+        h.make_node("MatMul", ["r0", "W"], ["h1"]), h.make_node("Mul", ["h1", "alpha"], ["h2"]),
+        h.make_node("Reshape", ["h2", "shp"], ["h3"]),
+        h.make_node("Reshape", ["h3", "shp2"], ["h4"]), h.make_node("Add", ["h4", "r0"], ["h5"]),
+        h.make_node("MatMul", ["h5", "C"], ["h6"]), h.make_node("Add", ["h6", "x"], ["y"]),
+    ], [x], [y], [nh.from_array(w, "W"), nh.from_array(np.float32(0.7), "alpha"),
+                  nh.from_array(np.array([-1, 2, 2], np.int64), "shp"),
+                  nh.from_array(np.array([-1, 4], np.int64), "shp2")])
+    z = h.make_tensor_value_info("z", f, ["N", 4])
+    d = model([
+        h.make_node("MatMul", ["x", "W"], ["h0"]), h.make_node("Sigmoid", ["h0"], ["h1"]),
+        h.make_node("Mul", ["h1", "z"], ["h3"]), h.make_node("MatMul", ["h3", "W"], ["y"]),
+    ], [x, z], [y, h.make_tensor_value_info("z", f, ["N", 4])], [nh.from_array(w, "W")])
+    return {"A": a, "D": d}
+
+
+def test_suffix_never_changes_a_campaign_on_residual_graphs(tmp_path: Path) -> None:
+    """Review cases: the same outcomes with and without suffixes when a cut is abandoned
+    (sightings count by hit set in both modes), and no crash where a graph input is also a
+    graph output (no cut there)."""
+    from enpheeph_onnx.campaign import CampaignConfig, Dataset, SiteSelection, run_campaign
+
+    models = _residual_models()
+    rng = np.random.default_rng(1)
+    xs = rng.standard_normal((23, 4)).astype(np.float32)
+    data = Dataset({"x": xs}, np.zeros(23, np.int64))
+    for seed in (3, 4):
+        cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,), ("h4", "h1")),
+                             bits=(0, 1, 2), trials=20, seed=seed, batch_size=1)
+        runs = [run_campaign(models["A"], data, replace_(cfg, suffix=on)).trials
+                for on in (True, False)]
+        assert (runs[0].counts == runs[1].counts).all() and (
+            runs[0].accuracy == runs[1].accuracy).all()
+    d = Dataset({"x": xs, "z": rng.standard_normal((23, 4)).astype(np.float32)},
+                np.zeros(23, np.int64))
+    cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,), ("y",)), trials=5)
+    a = run_campaign(models["D"], d, cfg).trials
+    b = run_campaign(models["D"], d, replace_(cfg, suffix=False)).trials
+    assert (a.counts == b.counts).all()
+
+
+def replace_(cfg: object, **kw: object) -> object:
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)  # type: ignore[type-var]

@@ -313,7 +313,9 @@ class FaultEngine:
         suffix_worth: keep a cut only if its fault-free run takes at most this fraction of
             a whole-model run (default :data:`SUFFIX_WORTH`; ``inf`` keeps every cut).
 
-    Sessions are keyed by (first node of the suffix, instrumented sites).
+    Sessions are keyed by (first node of the suffix, instrumented sites). The golden
+    references and the suffix cache are kept for the last ``data`` object (by identity):
+    pass a new mapping, not the same one modified in place, to run on other data.
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],

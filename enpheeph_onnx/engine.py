@@ -331,6 +331,7 @@ class FaultEngine:
         self._bad_cuts: set[int] = set()
         self._verified: set[int] = set()
         self._slow_cuts: set[int] = set()
+        self._cut_seen: dict[int, int] = {}
         self._full_seconds: float | None = None
         self._inferred: onnx.ModelProto | None = None
         self._cache: GoldenCache | None = None
@@ -417,10 +418,16 @@ class FaultEngine:
             room = len(sets) < self.max_variants
             base = (0, hit) if room and self._seen.get(hit, 0) >= 2 else (0, self._full)
         # the everywhere-instrumented session always runs whole: a suffix of it would be
-        # built for first sightings, which do not come back
-        if start and (not hit or base[1] != self._full) and self._has_suffix(start):
-            return (start, base[1])
-        return base
+        # built for first sightings, which do not come back; a weights-only cut is built
+        # when it comes back
+        if not start or (hit and base[1] == self._full):
+            return base
+        if not hit:
+            if sighting:
+                self._cut_seen[start] = self._cut_seen.get(start, 0) + 1
+            if self._cut_seen.get(start, 0) < 2:
+                return base
+        return (start, base[1]) if self._has_suffix(start) else base
 
     @property
     def ports(self) -> dict[str, _Port]:

@@ -336,6 +336,7 @@ class FaultEngine:
         self._inferred: onnx.ModelProto | None = None
         self._cache: GoldenCache | None = None
         self._cache_key: tuple[int, int | None] | None = None
+        self._cache_data: Mapping[str, np.ndarray] | None = None
         self.sites = {s.name: s for s in sites}
         self.provider = provider
         self.options = session_options(threads)
@@ -344,7 +345,7 @@ class FaultEngine:
         self._value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]
         self._full = frozenset(s.name for s in self._value_sites)
         self._variants: OrderedDict[tuple[int, frozenset[str]], _Variant] = OrderedDict()
-        self._seen: dict[tuple[int, frozenset[str]], int] = {}
+        self._seen: dict[frozenset[str], int] = {}  # sightings of each hit set
         self._ref_data: Mapping[str, np.ndarray] | None = None
         self._ref_batch: int | None = None
         base = self._variant((0, frozenset()))

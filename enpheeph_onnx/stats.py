@@ -139,11 +139,10 @@ def mean_interval(values: np.ndarray, confidence: float = 0.95,
 
 @dataclass(frozen=True)
 class ClusteredProportion(Proportion):
-    """A pooled rate ``k / n`` over trials (clusters of inputs) with a cluster-aware
-    Wilson interval; ``n_eff`` is the effective number of independent pairs."""
+    """A pooled rate ``k / n`` over ``trials`` trials (clusters of inputs) with a Wilson
+    interval over the trials."""
 
     trials: int = 0
-    n_eff: float = 0.0
 
 
 def wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
@@ -164,7 +163,7 @@ def wilson(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
 def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
                          ) -> ClusteredProportion:
     """Pooled proportion ``sum(k) / sum(n)`` of outcomes over trials with a Wilson interval
-    over the trials (see the module docstring): ``n_eff`` = the number of trials.
+    whose sample is the trials (see the module docstring).
 
     Args:
         k: ``[m]`` outcomes of interest per trial.
@@ -174,10 +173,10 @@ def clustered_proportion(k: np.ndarray, n: np.ndarray, confidence: float = 0.95
     n = np.asarray(n, np.float64)
     m, total, hits = len(k), float(n.sum()), float(k.sum())
     if m == 0 or total == 0:
-        return ClusteredProportion(0, 0, float("nan"), float("nan"), confidence, m, 0.0)
+        return ClusteredProportion(0, 0, float("nan"), float("nan"), confidence, m)
     p = hits / total
     low, high = wilson(p, float(m), confidence)
-    return ClusteredProportion(int(hits), int(total), low, high, confidence, m, float(m))
+    return ClusteredProportion(int(hits), int(total), low, high, confidence, m)
 
 
 def bounded_mean_interval(values: np.ndarray, confidence: float = 0.95) -> MeanInterval:

@@ -50,7 +50,7 @@ METRICS = ("masked_rate", "tolerable_sdc_rate", "critical_sdc_rate", "sdc_rate",
 
 @dataclass(frozen=True)
 class OutcomeRates:
-    """Pooled outcome rates of a group of trials, with cluster-aware intervals."""
+    """Pooled outcome rates of a group of trials, with Wilson intervals over trials."""
 
     masked: ClusteredProportion
     tolerable_sdc: ClusteredProportion

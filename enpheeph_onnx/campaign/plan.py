@@ -16,6 +16,7 @@ import os
 import zipfile
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -47,14 +48,11 @@ class CampaignPlan:
         return [t.trial for t in self.trials]
 
     def spec(self, trial: int) -> TrialSpec:
-        return self._by_number()[trial]
+        return self._by_number[trial]
 
+    @cached_property
     def _by_number(self) -> dict[int, TrialSpec]:
-        cache = self.__dict__.get("_index")
-        if cache is None:
-            cache = {t.trial: t for t in self.trials}
-            object.__setattr__(self, "_index", cache)
-        return cache
+        return {t.trial: t for t in self.trials}
 
     @property
     def faults(self) -> int:
@@ -68,8 +66,7 @@ class CampaignPlan:
     def to_json(self) -> dict[str, Any]:
         return {**self._header(1), "trials": [
             {"trial": t.trial, "level": t.level, "rate": t.rate,
-             "stratum": None if t.stratum is None else {"layer": t.stratum.layer,
-                                                        "bit": t.stratum.bit},
+             "stratum": _stratum_json(t.stratum),
              "faults": [f.to_json() for f in t.faults.to_faults(self.ranks)]}
             for t in self.trials]}
 
@@ -80,16 +77,10 @@ class CampaignPlan:
             with atomic_path(p) as tmp:
                 tmp.write_text(json.dumps(self.to_json(), separators=(",", ":")))
             return
-        table = list(dict.fromkeys(s for t in self.trials for s in t.faults.sites))
-        joined = FaultSet.concat([FaultSet(tuple(table), np.zeros(0, np.int32),
-                                           np.zeros((0, 1), np.int64), np.zeros(0, np.uint8),
-                                           np.zeros(0, np.uint64), np.zeros(0)),
-                                  *(t.faults for t in self.trials)])
+        joined = FaultSet.concat([t.faults for t in self.trials])
         header = {**self._header(2), "trials": [
             {"trial": t.trial, "level": t.level, "rate": t.rate,
-             "stratum": None if t.stratum is None else {"layer": t.stratum.layer,
-                                                        "bit": t.stratum.bit}}
-            for t in self.trials]}
+             "stratum": _stratum_json(t.stratum)} for t in self.trials]}
         offsets = np.cumsum([0] + [len(t.faults) for t in self.trials]).astype(np.int64)
         with atomic_path(p) as tmp, open(tmp, "wb") as fh:
             np.savez_compressed(fh, header=np.array(json.dumps(header)), offsets=offsets,
@@ -171,6 +162,10 @@ def _ranks(header: dict[str, Any], trials: tuple[TrialSpec, ...]) -> dict[str, i
         for name in t.faults.sites:
             ranks.setdefault(name, t.faults.index.shape[1])
     return ranks
+
+
+def _stratum_json(s: Stratum | None) -> dict[str, Any] | None:
+    return None if s is None else {"layer": s.layer, "bit": s.bit}
 
 
 def _stratum(d: Any) -> Stratum | None:

@@ -32,6 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .bits import BY_NAME, DType
+from .chain import ChainUnavailable, ValueChain, batch_rows
 from .errors import EnpheephError
 from .faults import Fault
 from .faultset import FaultSet, fold
@@ -357,6 +358,39 @@ class FaultEngine:
             self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
         self._shape_cache: dict[tuple[tuple[str, tuple[int, ...]], ...],
                                 dict[str, tuple[int, ...]]] = {}
+        self._chain: ValueChain | None = None
+        self._chain_tried = False
+
+    def chain(self) -> ValueChain | None:
+        """The segment chain that serves activation/input-only trials (suffix
+        re-execution with host-side faults, :mod:`enpheeph_onnx.chain`), or ``None``."""
+        if not self._chain_tried:
+            self._chain_tried = True
+            if self.suffix and self._value_sites:
+                if self._inferred is None:
+                    self._inferred = infer_shapes(self.source)
+                try:
+                    self._chain = ValueChain(
+                        self._inferred, self._value_sites, self.provider,
+                        self.options, self.cache_mb)
+                except ChainUnavailable as e:
+                    log.info("activation faults fed in the graph: %s", e)
+        return self._chain
+
+    def _chained(self, fs: FaultSet, data: Mapping[str, np.ndarray],
+                 batch_size: int | None) -> bool:
+        """Whether the chain serves ``fs`` (preparing it on first use); a chain that fails
+        is dropped, and instrumented sessions serve from then on."""
+        c = self.chain()
+        if c is None or not c.serves(fs):
+            return False
+        try:
+            c.prepare(data, batch_size)
+        except ChainUnavailable as e:
+            log.info("segment chain abandoned: %s", e)
+            self._chain = None
+            return False
+        return True
 
     def _variant(self, key: tuple[int, frozenset[str]]) -> _Variant:
         v = self._variants.get(key)
@@ -502,11 +536,7 @@ class FaultEngine:
             site = p.site
             sparse, bcast = rows, rows[:0]
             if len(rows) and site.shape and not isinstance(site.shape[0], int):
-                lead = fs.index[rows, 0]
-                mine = (lead < 0) | ((lead >= start) & (lead < start + n))
-                rows = rows[mine]
-                if start and (lead[mine] >= 0).any():  # per-sample faults: shift into batch
-                    fs, rows = _shifted(fs, rows, start)
+                fs, rows = batch_rows(fs, rows, site, start, n)
                 sparse = rows
                 if p.broadcast is not None:
                     rank = len(site.shape)
@@ -554,6 +584,10 @@ class FaultEngine:
         """
         fs = as_fault_set(faults)
         self._check_sites(fs)
+        if self._chained(fs, data, batch_size):
+            out = self._chain.run(data, fs, batch_size)  # type: ignore[union-attr]
+            if out is not None:
+                return out
         key = self._key(fs)
         if key[0] and key[0] not in self._verified:
             key = self._verify(key, data, batch_size, fs)
@@ -606,11 +640,14 @@ class FaultEngine:
         """The golden outputs of the session that :meth:`run` used for ``faults`` (call it
         after :meth:`run`): the reference to classify that run's outputs against. Cached
         per session for the last ``data`` object."""
+        fs = as_fault_set(faults)
+        if self._chain is not None and self._chain.serves(fs):
+            return self._chain.reference(data, batch_size)
         if data is not self._ref_data or batch_size != self._ref_batch:
             for v in self._variants.values():
                 v.golden = None
             self._ref_data, self._ref_batch = data, batch_size
-        v = self._variant(self._key(as_fault_set(faults), sighting=False))
+        v = self._variant(self._key(fs, sighting=False))
         if v.golden is None:
             v.golden = self._run(v, data, FaultSet.empty(), batch_size)
         return v.golden
@@ -677,7 +714,8 @@ class FaultEngine:
     @property
     def cache_bytes(self) -> int:
         """Bytes held by the suffix cache (0 when none is built)."""
-        return 0 if self._cache is None else self._cache.nbytes
+        chain = 0 if self._chain is None else self._chain.cache_bytes
+        return chain + (0 if self._cache is None else self._cache.nbytes)
 
 
 SUFFIX_WORTH = 0.7
@@ -698,14 +736,6 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
 def as_fault_set(faults: FaultSet | Iterable[Fault]) -> FaultSet:
     """``faults`` as a :class:`FaultSet` (converted when given as :class:`Fault` objects)."""
     return faults if isinstance(faults, FaultSet) else FaultSet.from_faults(faults)
-
-
-def _shifted(fs: FaultSet, rows: np.ndarray, start: int) -> tuple[FaultSet, np.ndarray]:
-    """``fs`` with the integer leading coordinate of ``rows`` shifted by ``-start``."""
-    index = fs.index.copy()
-    lead = index[rows, 0]
-    index[rows, 0] = np.where(lead >= 0, lead - start, lead)
-    return FaultSet(fs.sites, fs.site, index, fs.model, fs.bits, fs.value), rows
 
 
 def _feedable(arr: np.ndarray, d: DType) -> Any:

@@ -120,16 +120,20 @@ def test_session_variants_agree_with_full_instrumentation(model_path: Path,
     # one session per distinct set of hit sites, plus the base (weights only)
     assert len(cached._variants) == 2 + len(plans)  # + the full one for first sightings
     assert set(full_only._variants) == {(0, frozenset()), (0, frozenset(s.name for s in acts))}
-    # the suffix engine cut each trial at its first hit site (and verified each cut)
-    assert {k[0] for k in suffixed._variants} - {0} == suffixed._verified
-    assert len(suffixed._verified) == 3 and suffixed.cache_bytes > 0
+    # the suffix engine served every trial from its segment chain (host-side faults, no
+    # instrumented session), from the golden tensors at the trial's first hit boundary
+    chain = suffixed._chain
+    assert chain is not None and set(suffixed._variants) == {(0, frozenset())}
+    assert suffixed.cache_bytes == chain.cache_bytes > 0
+    assert {k[0] for k in chain._spans} >= {chain.cut["/relu1/Relu_output_0"],
+                                            chain.cut["logits"]} - {chain.end}
 
 
 def test_run_and_reference_use_the_same_session(model_path: Path,
                                                 digits: dict[str, np.ndarray]) -> None:
     m = load_model(model_path)
     acts = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
-    e = FaultEngine(m, acts, suffix_worth=float("inf"))
+    e = FaultEngine(m, acts, suffix=False)  # instrumented sessions (no segment chain)
     x = {"input": digits["input"]}
     faults = [parse_fault("/relu1/Relu_output_0[*,1,1,1]:stuck-at-0:31")]
     e.run(x, faults)
@@ -137,13 +141,11 @@ def test_run_and_reference_use_the_same_session(model_path: Path,
     # first sighting: both on the whole model instrumented everywhere, no cut yet
     everywhere = frozenset(s.name for s in acts)
     assert set(e._variants) == {(0, frozenset()), (0, everywhere)}
-    # second: the hit set came back: the suffix from relu1's producer (node 1),
-    # instrumented at relu1 only, verified against the full model, used by both
+    # second: the hit set came back: a session instrumented at relu1 only, used by both
     e.run(x, faults)
     e.reference(x, faults)
     one = frozenset({"/relu1/Relu_output_0"})
-    assert set(e._variants) == {(0, frozenset()), (0, everywhere), (1, one)}
-    assert e._verified == {1}
+    assert set(e._variants) == {(0, frozenset()), (0, everywhere), (0, one)}
 
 
 def test_engine_takes_fault_sets_and_fault_objects_alike(digits: dict[str, np.ndarray]) -> None:
@@ -317,8 +319,12 @@ def test_suffix_runs_equal_full_runs_at_every_site(path: str, digits: dict[str, 
             assert a.tobytes() == b.tobytes(), str(f)
             ref_a = with_suffix.reference(x, [f], 50)["logits"]
             assert ref_a.tobytes() == without.reference(x, [f], 50)["logits"].tobytes()
-    assert with_suffix.suffix and len(with_suffix._verified) >= 5
+    # weight trials ran on verified weight cuts, activation trials on the segment chain
+    assert with_suffix.suffix and len(with_suffix._verified) >= 3
     assert not with_suffix._bad_cuts
+    chain = with_suffix._chain
+    assert chain is not None and not chain._unroutable
+    assert len({k[0] for k in chain._spans}) >= 5  # a suffix from every activation boundary
     f = _one_fault_per_site([s for s in sites if s.kind is SiteKind.WEIGHT][-1:], rng, 30)
     want = make_session(inject(m, f).model).run(None, x)[0]
     assert with_suffix.run(x, f, 50)["logits"].tobytes() == want.tobytes()
@@ -339,7 +345,9 @@ def test_suffix_on_the_spiking_model_at_every_time_step(snn_model: onnx.ModelPro
         for _ in range(2):  # a cut is built when it comes back
             a = with_suffix.run(x, [f])["spike_counts"]
             assert a.tobytes() == b.tobytes(), str(f)
-    assert len(with_suffix._verified) >= 15
+    chain = with_suffix._chain
+    assert chain is not None and not chain._unroutable
+    assert len({k[0] for k in chain._spans}) >= 15  # the suffix from every time step
 
 
 def test_no_suffix_and_the_cache_bound(digits: dict[str, np.ndarray]) -> None:
@@ -399,17 +407,31 @@ def _residual_models() -> dict[str, onnx.ModelProto]:
 
 
 def test_suffix_never_changes_a_campaign_on_residual_graphs(tmp_path: Path) -> None:
-    """Review cases: the same outcomes with and without suffixes when a cut is abandoned
-    (sightings count by hit set in both modes), and no crash where a graph input is also a
-    graph output (no cut there)."""
+    """Review cases: chain trials equal ``inject`` + ``run`` bit for bit on a graph where a
+    boundary splits a fusion (MatMul * alpha) and the golden reference is the unmodified
+    model's; weight cuts give the outcomes of full runs; no crash where a graph input is
+    also a graph output (no cut there)."""
     from enpheeph_onnx.campaign import CampaignConfig, Dataset, SiteSelection, run_campaign
 
     models = _residual_models()
     rng = np.random.default_rng(1)
     xs = rng.standard_normal((23, 4)).astype(np.float32)
-    data = Dataset({"x": xs}, np.zeros(23, np.int64))
+    x = {"x": xs}
+    sites = [s for s in discover_sites(models["A"]) if s.name in ("h4", "h1")]
+    e = FaultEngine(models["A"], sites)
+    plain = make_session(models["A"]).run(None, x)[0]
+    for spec in (["h4[*,1]:bitflip:1"], ["h1[*,2]:bitflip:0"], ["h1[*,0]:bitflip:30"],
+                 ["h1[*,3]:stuck-at-1:22", "h4[*,0]:bitflip:2"]):
+        fs = [parse_fault(f) for f in spec]
+        for _ in range(2):  # a pair of boundaries gets its own session when it comes back
+            got = e.run(x, fs, 23)["y"]
+            want = make_session(inject(models["A"], fs).model).run(None, x)[0]
+            assert got.tobytes() == want.tobytes(), spec
+            assert e.reference(x, fs, 23)["y"].tobytes() == plain.tobytes()
+    assert e._chain is not None and set(e._variants) == {(0, frozenset())}
+    data = Dataset(x, np.zeros(23, np.int64))
     for seed in (3, 4):
-        cfg = CampaignConfig(selection=SiteSelection((SiteKind.ACTIVATION,), ("h4", "h1")),
+        cfg = CampaignConfig(selection=SiteSelection((SiteKind.WEIGHT,), ("W", "C")),
                              bits=(0, 1, 2), trials=20, seed=seed, batch_size=1)
         runs = [run_campaign(models["A"], data, replace_(cfg, suffix=on)).trials
                 for on in (True, False)]

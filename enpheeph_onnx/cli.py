@@ -69,6 +69,14 @@ def provider_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "silent CPU fallback.")(f)
 
 
+def optimization_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--optimization", type=click.Choice(["extended", "all"]),
+                        default="extended", show_default=True,
+                        help="onnxruntime graph optimizations: extended (weights fed or "
+                             "constant compute alike) or all (as a default session deploys "
+                             "the model; activation and input faults only).")(f)
+
+
 def batch_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--batch-size", type=click.IntRange(min=1), default=512,
                         show_default=True, help="Samples per onnxruntime run.")(f)
@@ -263,18 +271,22 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
               help="Also run this model; print per output the max abs difference and the "
                    "top-1 agreement.")
 @provider_option
+@optimization_option
 @batch_option
 @json_option
 def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, provider: str,
-        batch_size: int, as_json: bool) -> None:
+        optimization: str, batch_size: int, as_json: bool) -> None:
     """Run MODEL in onnxruntime on the arrays of an .npz file."""
     from .model import atomic_path, load_model
-    from .runtime import check_feeds, load_npz, make_session, run_batched
+    from .runtime import Optimization, check_feeds, load_npz, make_session, run_batched
+    from .runtime import session_options as _options
+
+    so = _options(optimization=Optimization(optimization))
 
     _refuse_overwrite(out, model, inputs_path, other)
     arrays = load_npz(inputs_path)
     proto = load_model(model)
-    sess = make_session(proto, provider)  # type: ignore[arg-type]
+    sess = make_session(proto, provider, so)  # type: ignore[arg-type]
     feeds = check_feeds(sess, arrays, str(inputs_path))
     n = len(next(iter(feeds.values())))
     for m, path in ((proto, model), *(((load_model(other), other),) if other else ())):
@@ -290,7 +302,7 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
                               "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name}
                                           for k, v in outputs.items()}}
     if other is not None:
-        sess2 = make_session(load_model(other), provider)  # type: ignore[arg-type]
+        sess2 = make_session(load_model(other), provider, so)  # type: ignore[arg-type]
         theirs = run_batched(sess2, check_feeds(sess2, arrays, str(inputs_path)), batch_size)
         cmp = {}
         for name, a in outputs.items():
@@ -592,13 +604,13 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only on a terminal].")
 @provider_option
+@optimization_option
 @batch_option
 @json_option
 def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
              resume: bool, fail_above: tuple[str, ...], suffix: bool, cache_mb: float,
-             store_faults: str,
-             progress: bool | None, provider: str, batch_size: int, as_json: bool,
-             **opts: Any) -> None:
+             store_faults: str, progress: bool | None, provider: str, optimization: str,
+             batch_size: int, as_json: bool, **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
 
     A golden run, then trials of sampled faults (a fixed count, or Poisson at each fault
@@ -629,12 +641,14 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
         cfg = CampaignConfig(selection=cp.config.selection, batch_size=batch_size,
                              provider=provider,  # type: ignore[arg-type]
                              output=opts.get("output_name"), store_faults=store_faults,
-                             suffix=suffix, cache_mb=cache_mb)
+                             suffix=suffix, cache_mb=cache_mb,
+                             optimization=optimization)  # type: ignore[arg-type]
     else:
         cp = None
         cfg = replace(_build_config(model, batch_size=batch_size, provider=provider,
                                     store_faults=store_faults, **opts),
-                      suffix=suffix, cache_mb=cache_mb)
+                      suffix=suffix, cache_mb=cache_mb,
+                      optimization=optimization)  # type: ignore[arg-type]
     data = load_dataset(data_path, input_names(load_model(model)))
 
     def _terminate(signum: int, frame: object) -> None:

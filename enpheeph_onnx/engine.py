@@ -39,6 +39,7 @@ from .faultset import FaultSet, fold
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
 from .runtime import (
+    Optimization,
     Provider,
     join_batches,
     make_session,
@@ -313,6 +314,11 @@ class FaultEngine:
         cache_mb: the most memory the suffix cache may hold; beyond it full runs serve.
         suffix_worth: keep a cut only if its fault-free run takes at most this fraction of
             a whole-model run (default :data:`SUFFIX_WORTH`; ``inf`` keeps every cut).
+        optimization: onnxruntime's graph optimizations (:class:`Optimization`); ``ALL``
+            only without weight sites.
+
+    Raises:
+        EnpheephError: ``ALL`` with weight sites.
 
     Sessions are keyed by (first node of the suffix, instrumented sites). The golden
     references and the suffix cache are kept for the last ``data`` object (by identity):
@@ -322,7 +328,15 @@ class FaultEngine:
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
                  provider: Provider = "cpu", threads: int | None = None,
                  max_variants: int = 16, suffix: bool = True, cache_mb: float = 512.0,
-                 suffix_worth: float | None = None) -> None:
+                 suffix_worth: float | None = None,
+                 optimization: Optimization = Optimization.EXTENDED) -> None:
+        if Optimization(optimization) is Optimization.ALL and any(
+                s.kind is SiteKind.WEIGHT for s in sites):
+            raise EnpheephError(
+                "--optimization all cannot serve weight faults: a campaign feeds perturbed "
+                "weights, and onnxruntime's layout optimizations apply only to constant "
+                "ones; drop 'weight' from --kinds or use --optimization extended")
+        self.optimization = Optimization(optimization)
         self.source = model
         self.suffix = suffix
         self.cache_mb = cache_mb
@@ -340,7 +354,7 @@ class FaultEngine:
         self._cache_data: Mapping[str, np.ndarray] | None = None
         self.sites = {s.name: s for s in sites}
         self.provider = provider
-        self.options = session_options(threads)
+        self.options = session_options(threads, self.optimization)
         self.max_variants = max_variants
         self._weight_sites = [s for s in sites if s.kind is SiteKind.WEIGHT]
         self._value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]

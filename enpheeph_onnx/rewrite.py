@@ -35,7 +35,7 @@ from . import __version__
 from .bits import BY_NAME, DType
 from .errors import EnpheephError
 from .faults import Fault, FaultModel, FaultPlan
-from .faultset import FaultSet, fold
+from .faultset import MODEL_CODES, FaultSet, fold
 from .model import (
     TARGET_OPSET,
     ModelSource,
@@ -233,47 +233,71 @@ def fault_function(model: FaultModel, dtype: DType) -> onnx.FunctionProto:
     )
 
 
-def _pattern(f: Fault, shape: tuple[object, ...]) -> tuple[object, ...]:
-    """Per dim: ``"*"``, ``"s"`` (int on a static dim) or ``("d", i)`` (int on a dynamic dim)."""
-    return tuple("*" if i is None else ("s" if isinstance(n, int) else ("d", i))
-                 for i, n in zip(f.index, shape, strict=True))
+_STAR, _STATIC = -1, -2
+"""Pattern codes of one coordinate (:func:`_pattern_codes`); an int on a dynamic dimension is
+coded as itself (>= 0)."""
 
 
-def _group(faults: list[Fault], shape: tuple[object, ...]) -> list[list[Fault]]:
-    """Runs of consecutive faults with the same model and index pattern (one node each)."""
-    groups: list[list[Fault]] = []
-    for f in faults:
-        if groups and groups[-1][0].model is f.model and (
-            _pattern(groups[-1][0], shape) == _pattern(f, shape)
-        ):
-            groups[-1].append(f)
-        else:
-            groups.append([f])
-    return groups
+def _pattern_codes(index: np.ndarray, shape: tuple[object, ...]) -> np.ndarray:
+    """Per fault (row of ``index``, one column per dimension of ``shape``) and dimension:
+    ``_STAR`` (``*``), ``_STATIC`` (an int on a static dim) or the int on a dynamic dim."""
+    codes = np.where(index < 0, _STAR, _STATIC).astype(np.int64)
+    for axis, n in enumerate(shape):
+        if not isinstance(n, int):
+            codes[:, axis] = np.where(index[:, axis] < 0, _STAR, index[:, axis])
+    return codes
 
 
-def _group_masks(group: list[Fault], shape: tuple[object, ...], d: DType) -> list[np.ndarray]:
-    """The mask constants of one fault node (container dtype, broadcastable to the site)."""
-    pat = _pattern(group[0], shape)
-    mshape = tuple(n if p == "s" else 1 for p, n in zip(pat, shape, strict=True))
-    ones = d.all_ones
-    model = group[0].model
-    first = np.full(mshape, ones if model in (FaultModel.STUCK_AT_0, FaultModel.VALUE) else 0,
-                    dtype=d.container)
-    second = np.zeros(mshape, dtype=d.container)
-    for f in group:
-        pos = tuple(i if p == "s" else 0 for i, p in zip(f.index, pat, strict=True))
-        t = f.transform(d)
-        if model is FaultModel.BIT_FLIP:
-            first[pos] ^= d.container.type(t.xor_mask)
-        elif model is FaultModel.STUCK_AT_1:
-            first[pos] |= d.container.type(t.or_mask)
-        elif model is FaultModel.STUCK_AT_0:
-            first[pos] &= d.container.type(t.and_mask)
-        else:
-            first[pos] = 0
-            second[pos] = d.container.type(t.or_mask)
-    masks = [first, second] if model is FaultModel.VALUE else [first]
+def _runs(models: np.ndarray, codes: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, end)`` of the runs of consecutive faults with the same model and index
+    pattern (one fault node each)."""
+    k = len(models)
+    if not k:
+        return []
+    change = np.ones(k, bool)
+    change[1:] = (models[1:] != models[:-1]) | (codes[1:] != codes[:-1]).any(1)
+    starts = np.flatnonzero(change)
+    return list(zip(starts.tolist(), [*starts[1:].tolist(), k], strict=True))
+
+
+def _run_masks(fs: FaultSet, rows: np.ndarray, codes: np.ndarray, shape: tuple[object, ...],
+               d: DType) -> list[np.ndarray]:
+    """The mask constants of the fault node of one run (``rows`` of ``fs``, all with the
+    model and pattern ``codes``): container dtype (the dtype itself for integers), size 1
+    where the pattern is not an int on a static dim. The run's faults are folded in order,
+    vectorized: XORs, ORs and ANDs accumulate, the last value on an element wins."""
+    static = [c == _STATIC for c in codes.tolist()]
+    mshape = tuple(n if st and isinstance(n, int) else 1
+                   for n, st in zip(shape, static, strict=True))
+    idx = fs.index[rows, :len(shape)]
+    if mshape:
+        lin = np.ravel_multi_index(tuple(idx[:, a] if st else np.zeros(len(rows), np.int64)
+                                         for a, st in enumerate(static)), mshape)
+    else:
+        lin = np.zeros(len(rows), np.int64)
+    size = int(np.prod(mshape)) if mshape else 1
+    a, o, x = fs.transforms(d, rows)
+    model = MODEL_CODES[int(fs.model[rows[0]])]
+    c, ones = d.container, d.container.type(d.all_ones)
+    second = None
+    if model is FaultModel.BIT_FLIP:
+        first = np.zeros(size, c)
+        np.bitwise_xor.at(first, lin, x)
+    elif model is FaultModel.STUCK_AT_1:
+        first = np.zeros(size, c)
+        np.bitwise_or.at(first, lin, o)
+    elif model is FaultModel.STUCK_AT_0:
+        first = np.full(size, ones, c)
+        np.bitwise_and.at(first, lin, a)
+    else:
+        _, back = np.unique(lin[::-1], return_index=True)
+        last = len(lin) - 1 - back  # the last fault on each element
+        first = np.full(size, ones, c)
+        second = np.zeros(size, c)
+        first[lin[last]] = 0
+        second[lin[last]] = o[last]
+    masks = [first] if second is None else [first, second]
+    masks = [m.reshape(mshape) for m in masks]
     if not d.is_float:
         masks = [m.view(d.numpy) for m in masks]
     return masks
@@ -296,15 +320,14 @@ class _Builder:
         self.graph.nodes.append(gs.Node(op, name, attrs or {}, inputs, [out], domain=domain))
         return out
 
-    def fault(self, x: gs.Tensor, prefix: str, group: list[Fault], site: FaultSite) -> gs.Tensor:
-        d = BY_NAME[site.dtype]
-        fn = fault_function(group[0].model, d)
+    def fault(self, x: gs.Tensor, prefix: str, model: FaultModel, masks: list[np.ndarray],
+              dyn: list[tuple[int, int]], site: FaultSite) -> gs.Tensor:
+        """One fault node: ``model`` with ``masks`` (:func:`_run_masks`) on ``x``, on the
+        ``Slice`` at index ``i`` of each dynamic axis of ``dyn`` ``(axis, i)``."""
+        fn = fault_function(model, BY_NAME[site.dtype])
         self.functions.setdefault(fn.name, fn)
-        masks = _group_masks(group, site.shape, d)
         mask_names = ["keep", "value"] if len(masks) == 2 else ["mask"]
         consts = [self.const(f"{prefix}/{m}", a) for m, a in zip(mask_names, masks, strict=True)]
-        dyn = [(axis, p[1]) for axis, p in enumerate(_pattern(group[0], site.shape))
-               if isinstance(p, tuple)]
         return self._sliced(x, prefix, dyn, lambda t, pre: self._call(fn.name, pre, t, consts))
 
     def _call(self, fname: str, prefix: str, x: gs.Tensor, consts: list[gs.Constant]) -> gs.Tensor:
@@ -332,21 +355,28 @@ def _prefix(site: str, generation: int) -> str:
 
 
 def insert_fault_nodes(
-    model: onnx.ModelProto, sites: dict[str, FaultSite], faults: Iterable[Fault]
+    model: onnx.ModelProto, sites: dict[str, FaultSite], faults: FaultSet | Iterable[Fault]
 ) -> tuple[onnx.ModelProto, list[str]]:
-    """Insert fault nodes for activation and input faults; returns the new model and the
-    inserted fault-node names. ``model`` must be at opset 26."""
-    by_site: dict[str, list[Fault]] = {}
-    for f in faults:
-        if sites[f.site].kind is not SiteKind.WEIGHT:
-            by_site.setdefault(f.site, []).append(f)
-    if not by_site:
+    """Insert fault nodes for activation and input faults (weight faults are skipped);
+    returns the new model and the inserted fault-node names. ``model`` must be at opset 26.
+
+    Per site (in order of first appearance), each run of consecutive faults with the same
+    model and index pattern becomes one node whose masks fold the run's faults, vectorized
+    over the columns of a :class:`~enpheeph_onnx.faultset.FaultSet` (no Python per fault).
+    """
+    fs = faults if isinstance(faults, FaultSet) else FaultSet.from_faults(faults)
+    if not len(fs):
         return model, []
+    fed = np.array([sites[n].kind is not SiteKind.WEIGHT for n in fs.sites] + [False])
+    fs = fs.take(np.flatnonzero(fed[fs.site]))
+    if not len(fs):
+        return model, []
+    by_site = sorted(fs.by_site().items(), key=lambda kv: int(kv[1][0]))
     graph = gs.import_onnx(model)
     tensors = graph.tensors()
     b = _Builder(graph)
     taken = set(tensors) | {n.name for n in graph.nodes}
-    for name, fs in by_site.items():
+    for name, rows in by_site:
         site = sites[name]
         x = tensors[name]
         consumers = [n for n in graph.nodes if any(t is x for t in n.inputs)]
@@ -358,8 +388,15 @@ def insert_fault_nodes(
         if site.kind is SiteKind.ACTIVATION:
             x.name = f"{base}/in"
         cur: gs.Tensor = x
-        for n, group in enumerate(_group(fs, site.shape)):
-            cur = b.fault(cur, f"{base}/{n}", group, site)
+        codes = _pattern_codes(fs.index[rows, :len(site.shape)], site.shape)
+        d = BY_NAME[site.dtype]
+        for n, (start, end) in enumerate(_runs(fs.model[rows], codes)):
+            run_rows = rows[start:end]
+            pattern = codes[start]
+            dyn = [(axis, int(c)) for axis, c in enumerate(pattern.tolist()) if c >= 0]
+            masks = _run_masks(fs, run_rows, pattern, site.shape, d)
+            cur = b.fault(cur, f"{base}/{n}", MODEL_CODES[int(fs.model[run_rows[0]])], masks,
+                          dyn, site)
         if site.kind is SiteKind.ACTIVATION:
             cur.name = name
         else:
@@ -455,11 +492,7 @@ def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault]
     clamp_ir_version(work)
     weights = perturb_weights(work, sites, fs)
     ranks = {s.name: len(s.shape) for s in found}
-    if isinstance(given, FaultPlan):
-        value_faults = tuple(f for f in given.faults if sites[f.site].kind is not SiteKind.WEIGHT)
-    else:
-        value_faults = fs.take(value_rows).to_faults(ranks)
-    work, nodes = insert_fault_nodes(work, sites, value_faults)
+    work, nodes = insert_fault_nodes(work, sites, fs.take(value_rows))
     record = {"enpheeph.source_sha256": sha, "enpheeph.version": __version__}
     if len(fs) <= PROVENANCE_FAULTS:
         plan_json = given.dumps() if isinstance(given, FaultPlan) else FaultPlan(

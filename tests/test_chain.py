@@ -124,3 +124,40 @@ def test_chain_refuses_a_bit_beyond_the_element(digits: dict[str, np.ndarray]) -
                   fs.value)
     with pytest.raises(EnpheephError, match=r"bit .* beyond the 32-bit"):
         e.run({"input": digits["input"][:8]}, fs)
+
+
+def test_optimization_all_trials_equal_inject_run_all(digits: dict[str, np.ndarray]) -> None:
+    """Activation faults on sessions optimized as deployed (NCHWc layouts, pre-packed
+    weights): the chain still equals ``inject`` + a session with the same options."""
+    from enpheeph_onnx.runtime import Optimization
+
+    m = load_model(MODEL)
+    sites = [s for s in discover_sites(m) if s.kind is not SiteKind.WEIGHT]
+    x = {"input": digits["input"][:100]}
+    e = FaultEngine(m, sites, optimization=Optimization.ALL)
+    so = session_options(optimization=Optimization.ALL)
+    rng = np.random.default_rng(11)
+    for n in (1, 6):
+        faults = _random_faults(sites, n, rng, 100)
+        got = e.run(x, faults)["logits"]
+        want = make_session(inject(m, faults).model, "cpu", so).run(None, x)[0]
+        assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist(), faults
+    assert e.reference(x, faults)["logits"].tobytes() == make_session(
+        m, "cpu", so).run(None, x)[0].tobytes()
+    with pytest.raises(Exception, match="cannot serve weight faults"):
+        FaultEngine(m, discover_sites(m), optimization=Optimization.ALL)
+
+
+def test_cli_refuses_optimization_all_with_weights(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from enpheeph_onnx.cli import main
+
+    from .conftest import MODELS
+
+    db = tmp_path / "r.sqlite"
+    r = CliRunner().invoke(main, ["campaign", str(MODEL), "--data",
+                                  str(MODELS / "digits_test.npz"), "--trials", "2",
+                                  "--optimization", "all", "--db", str(db)])
+    assert r.exit_code == 2 and "drop 'weight' from --kinds" in r.output
+    assert not db.exists()

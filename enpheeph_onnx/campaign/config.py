@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import EnpheephError
 from ..faults import FaultModel, format_bits, parse_bits
-from ..runtime import Provider
+from ..runtime import Optimization, Provider
 from ..sites import FaultSite, SiteKind
 
 
@@ -132,6 +132,9 @@ class CampaignConfig:
         suffix: run each trial from its first hit site on (suffix re-execution, on golden
             tensors cached per batch; each cut verified bit-identical before use).
         cache_mb: the most memory (MiB) the suffix cache may hold; beyond it, full runs.
+        optimization: onnxruntime graph optimizations
+            (:class:`enpheeph_onnx.runtime.Optimization`): ``extended`` (default) or ``all``
+            (as deployed; activation and input sites only).
         store_faults: ``"all"`` stores every trial's faults; ``"none"`` only their count
             (trials are reproducible from the seed either way).
     """
@@ -156,6 +159,7 @@ class CampaignConfig:
     store_faults: str = "all"
     suffix: bool = True
     cache_mb: float = 512.0
+    optimization: Optimization = Optimization.EXTENDED
 
     def __post_init__(self) -> None:
         if isinstance(self.stratify, str):
@@ -165,6 +169,17 @@ class CampaignConfig:
             raise EnpheephError(f"--stratify {','.join(self.stratify)}: use layer, bit or "
                                 "layer,bit")
         object.__setattr__(self, "stratify", axes)
+        try:
+            object.__setattr__(self, "optimization", Optimization(self.optimization))
+        except ValueError:
+            raise EnpheephError(f"--optimization {self.optimization}: use extended or all"
+                                ) from None
+        if (self.optimization is Optimization.ALL
+                and SiteKind.WEIGHT in self.selection.kinds):
+            raise EnpheephError(
+                "--optimization all cannot serve weight faults: a campaign feeds perturbed "
+                "weights, and onnxruntime's layout optimizations apply only to constant "
+                "ones; drop 'weight' from --kinds or use --optimization extended")
         if not (self.cache_mb >= 0 and math.isfinite(self.cache_mb)):
             raise EnpheephError(f"--cache-mb {self.cache_mb}: give a size in MiB >= 0")
         if self.store_faults not in ("all", "none"):
@@ -242,6 +257,7 @@ class CampaignConfig:
             "store_faults": self.store_faults,
             "suffix": self.suffix,
             "cache_mb": self.cache_mb,
+            "optimization": self.optimization.value,
         }
 
     @classmethod
@@ -258,7 +274,8 @@ class CampaignConfig:
             time_steps=d.get("time_steps"), seed=d["seed"], batch_size=d["batch_size"],
             provider=d["provider"], output=d["output"],
             stratify=tuple(d.get("stratify", ())), store_faults=d.get("store_faults", "all"),
-            suffix=d.get("suffix", True), cache_mb=d.get("cache_mb", 512.0))
+            suffix=d.get("suffix", True), cache_mb=d.get("cache_mb", 512.0),
+            optimization=Optimization(d.get("optimization", "extended")))
 
     def sampling_json(self) -> dict[str, Any]:
         """The settings that decide the faults and outcomes (not batch size, provider,

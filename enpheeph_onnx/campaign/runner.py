@@ -26,7 +26,7 @@ from ..errors import EnpheephError
 from ..faultset import FaultSet
 from ..model import ModelSource, load_model, model_sha256
 from ..rewrite import validate_fault_set
-from ..runtime import check_feeds
+from ..runtime import check_feeds, option_entries, session_options
 from ..sites import FaultSite, discover_sites, site_map
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
@@ -98,9 +98,8 @@ def _meta(model: ModelSource, sha: str, cfg: CampaignConfig, providers: list[str
         "model_sha256": sha,
         "config": cfg.to_json(),
         "providers": providers,
-        "session_options": {"graph_optimization_level": "ORT_ENABLE_EXTENDED",
-                            "session.disable_prepacking": "1",
-                            "session.disable_quant_qdq": "1"},
+        "session_options": dict(option_entries(session_options(
+            optimization=cfg.optimization))),
         "versions": {"enpheeph_onnx": __version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "numpy": np.__version__,
                      "python": platform.python_version()},
@@ -156,7 +155,7 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
     config = replace(plan.config, batch_size=config.batch_size, provider=config.provider,
                      output=config.output or plan.config.output,
                      store_faults=config.store_faults, suffix=config.suffix,
-                     cache_mb=config.cache_mb)
+                     cache_mb=config.cache_mb, optimization=config.optimization)
     smap = site_map(all_sites)
     levels = config.levels
     numbers = [t.trial for t in plan.trials]
@@ -268,7 +267,8 @@ class _Run:
         cfg = self.config
         try:
             self.engine = FaultEngine(self.proto, self.sites, cfg.provider,
-                                      suffix=cfg.suffix, cache_mb=cfg.cache_mb)
+                                      suffix=cfg.suffix, cache_mb=cfg.cache_mb,
+                                      optimization=cfg.optimization)
             names = self.engine.output_names
             self.output = cfg.output or names[0]
             if self.output not in names:

@@ -72,6 +72,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,12 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-TARGETS: tuple[tuple[str, str], ...] = (("weights", "weight"), ("activations", "activation"))
+TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("weights", "weight", ()),
+    ("activations", "activation", ()),
+    ("activations, --optimization all", "activation", ("--optimization", "all")),
+)
+"""(row name, ``--kinds``, extra campaign flags)."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,8 @@ class Plan:
     n2: int
 
 
-FULL = Plan(channels=(64, 128, 256), hidden=256, samples=32, ks=(1, 1000, 100000), n1=2, n2=22)
+FULL = Plan(channels=(64, 128, 256), hidden=256, samples=32, ks=(1, 1000, 100000, 1000000),
+            n1=2, n2=22)
 QUICK = Plan(channels=(4, 8, 8), hidden=16, samples=8, ks=(1, 100), n1=2, n2=6)
 
 
@@ -158,9 +165,15 @@ def count_parameters(model: onnx.ModelProto) -> int:
 
 
 def golden_seconds(model_path: Path, x: np.ndarray, runs: int = 20,
-                   warmups: int = 3) -> tuple[float, np.ndarray]:
-    """Median wall time of a plain CPU session (default options) on all of ``x``; logits."""
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+                   warmups: int = 3, extended: bool = False) -> tuple[float, np.ndarray]:
+    """Median wall time of a plain CPU session (default options; ``extended``: graph
+    optimizations at ORT_ENABLE_EXTENDED and no weight pre-packing, as campaigns run by
+    default) on all of ``x``; logits."""
+    so = ort.SessionOptions()
+    if extended:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     feed = {"input": x}
     out = sess.run(None, feed)[0]
     for _ in range(warmups - 1):
@@ -173,17 +186,32 @@ def golden_seconds(model_path: Path, x: np.ndarray, runs: int = 20,
     return statistics.median(times), np.asarray(out)
 
 
+GOLDEN_RSS_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+with np.load(sys.argv[2]) as z:
+    x = z["input"]
+for _ in range(3):
+    sess.run(None, {"input": x})
+"""
+"""Golden inference in a process of its own: its peak RSS is the memory baseline."""
+
+
 # --------------------------------------------------------------------------- subprocesses
 
 
 @dataclass
 class Timed:
-    """One CLI invocation: wall seconds, exit status and (on failure) the error line."""
+    """One CLI invocation: wall seconds, exit status, (on failure) the error line, and the
+    peak resident memory of the process (``ru_maxrss`` from ``wait4``, MiB)."""
 
     argv: list[str]
     seconds: float
     rc: int
     error: str | None
+    rss_mib: float | None = None
 
     def ok(self) -> bool:
         return self.error is None
@@ -195,15 +223,29 @@ def run_cli(argv: list[str], cwd: Path, log: Path, timeout: float) -> Timed:
     with log.open("wb") as out, err_path.open("wb") as err:
         t0 = time.perf_counter()
         try:
-            rc = subprocess.run(argv, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                timeout=timeout, check=False).returncode
-        except subprocess.TimeoutExpired:
-            return Timed(argv, time.perf_counter() - t0, -1, f"timed out after {timeout:.0f} s")
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL)
         except OSError as exc:
             return Timed(argv, time.perf_counter() - t0, -1, f"cannot start: {exc}")
-        seconds = time.perf_counter() - t0
+        reaped: dict[str, Any] = {}
+
+        def reap() -> None:  # wait4 gives this child's own rusage (peak RSS)
+            _, status, usage = os.wait4(proc.pid, 0)
+            reaped.update(status=status, usage=usage, t=time.perf_counter())
+
+        waiter = threading.Thread(target=reap, daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        if waiter.is_alive():
+            proc.kill()
+            waiter.join()
+            return Timed(argv, time.perf_counter() - t0, -1, f"timed out after {timeout:.0f} s")
+        seconds = reaped["t"] - t0
+        rc = os.waitstatus_to_exitcode(reaped["status"])
+        proc.returncode = rc
+        rss = reaped["usage"].ru_maxrss / 1024  # KiB on Linux
     if rc == 0:
-        return Timed(argv, seconds, rc, None)
+        return Timed(argv, seconds, rc, None, rss)
     lines = [ln.strip() for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
     first = lines[0] if lines else f"exit status {rc}, nothing on stderr"
     return Timed(argv, seconds, rc, first)
@@ -286,26 +328,28 @@ def projected_seconds(t_n1: float, n1: int, n2: int, per_trial_k1: float | None,
 
 
 def campaign_argv(prefix: list[str], model: Path, data: Path, kind: str, k: int, trials: int,
-                  db: Path, batch: int) -> list[str]:
+                  db: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
     return [*prefix, "campaign", str(model), "--data", str(data), "--kinds", kind,
             "--faults-per-trial", str(k), "--bits", "0", "--trials", str(trials),
-            "--batch-size", str(batch), "--seed", "0", "--db", str(db), "--no-progress"]
+            "--batch-size", str(batch), "--seed", "0", "--db", str(db), "--no-progress",
+            *extra]
 
 
 def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target: str,
                  kind: str, k: int, plan: Plan, golden: float, k1: dict[str, Any] | None,
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """All numbers of one (target, K) cell."""
     cell: dict[str, Any] = {"target": target, "kind": kind, "k": k, "n1": plan.n1,
+                            "flags": list(extra),
                             "loadavg_before": list(os.getloadavg())
                             if hasattr(os, "getloadavg") else None}
-    tag = f"{target}_k{k}"
+    tag = f"{kind}{'_'.join(('', *extra)).replace('--', '')}_k{k}"
 
     def log(name: str) -> Path:
         return work / "logs" / f"{tag}_{name}.log"
 
     db1 = work / "db" / f"{tag}_n{plan.n1}.sqlite"
-    r1 = run_cli(campaign_argv(prefix, model, data, kind, k, plan.n1, db1, plan.samples),
+    r1 = run_cli(campaign_argv(prefix, model, data, kind, k, plan.n1, db1, plan.samples, extra),
                  work, log(f"n{plan.n1}"), args.timeout)
     cell["t_n1_s"] = r1.seconds if r1.ok() else None
     cell["command_n1"] = shlex.join(r1.argv)
@@ -328,7 +372,7 @@ def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target:
     cell["n2"] = n2
 
     db2 = work / "db" / f"{tag}_n{n2}.sqlite"
-    argv2 = campaign_argv(prefix, model, data, kind, k, n2, db2, plan.samples)
+    argv2 = campaign_argv(prefix, model, data, kind, k, n2, db2, plan.samples, extra)
     r2 = run_cli(argv2, work, log(f"n{n2}"), args.timeout)
     cell["command_n2"] = shlex.join(argv2)
     cell["t_n2_s"] = r2.seconds if r2.ok() else None
@@ -339,6 +383,7 @@ def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target:
     per_trial = (r2.seconds - r1.seconds) / (n2 - plan.n1)
     cell["per_trial_s"] = per_trial
     cell["ratio"] = per_trial / golden
+    cell["rss_mib"] = r2.rss_mib
     faults = k * n2
     size = db_bytes(db2)
     cell.update(db_bytes=size, faults_expected=faults,
@@ -384,16 +429,23 @@ def markdown(results: dict[str, Any]) -> str:
     cells = {(c["target"], c["k"]): c for c in results["cells"]}
     out: list[str] = []
     for title, key, fmt in (("per-trial time / golden", "ratio", ".2f"),
+                            ("peak RSS of the N2 campaign (MiB)", "rss_mib", ".0f"),
                             ("report time (s)", "report_s", ".2f"),
                             ("resume of the finished campaign (s)", "resume_s", ".2f"),
                             ("DB bytes / fault", "bytes_per_fault", ".1f")):
-        out.append(f"**{title}** (golden {results['golden_s'] * 1e3:.2f} ms, "
-                   f"{results['plan']['samples']} samples)" if key == "ratio" else
-                   f"**{title}**")
+        head = f"**{title}**"
+        if key == "ratio":
+            head += (f" (golden {results['golden_s'] * 1e3:.2f} ms, default session options, "
+                     f"{results['plan']['samples']} samples; "
+                     f"{results.get('golden_extended_s', 0) * 1e3:.2f} ms at EXTENDED)")
+        if key == "rss_mib":
+            head += (f" (golden inference process: "
+                     f"{results.get('golden_process_rss_mib') or 0:.0f} MiB)")
+        out.append(head)
         out.append("")
         out.append("| target | " + " | ".join(f"K={k}" for k in ks) + " |")
         out.append("|---|" + "---|" * len(ks))
-        for target, _ in TARGETS:
+        for target, _, _ in TARGETS:
             row = [cell_text(cells.get((target, k)), key, fmt) for k in ks]
             out.append(f"| {target} | " + " | ".join(row) + " |")
         out.append("")
@@ -445,10 +497,15 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
 
     x = np.random.default_rng(1).random((plan.samples, 3, 32, 32), dtype=np.float32)
     golden, logits = golden_seconds(model_path, x)
+    golden_ext = golden_seconds(model_path, x, extended=True)[0]
     labels = logits.argmax(axis=1).astype(np.int64)
     data_path = work / "data.npz"
     np.savez(data_path, input=x, labels=labels)
-    print(f"golden: {golden * 1e3:.2f} ms for {plan.samples} samples (median of 20)", flush=True)
+    print(f"golden: {golden * 1e3:.2f} ms for {plan.samples} samples (median of 20); "
+          f"{golden_ext * 1e3:.2f} ms at ORT_ENABLE_EXTENDED", flush=True)
+    inference = run_cli([sys.executable, "-c", GOLDEN_RSS_SCRIPT, str(model_path),
+                         str(data_path)], work, work / "logs" / "golden_rss.log", args.timeout)
+    print(f"golden inference process: peak RSS {inference.rss_mib} MiB", flush=True)
 
     code = code_under_test(prefix, work)
     print(f"code under test: {code.get('file')} (commit {code.get('git_commit')})", flush=True)
@@ -474,6 +531,8 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
                  "max_cell_seconds": args.max_cell_seconds, "reduced_n2": args.reduced_n2},
         "parameters": params,
         "golden_s": golden,
+        "golden_extended_s": golden_ext,
+        "golden_process_rss_mib": inference.rss_mib,
         "platform": platform.platform(),
         "python": platform.python_version(),
         "machine": platform.machine(),
@@ -489,11 +548,11 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
                    for w in warm],
         "cells": [],
     }
-    for target, kind in TARGETS:
+    for target, kind, extra in TARGETS:
         k1: dict[str, Any] | None = None
         for k in plan.ks:
             cell = measure_cell(prefix, work, model_path, data_path, target, kind, k, plan,
-                                golden, k1, args)
+                                golden, k1, args, extra)
             if k == plan.ks[0] and "per_trial_s" in cell:
                 k1 = cell
             results["cells"].append(cell)

@@ -432,6 +432,11 @@ class ValueChain:
                         f"segment [{seg.start}, {seg.end}) does not reproduce {t!r}")
 
     @property
+    def session_count(self) -> int:
+        """Segment sessions held (fine segments, suffixes and spans)."""
+        return sum(1 for s in self._fine.values() if isinstance(s, _Segment)) + len(self._spans)
+
+    @property
     def cache_bytes(self) -> int:
         """Bytes of golden tensors held."""
         return 0 if self._golden is None else self._golden.nbytes

@@ -32,7 +32,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .bits import BY_NAME, DType
-from .chain import ChainUnavailable, ValueChain, batch_rows
+from .chain import ChainUnavailable, ValueChain, apply_in_place, batch_rows
 from .errors import EnpheephError
 from .faults import Fault
 from .faultset import FaultSet, fold
@@ -520,13 +520,9 @@ class FaultEngine:
             site = self.sites.get(name)
             if site is None or site.kind is not SiteKind.WEIGHT:
                 continue
-            base = self._weights[name]
-            d = BY_NAME[site.dtype]
-            out = base.copy()
-            u = out.reshape(-1).view(d.container)
-            lin, a, o, x = fold(fs, rows, base.shape, d)
-            u[lin] = ((u[lin] & a) | o) ^ x
-            feeds[name] = _feedable(out, d)
+            out = self._weights[name].copy()
+            apply_in_place(out, fs, rows, site)
+            feeds[name] = _feedable(out, BY_NAME[site.dtype])
         return feeds
 
     def value_feeds(self, faults: FaultSet | Iterable[Fault], batch: Mapping[str, np.ndarray],

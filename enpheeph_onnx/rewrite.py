@@ -376,9 +376,14 @@ def insert_fault_nodes(
     tensors = graph.tensors()
     b = _Builder(graph)
     taken = set(tensors) | {n.name for n in graph.nodes}
+    original = list(graph.nodes)
+    position = {id(n): i for i, n in enumerate(original)}
+    after: dict[int, list[gs.Node]] = {}  # node position (-1: the start) -> chains after it
     for name, rows in by_site:
         site = sites[name]
         x = tensors[name]
+        first_new = len(graph.nodes)
+        producer = position.get(id(x.inputs[0]), -1) if x.inputs else -1
         consumers = [n for n in graph.nodes if any(t is x for t in n.inputs)]
         # a site faulted before (re-injection) gets the next free generation of names
         gen = 0
@@ -408,7 +413,13 @@ def insert_fault_nodes(
                 if t is x:
                     node.inputs[k] = cur
         graph.outputs[:] = [cur if t is x else t for t in graph.outputs]
-    graph.toposort()
+        after.setdefault(producer, []).extend(graph.nodes[first_new:])
+    # Each site's chain goes right after the node producing the site (graph inputs: first),
+    # in the order it was built (topological): the source graph is sorted (onnx.checker), so
+    # the result is, without graphsurgeon's recursive toposort (which overflows the Python
+    # stack on the long chains of thousands of fault runs).
+    graph.nodes[:] = after.get(-1, []) + [m for i, n in enumerate(original)
+                                          for m in (n, *after.get(i, []))]
     out = gs.export_onnx(graph, do_type_check=False)
     # graphsurgeon resets model-level fields: restore them.
     del out.opset_import[:]

@@ -361,12 +361,16 @@ class _Run:
                             rate_kind=cfg.count.value, config=cfg.to_json(),
                             layer_order=self.order)
         engine = getattr(self, "engine", None)
+        chain = engine._chain if engine is not None else None
         suffix = {"enabled": bool(cfg.suffix and engine is not None and engine.suffix),
                   "cuts": sorted(engine._verified) if engine is not None else [],
+                  "boundaries": len(chain.bounds) if chain is not None else 0,
+                  "sessions": chain.session_count if chain is not None else 0,
                   "cache_bytes": engine.cache_bytes if engine is not None else 0}
-        if engine is not None and suffix["cuts"]:
-            log.info("suffix re-execution: %d cuts, golden cache %.1f MiB",
-                     len(suffix["cuts"]), suffix["cache_bytes"] / 2**20)
+        if engine is not None and (suffix["cuts"] or suffix["boundaries"]):
+            log.info("suffix re-execution: %d weight cuts, %d activation boundaries "
+                     "(%d segment sessions), golden cache %.1f MiB", len(suffix["cuts"]),
+                     suffix["boundaries"], suffix["sessions"], suffix["cache_bytes"] / 2**20)
         return CampaignResult(cfg, self.golden_acc, len(self.data), summary,
                               tuple(check_gates(summary, gates)),
                               Path(self.db) if self.db is not None else None, self.providers,

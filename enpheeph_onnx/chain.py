@@ -25,8 +25,9 @@ Sessions: one *fine* segment between consecutive boundaries (always kept: togeth
 hold the model's weights once); a *suffix* from every boundary to the outputs, built up
 front for single-site trials; a segment between two non-consecutive boundaries when that
 pair comes back a second time (a trial's hit boundaries are otherwise bridged by the fine
-segments). Suffix and pair sessions are kept least-recently-used within ``session_mb``
-of initializer bytes.
+segments). Suffix and pair sessions are kept least-recently-used while they and the golden
+tensors fit ``cache_mb`` (a session is counted at twice its initializer bytes: onnxruntime
+holds the model's copy and its own, measured).
 """
 
 from __future__ import annotations
@@ -138,9 +139,10 @@ class ValueChain:
             engine's instrumented sessions).
         provider: onnxruntime provider of the segment sessions.
         options: their session options.
-        cache_mb: the most memory the golden tensors may hold (else trials run from the
-            graph inputs, through the segments before their first hit boundary).
-        session_mb: initializer bytes of suffix and pair sessions kept.
+        cache_mb: the most memory the golden tensors and the suffix and span sessions may
+            hold: golden tensors beyond it are not cached (trials then run from the graph
+            inputs), sessions beyond it are dropped, least recently used first (the fine
+            segments, which hold the weights once, are always kept).
 
     Raises:
         ChainUnavailable: the graph has subgraphs (``If``/``Loop``/``Scan`` bodies read
@@ -148,8 +150,7 @@ class ValueChain:
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
-                 provider: Provider, options: Any, cache_mb: float = 512.0,
-                 session_mb: float = 1024.0) -> None:
+                 provider: Provider, options: Any, cache_mb: float = 512.0) -> None:
         g = model.graph
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for n in g.node for a in n.attribute):
@@ -158,7 +159,6 @@ class ValueChain:
         self.provider = provider
         self.options = options
         self.cache_mb = cache_mb
-        self.session_mb = session_mb
         nodes = list(g.node)
         self.end = len(nodes)
         inits = {t.name for t in g.initializer}
@@ -280,9 +280,9 @@ class ValueChain:
             self._bad_spans.add(key)
             return None
         self._spans[key] = seg
-        while (sum(x.nbytes for x in self._spans.values()) > self.session_mb * 2**20
-               and len(self._spans) > 1):
-            self._spans.popitem(last=False)
+        while self._spans and self.session_bytes + self.cache_bytes > self.cache_mb * 2**20:
+            old, _ = self._spans.popitem(last=False)
+            self._bad_spans.add(old)  # never rebuilt: the fine segments serve it
         return seg
 
     def _route(self, a: int, b: int) -> list[_Segment] | None:
@@ -323,7 +323,7 @@ class ValueChain:
 
     def prepare(self, data: Mapping[str, np.ndarray], batch_size: int | None) -> None:
         """Golden tensors for ``data`` and, up front, the fine segments and a suffix from
-        every boundary (within ``session_mb``), each checked against the golden tensors.
+        every boundary (within ``cache_mb``), each checked against the golden tensors.
 
         Raises:
             ChainUnavailable: the golden tensors cannot be computed or fetched.
@@ -430,6 +430,11 @@ class ValueChain:
                 if arr.shape != ref.shape or arr.tobytes() != ref.tobytes():
                     raise ChainUnavailable(
                         f"segment [{seg.start}, {seg.end}) does not reproduce {t!r}")
+
+    @property
+    def session_bytes(self) -> int:
+        """Estimated memory of the suffix and span sessions (twice their weights)."""
+        return 2 * sum(s.nbytes for s in self._spans.values())
 
     @property
     def session_count(self) -> int:

@@ -673,8 +673,9 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
     if sx.get("enabled") and (sx.get("cuts") or sx.get("boundaries")):
         click.echo(f"suffix re-execution: {len(sx['cuts'])} weight cut(s), "
                    f"{sx.get('boundaries', 0)} activation boundary(ies) in "
-                   f"{sx.get('sessions', 0)} segment session(s), golden cache "
-                   f"{sx['cache_bytes'] / 2**20:.1f} MiB (bound: --cache-mb)", err=True)
+                   f"{sx.get('sessions', 0)} segment session(s) (~"
+                   f"{sx.get('session_bytes', 0) / 2**20:.1f} MiB), golden cache "
+                   f"{sx['cache_bytes'] / 2**20:.1f} MiB (bound on both: --cache-mb)", err=True)
     tail = f", results in {db}" if db else ""
     head = (f"campaign: golden {_fmt(res.golden_accuracy)}, mean {_fmt(res.mean_accuracy)}, "
             f"drop {_fmt(res.accuracy_drop)}, {len(res.trials)} trials{tail}")

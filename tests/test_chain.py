@@ -161,3 +161,26 @@ def test_cli_refuses_optimization_all_with_weights(tmp_path) -> None:
                                   "--optimization", "all", "--db", str(db)])
     assert r.exit_code == 2 and "drop 'weight' from --kinds" in r.output
     assert not db.exists()
+
+
+def test_chain_sessions_stay_within_the_cache_bound(digits: dict[str, np.ndarray]) -> None:
+    """Suffix and span sessions count against ``cache_mb`` with the golden tensors; those
+    that do not fit are dropped for good and the fine segments serve, with the same bits."""
+    m = load_model(MODEL)
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
+    x = {"input": digits["input"][:64]}
+    roomy = FaultEngine(m, sites)
+    roomy.run(x, [parse_fault("logits[0,1]:bitflip:3")])
+    chain = roomy._chain
+    assert chain is not None and chain.session_bytes > 0
+    budget = (chain.cache_bytes + chain.session_bytes / 3) / 2**20
+    tight = FaultEngine(m, sites, cache_mb=budget)
+    for spec in ("/relu1/Relu_output_0[*,2,3,3]:bitflip:30",
+                 "/pool1/MaxPool_output_0[4,1,1,1]:stuck-at-1:27",
+                 "/fc1/Gemm_output_0[*,9]:bitflip:31"):
+        f = [parse_fault(spec)]
+        assert tight.run(x, f)["logits"].tobytes() == roomy.run(x, f)["logits"].tobytes()
+    t = tight._chain
+    assert t is not None and t._golden.live is not None  # the golden tensors still fit
+    assert 0 < t.session_bytes + t.cache_bytes <= budget * 2**20
+    assert len(t._spans) < len(chain._spans) and t._bad_spans

@@ -366,11 +366,13 @@ class _Run:
                   "cuts": sorted(engine._verified) if engine is not None else [],
                   "boundaries": len(chain.bounds) if chain is not None else 0,
                   "sessions": chain.session_count if chain is not None else 0,
+                  "session_bytes": chain.session_bytes if chain is not None else 0,
                   "cache_bytes": engine.cache_bytes if engine is not None else 0}
         if engine is not None and (suffix["cuts"] or suffix["boundaries"]):
             log.info("suffix re-execution: %d weight cuts, %d activation boundaries "
-                     "(%d segment sessions), golden cache %.1f MiB", len(suffix["cuts"]),
-                     suffix["boundaries"], suffix["sessions"], suffix["cache_bytes"] / 2**20)
+                     "(%d segment sessions, ~%.1f MiB), golden cache %.1f MiB",
+                     len(suffix["cuts"]), suffix["boundaries"], suffix["sessions"],
+                     suffix["session_bytes"] / 2**20, suffix["cache_bytes"] / 2**20)
         return CampaignResult(cfg, self.golden_acc, len(self.data), summary,
                               tuple(check_gates(summary, gates)),
                               Path(self.db) if self.db is not None else None, self.providers,

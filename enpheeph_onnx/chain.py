@@ -118,11 +118,26 @@ def apply_in_place(arr: np.ndarray, fs: FaultSet, rows: np.ndarray, site: FaultS
     masks = fs.bits[rows]
     if d.bits < 64 and (masks >> np.uint64(d.bits)).any():
         fs.transforms(d, rows)  # raises: a bit beyond the element width
-    if arr.ndim and (fs.model[rows] == BIT_FLIP).all() and (idx >= 0).all():
+    flips = arr.ndim > 0 and bool((fs.model[rows] == BIT_FLIP).all())
+    if flips and (idx >= 0).all():
         # bit flips commute: no fold needed, repeated elements XOR in place (ufunc.at)
         inside = (idx < np.asarray(arr.shape)).all(1)
         lin = np.ravel_multi_index(tuple(idx[inside].T), arr.shape)
         np.bitwise_xor.at(u, lin, masks[inside].astype(d.container))
+        return
+    if flips and arr.ndim > 1 and (idx[:, 0] < 0).all() and (idx[:, 1:] >= 0).all():
+        # the same elements of every sample: one per-sample mask, XORed into each row
+        per = arr.shape[1:]
+        inside = (idx[:, 1:] < np.asarray(per)).all(1)
+        lin = np.ravel_multi_index(tuple(idx[inside, 1:].T), per)
+        mask = np.zeros(int(np.prod(per)), d.container)
+        np.bitwise_xor.at(mask, lin, masks[inside].astype(d.container))
+        cols = np.flatnonzero(mask)
+        rows2d = u.reshape(arr.shape[0], -1)
+        if 4 * len(cols) < mask.size:
+            rows2d[:, cols] ^= mask[cols]
+        else:
+            rows2d ^= mask
         return
     lin, a, o, x = fold(fs, rows, arr.shape, d)
     if len(lin):

@@ -215,6 +215,10 @@ class ValueChain:
         self._bad_spans: set[tuple[int, int]] = set()
         self._sightings: dict[tuple[int, int], int] = {}
         self._unroutable: set[tuple[int, ...]] = set()
+        self._tails: dict[int, int] = {}
+        sizes = {t.name: int(np.prod(t.dims)) * max(1, _itemsize(t.data_type))
+                 for t in g.initializer}
+        self._node_weights = [sum(sizes.get(x, 0) for x in set(n.input)) for n in nodes]
         self._prepared: tuple[int, int | None] | None = None
         self._golden: _Golden | None = None
 
@@ -305,9 +309,16 @@ class ValueChain:
         the outputs when ``b`` is the end): one span when it exists or the pair has come
         back, else the fine segments between; ``None`` where neither reproduces the
         golden tensors."""
+        if b == self.end and self._next(a) != b:
+            t = self._tail_start(a)
+            if t != self.end:  # span to a cheap tail, then the tail's fine segments
+                head = self._route(a, t)
+                tail = self._route(t, b)
+                return None if head is None or tail is None else head + tail
         key = (a, b)
         self._sightings[key] = self._sightings.get(key, 0) + 1
         if self._next(a) != b and (key in self._spans or b == self.end
+                                   or self._tail_start(a) == b
                                    or self._sightings[key] >= 2):
             span = self._span(a, b)
             if span is not None:
@@ -324,6 +335,37 @@ class ValueChain:
             span = self._span(a, b) if self._next(a) != b else None
             return None if span is None else [span]
         return out
+
+    def _tail_start(self, a: int) -> int:
+        """Where the suffix session from boundary ``a`` should stop: the boundary ``t``
+        after which only cheap boundaries remain (the tensors alive at them, summed, at most
+        half the largest set alive at any boundary: running fine segments there costs
+        about one tensor copy) that leaves the fewest weight bytes in the ``[a, t)``
+        session, if at most half of those to the end — so that the suffixes from every
+        boundary do not each hold a copy of, say, a large final fully connected layer. The
+        graph end when no tail is cheap."""
+        if a in self._tails:
+            return self._tails[a]
+        gold = self._golden
+        if gold is None:
+            return self.end
+        probe = gold.probes[min(gold.probes)]
+        size = {c: sum(probe[t].nbytes for t in self.live(c) if t in probe)
+                for c in self.bounds}
+        largest = max(size.values(), default=0)
+        best, best_weight = self.end, self._weight_bytes(a, self.end)
+        limit = 0.5 * best_weight
+        for t in sorted(c for c in size if c > a):
+            tail = sum(v for c, v in size.items() if c >= t)
+            w = self._weight_bytes(a, t)
+            if tail <= 0.5 * largest and w <= limit and w < best_weight:
+                best, best_weight = t, w
+        self._tails[a] = best
+        return best
+
+    def _weight_bytes(self, a: int, b: int) -> int:
+        """Initializer bytes read by nodes ``[a, b)`` (a shared one counted per node)."""
+        return int(sum(self._node_weights[a:b]))
 
     def _stops(self, faults: FaultSet) -> tuple[int, ...]:
         cuts = {self.cut[name] for name in faults.hit_sites()}
@@ -352,7 +394,9 @@ class ValueChain:
         if gold.live is not None:
             for c in self.bounds[1:]:
                 if self._next(c) != self.end:
-                    self._span(c, self.end)
+                    t = self._tail_start(c)
+                    if self._next(c) != t:
+                        self._span(c, t)
         self._prepared = (id(data), batch_size)
 
     # -- golden tensors ----------------------------------------------------------------------
@@ -393,31 +437,33 @@ class ValueChain:
                  for s in starts]
         probe_ids = sorted({0, len(starts) - 1})
         vals: list[dict[str, np.ndarray]] = [dict(f) for f in feeds]
-        per_batch = 0
-        prefixes = []
+        live = True
+        total = 0
         for c in [*self.bounds[1:], self.end]:
-            names, sess = self._prefix(c)
+            names, sess = self._prefix(c)  # one prefix session alive at a time
             if sess is None:
                 continue
-            prefixes.append((c, names, sess))
-            for b in probe_ids:
-                vals[b].update(self._fetch(sess, names, feeds[b]))
-            per_batch += sum(vals[0][t].nbytes for t in names if c < self.end)
-        live = per_batch * len(starts) <= self.cache_mb * 2**20
-        if not live:
-            log.info("golden tensors would exceed %g MB: trials run from the inputs",
-                     self.cache_mb)
-        for c, names, sess in prefixes:
-            if not live and c < self.end:
-                continue
-            for b in range(len(starts)):
-                if b not in probe_ids:
-                    vals[b].update(self._fetch(sess, names, feeds[b]))
+            batches = range(len(starts)) if live or c == self.end else probe_ids
+            for b in batches:
+                got = self._fetch(sess, names, feeds[b])
+                vals[b].update(got)
+                if c < self.end and live:
+                    total += sum(a.nbytes for a in got.values())
+            del sess
+            if live and total > self.cache_mb * 2**20:
+                log.info("golden tensors would exceed %g MB: trials run from the inputs",
+                         self.cache_mb)
+                live = False
+                keep = set(self.outputs) | set(self.inputs)
+                for b in range(len(starts)):
+                    if b not in probe_ids:
+                        vals[b] = {k: v for k, v in vals[b].items() if k in keep}
         outputs = {o: join_batches(o, [v[o] for v in vals], sizes) for o in self.outputs}
         probes = {b: vals[b] for b in probe_ids}
         self._golden = _Golden(key, data, starts, sizes, vals if live else None, probes,
-                               outputs, per_batch * len(starts) if live else 0)
+                               outputs, total if live else 0)
         self._prepared = None
+        self._tails.clear()
         self._fine.clear()  # checked again on the new golden tensors
         self._spans.clear()
         self._bad_spans.clear()
@@ -517,6 +563,13 @@ class ValueChain:
             for o in self.outputs:
                 chunks[o].append(host[o])
         return {o: join_batches(o, c, gold.sizes) for o, c in chunks.items()}
+
+
+def _itemsize(data_type: int) -> int:
+    try:
+        return int(onnx.helper.tensor_dtype_to_np_dtype(data_type).itemsize)
+    except Exception:  # string tensors and other types without a fixed width
+        return 0
 
 
 class _Unusable(Exception):

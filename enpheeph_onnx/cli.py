@@ -596,7 +596,8 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
               help="Run each trial from its first faulted site on, on golden tensors cached "
                    "per batch (each cut checked bit-identical to the full model).")
 @click.option("--cache-mb", type=float, default=512.0, show_default=True,
-              help="Most memory (MiB) the suffix cache may hold; beyond it, full runs.")
+              help="Most memory (MiB) suffix re-execution may hold (golden tensors and extra "
+                   "segment sessions); beyond it, runs from the inputs or fine segments.")
 @click.option("--store-faults", type=click.Choice(["all", "none"]), default="all",
               show_default=True,
               help="Store every trial's faults, or only their count (trials are "

@@ -12,6 +12,10 @@
   ``*`` coordinates broadcast (the mask has size 1 there); an integer coordinate on a
   dynamic dimension (e.g. one image of a batch) is applied to a ``Slice`` of the tensor
   and ``Concat``-ed back, and does nothing when that image is not in the batch.
+  Each run of consecutive faults with the same model and index pattern on a site is one
+  fault node; its masks fold the run's faults in order, vectorized over the columns of a
+  :class:`~enpheeph_onnx.faultset.FaultSet` (no Python object per fault: 1,000,000
+  activation faults inject in about a second).
 
 Node and tensor names are deterministic: ``enpheeph/<site>/<n>/...``. The faulty model
 records its provenance in ``metadata_props`` (``enpheeph.faults``, ``enpheeph.source_sha256``,

@@ -35,9 +35,10 @@ from enpheeph_onnx import (
     parse_fault,
 )
 from enpheeph_onnx.bits import BY_NAME
-from enpheeph_onnx.campaign import CampaignConfig, Sampler, select_sites
+from enpheeph_onnx.campaign import CampaignConfig, Sampler, SiteSelection, select_sites
 from enpheeph_onnx.engine import FaultEngine
 from enpheeph_onnx.errors import EnpheephError
+from enpheeph_onnx.sites import SiteKind
 
 from .conftest import MODEL, ROOT, SNN_DATA, SNN_MODEL
 from .helpers import (
@@ -425,6 +426,46 @@ def test_inject_a_fault_set_equals_inject_of_the_same_faults() -> None:
     assert json.loads(meta["enpheeph.faults"]) == {"count": 20_000}
     assert len(meta["enpheeph.faults_sha256"]) == 64
     assert sum(w.faults for w in a.weights) == 20_000
+
+
+def test_many_alternating_per_sample_runs_bit_exact() -> None:
+    """Regression: 400 runs of faults on alternating images (one fault node each, a chain of
+    2,000 nodes) overflowed the Python stack in graphsurgeon's recursive toposort; the chain
+    now goes right after the site's producer, and stays bit-exact."""
+    plan = [Fault("act", (i % 2, (i // 2) % 3, (i // 6) % 4), FaultModel.BIT_FLIP, (i % 32,))
+            for i in range(400)]
+    x_bits = np.random.default_rng(0).integers(0, 2**32, size=(2, *X_TAIL),
+                                               dtype=np.uint64).astype(np.uint32)
+    w_bits = np.arange(12, dtype=np.uint32).reshape(W_SHAPE)
+    res = inject(chain_model("float32", w_bits), plan)
+    assert len(res.nodes) == 400
+    want = chain_reference("float32", x_bits, w_bits, plan)
+    out = run(res.model, {"X": x_bits.view(np.float32)})
+    for name in ("Y", "WY"):
+        assert_bits_equal(out[name], want[name], name)
+
+
+@pytest.mark.parametrize("model", [FaultModel.BIT_FLIP, FaultModel.STUCK_AT_0,
+                                   FaultModel.STUCK_AT_1, FaultModel.VALUE])
+def test_large_activation_fault_set_equals_the_engine(model: FaultModel) -> None:
+    """100,000 activation and input faults on every site of the digits CNN, with many
+    elements hit several times (folded into dense masks, vectorized): bit for bit what the
+    campaign engine computes for the same fault set."""
+    from enpheeph_onnx.campaign import ValueDistribution
+
+    proto = load_model(MODEL)
+    cfg = CampaignConfig(selection=SiteSelection(kinds=(SiteKind.ACTIVATION, SiteKind.INPUT)),
+                         fault_model=model, faults_per_trial=100_000, trials=1,
+                         value=ValueDistribution.parse("normal:0,4")
+                         if model is FaultModel.VALUE else None, bits=tuple(range(32)))
+    sites = select_sites(discover_sites(proto), cfg)
+    fs = Sampler(sites, cfg, 1).sample(0)
+    res = inject(proto, fs)
+    assert len(res.nodes) == len(fs.hit_sites())  # one run per site: one dense node each
+    with np.load(ROOT / "models" / "digits_test.npz") as z:
+        x = z["input"][:64]
+    want = FaultEngine(proto, sites).run({"input": x}, fs)["logits"]
+    assert_bits_equal(run(res.model, {"input": x})["logits"], want, str(model))
 
 
 # -- the shipped digits CNN ----------------------------------------------------------------

@@ -131,7 +131,8 @@ class CampaignConfig:
             not attributed). Fault rates are then per parameter of the stratum.
         suffix: run each trial from its first hit site on (suffix re-execution, on golden
             tensors cached per batch; each cut verified bit-identical before use).
-        cache_mb: the most memory (MiB) the suffix cache may hold; beyond it, full runs.
+        cache_mb: the most memory (MiB) suffix re-execution may hold (golden tensors,
+            extra segment sessions); beyond it, full runs or fine segments.
         optimization: onnxruntime graph optimizations
             (:class:`enpheeph_onnx.runtime.Optimization`): ``extended`` (default) or ``all``
             (as deployed; activation and input sites only).

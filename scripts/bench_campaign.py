@@ -1,74 +1,82 @@
-"""Campaign overhead benchmark: per-trial wall time over golden inference time, on CPU.
+"""Campaign cost at scale, measured from outside: the CLI in a subprocess, wall clock.
 
-What is measured, per model, per fault target (``weight`` / ``activation``) and per fault
-count K (faults per trial):
+Unlike ``scripts/bench_engine.py`` (which times the engine in-process), this script treats
+``enpheeph-onnx`` as a black box, so that it gives comparable numbers for any version of the
+code that accepts the same CLI flags (``campaign``, ``report``, ``--resume``).
 
-* **golden** — median of a plain onnxruntime session
-  (:func:`enpheeph_onnx.runtime.make_session` on the *unmodified* model, the same
-  :func:`~enpheeph_onnx.runtime.session_options`) running the whole data set in batches of
-  ``--batch-size``: once over ``--repeats`` runs per model, and once per configuration over
-  golden runs interleaved with its trials (one golden run right before each trial; this
-  one is the denominator of the ratios);
-* **eng0** (engine golden) — median over ``--repeats`` of :meth:`FaultEngine.run` with no
-  faults, interleaved with the plain golden runs: what the instrumentation alone costs
-  (overridable weights, ``FeedFaults`` nodes with K = 0);
-* **sample** — median time of :func:`~enpheeph_onnx.campaign.sample_trial` for one trial;
-* **run** — median, over trials, of ``engine.run(data, faults, batch_size)``, in the steady
-  state of a long campaign: as many other trials run first (a campaign builds a session
-  for a set of hit sites when it recurs, and trials whose set is new run on the session
-  instrumented everywhere; onnxruntime's first run of any session is slow);
-* **total** — median of sample + run of the same trial (what a campaign spends per trial,
-  outcome classification aside);
-* **run/g**, **total/g** — run / golden and total / golden: the overhead ratio of the issue
-  (target <= 1.10; enpheeph reports < 20 % overhead at 100k concurrent faults); **paired** —
-  the median of the per-trial ratios run / (golden run just before), the figure least
-  disturbed by other processes on a shared machine.
+Method
+------
 
-The script also checks that the engine's golden outputs are bit-identical to the plain
-session's, and warns when they are not.
+1. A 4.6M-parameter CNN is built with :mod:`onnx.helper` only (no torch): input ``input``
+   float32 ``[batch, 3, 32, 32]`` (dynamic dimension ``batch``); Conv 3->64 3x3 pad 1, Relu,
+   MaxPool 2; Conv 64->128, Relu, MaxPool 2; Conv 128->256, Relu (8x8); Flatten; Gemm
+   16384->256, Relu; Gemm 256->10, output ``logits`` ``[batch, 10]``. Weights are He-scaled
+   normal from ``numpy.random.default_rng(0)``, biases small normal (non-zero, so that no
+   weight looks pruned), float32, opset 26, IR version 10, checked with :mod:`onnx.checker`.
+   ``--quick`` uses a tiny model of the same structure (channels 4/8/8, FC 512->16->10).
+   One untimed campaign (1 trial) and its report warm the CLI up (file cache, and
+   byte-compilation unless ``PYTHONDONTWRITEBYTECODE`` is set) before anything is timed.
+2. The data (``.npz``): ``input`` = 32 samples (8 with ``--quick``) uniform in [0, 1) from
+   ``default_rng(1)``; ``labels`` = argmax of the golden logits computed by onnxruntime, so
+   the golden accuracy is 1.0.
+3. **golden** = median of 20 runs (after 3 warm-ups) of a plain onnxruntime
+   ``InferenceSession`` (CPU, default session options) on all inputs at once.
+4. **per-trial cost** for each target (weights / activations) and fault count K per trial:
+   the wall time of ``CLI campaign MODEL --data DATA --kinds KIND --faults-per-trial K
+   --bits 0 --trials N --batch-size 32 --seed 0 --db DB --no-progress`` is measured for
+   N = N1 and N = N2 (2 and 22, and 2 and 202 at K = 1, where a trial costs a few
+   milliseconds and 20 of them would be within the noise of process start; quick: 2 and 6),
+   and
 
-Models:
+       per-trial = (t(N2) - t(N1)) / (N2 - N1),    ratio = per-trial / golden.
 
-1. ``models/digits_cnn.onnx`` on ``models/digits_test.npz`` (360 real 8x8 digit images);
-2. a model with more than 1M parameters built here with :mod:`onnx.helper` from a fixed numpy
-   seed (He-normal weights), float32, opset 26, IR version 10, input ``input`` with a dynamic
-   batch dimension, output ``logits``: by default the classic MNIST CNN
-   (conv 1->32 3x3, ReLU, conv 32->64 3x3, ReLU, max-pool 2, FC 9216->128, ReLU, FC 128->10;
-   1,199,882 parameters) on 28x28 inputs, or with ``--big-model mlp`` an MLP
-   784->1024->512->10 (1,333,770 parameters); evaluated on ``--samples`` synthetic inputs
-   drawn from a fixed seed (no labels are needed: only time is measured).
+   The difference cancels everything a campaign pays once (interpreter start, imports, model
+   loading and instrumentation, session creation, the golden pass, the summary). Trial *t*
+   draws its faults from ``SeedSequence(seed, spawn_key=(t,))``, so the N1 trials are the
+   first N1 trials of the N2 campaign. When the N2 campaign of a cell is projected to take
+   longer than ``--max-cell-seconds`` (projection from the N1 times, see
+   :func:`projected_seconds`), N2 is reduced to ``--reduced-n2`` for that cell and the JSON
+   says so (``reduced``). A failing command records the first line of its stderr instead of
+   a number, and the benchmark goes on.
+5. On the N2 database of each cell: **bytes/fault** = size of the DB file (plus ``-wal``
+   when present), right after the campaign, divided by the faults stored (sum of K over the
+   trials, = K x N2); the wall time of ``CLI report DB -o DIR`` (summary + plots); and the
+   wall time of re-running the same campaign command with ``--resume`` on the finished DB.
+6. Everything goes to ``--out`` (JSON; with platform, CPU count, onnxruntime version, load
+   average before each cell, the golden time measured again at the end (``golden_after_s``,
+   an indication of how much the machine's load changed; the ratios use ``golden_s``) and
+   the git commit of the ``enpheeph_onnx`` package the CLI imports), and a
+   Markdown table (rows = target, columns = K, cells = trial / golden) is printed, with
+   tables for report time, resume time and bytes/fault.
 
-Fault counts: 1, 10, 100, 1000 for both targets; the big model also gets 100,000 weight faults
-(the paper's headline). Faults are bit flips on any of the 32 bits, sampled exactly as a
-campaign samples them (``CampaignConfig(seed=0)``, trial streams 0, 1, ...). Activation faults
-carry ``*`` on the batch dimension, so each one hits that element in every input.
+Subprocesses run in the work directory (not in the repository), so that ``python -m
+enpheeph_onnx`` imports the package named by ``PYTHONPATH`` or installed, never one that
+happens to be in the current directory; their stdout goes to log files in the work
+directory. Timer: :func:`time.perf_counter`. On a shared 2-core machine expect +-15 %.
 
-Each configuration runs ``--trials`` trials, but stops early (after at least 3) once it has
-spent ``--budget`` seconds, so the slow configurations stay affordable; ``n`` is the number
-of trials actually timed. Every session is warmed up (one golden and, for engines, one
-1-fault run) before timing. Timer: :func:`time.perf_counter`. The load average before and
-after is reported: on a machine shared with other work the medians move by 10-50 %.
+Reproduce::
 
-Reproduce (about 2-3 minutes on 2 CPU cores)::
-
-    python scripts/bench_campaign.py                  # table
-    python scripts/bench_campaign.py --json > b.json  # machine-readable
-    python scripts/bench_campaign.py --trials 20 --repeats 15 --batch-size 128
+    python scripts/bench_campaign.py --quick --out /tmp/bench_quick.json   # ~1.5 min
+    python scripts/bench_campaign.py --out docs/bench_campaign.json        # ~8 min
+    PYTHONPATH=/tmp/before python scripts/bench_campaign.py --out results/before.json
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import os
 import platform
+import shlex
+import shutil
+import sqlite3
 import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,385 +85,504 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without installing the package
-    sys.path.insert(0, str(ROOT))
-
-from enpheeph_onnx.campaign import CampaignConfig, sample_trial, select_sites
-from enpheeph_onnx.engine import FaultEngine
-from enpheeph_onnx.runtime import make_session, session_options
-from enpheeph_onnx.sites import FaultSite, SiteKind, discover_sites
-
-BITS = tuple(range(32))
-COUNTS = (1, 10, 100, 1000)
-HEADLINE = 100_000
-MIN_TRIALS = 3
-TARGET_RATIO = 1.10
+TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("weights", "weight", ()),
+    ("activations", "activation", ()),
+    ("activations, --optimization all", "activation", ("--optimization", "all")),
+)
+"""(row name, ``--kinds``, extra campaign flags)."""
 
 
-@dataclass
-class Row:
-    """One timed configuration (times in seconds)."""
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one benchmark run (full or ``--quick``)."""
 
-    model: str
-    params: int
+    channels: tuple[int, int, int]
+    hidden: int
     samples: int
-    batch_size: int
-    target: str
-    faults: int
-    trials: int
-    golden_s: float
-    engine_golden_s: float
-    sample_s: float
-    run_s: float
-    total_s: float
-    ratio_engine_golden: float
-    ratio_run: float
-    ratio_total: float
-    ratio_paired: float
+    ks: tuple[int, ...]
+    n1: int
+    n2: int
+    n2_k1: int  # more trials where a trial costs milliseconds: t(N2) - t(N1) stays above noise
 
 
-# --------------------------------------------------------------------------- models & data
+FULL = Plan(channels=(64, 128, 256), hidden=256, samples=32, ks=(1, 1000, 100000, 1000000),
+            n1=2, n2=22, n2_k1=202)
+QUICK = Plan(channels=(4, 8, 8), hidden=16, samples=8, ks=(1, 100), n1=2, n2=6, n2_k1=6)
 
 
-def _he(rng: np.random.Generator, name: str, shape: tuple[int, ...], fan_in: int
-        ) -> onnx.TensorProto:
-    w = rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)
-    return numpy_helper.from_array(w.astype(np.float32), name)
+# --------------------------------------------------------------------------- model and data
 
 
-def build_big_model(kind: str, seed: int = 0) -> onnx.ModelProto:
-    """A > 1M-parameter float32 classifier with He-normal weights from ``seed``.
+def build_model(channels: tuple[int, int, int], hidden: int, classes: int = 10) -> onnx.ModelProto:
+    """The CNN of the module docstring, with ``channels`` conv widths and ``hidden`` FC units."""
+    rng = np.random.default_rng(0)
+    inits: list[TensorProto] = []
 
-    ``kind``: ``"cnn"`` (MNIST CNN, input ``batch x 1 x 28 x 28``) or ``"mlp"``
-    (784->1024->512->10, input ``batch x 784``).
-    """
-    rng = np.random.default_rng(seed)
-    mk = helper.make_node
-    if kind == "cnn":
-        inits = [
-            _he(rng, "conv1.weight", (32, 1, 3, 3), 9), _he(rng, "conv1.bias", (32,), 9),
-            _he(rng, "conv2.weight", (64, 32, 3, 3), 288), _he(rng, "conv2.bias", (64,), 288),
-            _he(rng, "fc1.weight", (128, 9216), 9216), _he(rng, "fc1.bias", (128,), 9216),
-            _he(rng, "fc2.weight", (10, 128), 128), _he(rng, "fc2.bias", (10,), 128),
-        ]
-        nodes = [
-            mk("Conv", ["input", "conv1.weight", "conv1.bias"], ["/conv1/Conv_output_0"],
-               name="/conv1/Conv", kernel_shape=[3, 3]),
-            mk("Relu", ["/conv1/Conv_output_0"], ["/relu1/Relu_output_0"], name="/relu1/Relu"),
-            mk("Conv", ["/relu1/Relu_output_0", "conv2.weight", "conv2.bias"],
-               ["/conv2/Conv_output_0"], name="/conv2/Conv", kernel_shape=[3, 3]),
-            mk("Relu", ["/conv2/Conv_output_0"], ["/relu2/Relu_output_0"], name="/relu2/Relu"),
-            mk("MaxPool", ["/relu2/Relu_output_0"], ["/pool/MaxPool_output_0"],
-               name="/pool/MaxPool", kernel_shape=[2, 2], strides=[2, 2]),
-            mk("Flatten", ["/pool/MaxPool_output_0"], ["/flatten/Flatten_output_0"],
-               name="/flatten/Flatten", axis=1),
-            mk("Gemm", ["/flatten/Flatten_output_0", "fc1.weight", "fc1.bias"],
-               ["/fc1/Gemm_output_0"], name="/fc1/Gemm", transB=1),
-            mk("Relu", ["/fc1/Gemm_output_0"], ["/relu3/Relu_output_0"], name="/relu3/Relu"),
-            mk("Gemm", ["/relu3/Relu_output_0", "fc2.weight", "fc2.bias"], ["logits"],
-               name="/fc2/Gemm", transB=1),
-        ]
-        in_shape: list[str | int] = ["batch", 1, 28, 28]
-    elif kind == "mlp":
-        inits = [
-            _he(rng, "fc1.weight", (1024, 784), 784), _he(rng, "fc1.bias", (1024,), 784),
-            _he(rng, "fc2.weight", (512, 1024), 1024), _he(rng, "fc2.bias", (512,), 1024),
-            _he(rng, "fc3.weight", (10, 512), 512), _he(rng, "fc3.bias", (10,), 512),
-        ]
-        nodes = [
-            mk("Gemm", ["input", "fc1.weight", "fc1.bias"], ["/fc1/Gemm_output_0"],
-               name="/fc1/Gemm", transB=1),
-            mk("Relu", ["/fc1/Gemm_output_0"], ["/relu1/Relu_output_0"], name="/relu1/Relu"),
-            mk("Gemm", ["/relu1/Relu_output_0", "fc2.weight", "fc2.bias"],
-               ["/fc2/Gemm_output_0"], name="/fc2/Gemm", transB=1),
-            mk("Relu", ["/fc2/Gemm_output_0"], ["/relu2/Relu_output_0"], name="/relu2/Relu"),
-            mk("Gemm", ["/relu2/Relu_output_0", "fc3.weight", "fc3.bias"], ["logits"],
-               name="/fc3/Gemm", transB=1),
-        ]
-        in_shape = ["batch", 784]
-    else:
-        raise ValueError(f"unknown model kind {kind!r}")
+    def weight(name: str, shape: tuple[int, ...], fan_in: int) -> str:
+        w = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2.0 / fan_in))
+        inits.append(numpy_helper.from_array(w, name))
+        return name
+
+    def bias(name: str, n: int) -> str:
+        b = (rng.standard_normal(n) * 0.01).astype(np.float32)
+        inits.append(numpy_helper.from_array(b, name))
+        return name
+
+    nodes: list[onnx.NodeProto] = []
+    x, c_in = "input", 3
+    for i, c_out in enumerate(channels, start=1):
+        w = weight(f"conv{i}.weight", (c_out, c_in, 3, 3), c_in * 9)
+        b = bias(f"conv{i}.bias", c_out)
+        nodes.append(helper.make_node("Conv", [x, w, b], [f"conv{i}"], name=f"conv{i}",
+                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"conv{i}"], [f"relu{i}"], name=f"relu{i}"))
+        x = f"relu{i}"
+        if i < 3:
+            nodes.append(helper.make_node("MaxPool", [x], [f"pool{i}"], name=f"pool{i}",
+                                          kernel_shape=[2, 2], strides=[2, 2]))
+            x = f"pool{i}"
+        c_in = c_out
+    flat = channels[2] * 8 * 8
+    nodes.append(helper.make_node("Flatten", [x], ["flat"], name="flatten", axis=1))
+    w1, b1 = weight("fc1.weight", (hidden, flat), flat), bias("fc1.bias", hidden)
+    nodes.append(helper.make_node("Gemm", ["flat", w1, b1], ["fc1"], name="fc1", transB=1))
+    nodes.append(helper.make_node("Relu", ["fc1"], ["relu_fc1"], name="relu_fc1"))
+    w2, b2 = weight("fc2.weight", (classes, hidden), hidden), bias("fc2.bias", classes)
+    nodes.append(helper.make_node("Gemm", ["relu_fc1", w2, b2], ["logits"], name="fc2",
+                                  transB=1))
     graph = helper.make_graph(
-        nodes, f"bench_{kind}",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, in_shape)],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])],
-        inits,
-    )
+        nodes, "bench_scale_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 26)],
-                              ir_version=10, producer_name="bench_campaign")
+                              producer_name="bench_scale")
+    model.ir_version = 10
     onnx.checker.check_model(model, full_check=True)
     return model
 
 
-def synthetic_inputs(model: onnx.ModelProto, samples: int, seed: int = 1) -> np.ndarray:
-    """``samples`` inputs in [0, 1) for ``model``'s ``input`` (static dims after the batch)."""
-    dims = model.graph.input[0].type.tensor_type.shape.dim
-    shape = (samples, *(int(d.dim_value) for d in dims[1:]))
-    return np.random.default_rng(seed).random(shape, dtype=np.float32)
+def count_parameters(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
 
 
-def n_params(model: onnx.ModelProto) -> int:
-    return int(sum(np.prod(t.dims, dtype=np.int64) for t in model.graph.initializer))
-
-
-# --------------------------------------------------------------------------- API shim
-
-
-def _config_fields() -> set[str]:
-    return {f.name for f in dataclasses.fields(CampaignConfig)}
-
-
-def make_config(target: SiteKind, faults: int, batch_size: int, trials: int) -> CampaignConfig:
-    """A fixed-count bit-flip config on ``target`` (old ``target=`` or new ``selection=``).
-
-    ``trials`` + 1 trial streams: 0 ... ``trials`` - 1 are timed, stream ``trials`` is the
-    warm-up.
-    """
-    kw: dict[str, Any] = {"bits": BITS, "faults_per_trial": faults, "seed": 0,
-                          "batch_size": batch_size, "trials": trials + 1}
-    if "selection" in _config_fields():
-        from enpheeph_onnx.campaign import SiteSelection  # type: ignore[attr-defined]
-
-        kw["selection"] = SiteSelection(kinds=(target,))
-    else:
-        kw["target"] = target
-    return CampaignConfig(**kw)
-
-
-def pick_sites(all_sites: list[FaultSite], cfg: CampaignConfig, target: SiteKind
-               ) -> list[FaultSite]:
-    """:func:`select_sites` as ``(sites, cfg)`` or as ``(sites, target, bits)``."""
-    if len(inspect.signature(select_sites).parameters) >= 3:
-        return select_sites(all_sites, target, BITS)  # type: ignore[call-arg]
-    return select_sites(all_sites, cfg)  # type: ignore[arg-type,call-arg]
-
-
-# --------------------------------------------------------------------------- timing
-
-
-def timed(fn: Callable[[], object]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def plain_run(sess: ort.InferenceSession, data: Mapping[str, np.ndarray],
-              batch_size: int) -> dict[str, np.ndarray]:
-    """The golden pass: the unmodified model, batch by batch, outputs concatenated."""
-    names = [o.name for o in sess.get_outputs()]
-    n = len(next(iter(data.values())))
-    chunks: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, n, batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in data.items()}
-        for i, out in enumerate(sess.run(names, batch)):
-            chunks[i].append(out)
-    return {nm: np.concatenate(c) for nm, c in zip(names, chunks, strict=True)}
-
-
-def same_bits(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> bool:
-    return all(np.array_equal(a[k].view(np.uint8), b[k].view(np.uint8)) for k in a)
-
-
-def bench_model(name: str, model: onnx.ModelProto, data: dict[str, np.ndarray],
-                plan: Sequence[tuple[SiteKind, Sequence[int]]], args: argparse.Namespace,
-                log: Callable[[str], None]) -> tuple[list[Row], dict[str, Any]]:
-    """Time every (target, K) of ``plan`` on one model; rows and per-model facts.
-
-    Golden runs are interleaved with the runs they are compared with (plain and engine
-    golden in one loop; one plain golden run before every trial), so that a slow drift of
-    the machine (other processes, frequency) biases numerator and denominator alike.
-    """
-    bs = args.batch_size
-    samples = len(next(iter(data.values())))
-    params = n_params(model)
-    sess = make_session(model, "cpu", session_options(args.threads))
-    reference = plain_run(sess, data, bs)
-    all_sites = discover_sites(model)
-    engines: dict[SiteKind, tuple[FaultEngine, list[FaultSite]]] = {}
-    facts: dict[str, Any] = {"params": params, "samples": samples, "targets": {}}
-    for target, _ in plan:
-        sites = pick_sites(all_sites, make_config(target, 1, bs, args.trials), target)
+def golden_seconds(model_path: Path, x: np.ndarray, runs: int = 20,
+                   warmups: int = 3, extended: bool = False) -> tuple[float, np.ndarray]:
+    """Median wall time of a plain CPU session (default options; ``extended``: graph
+    optimizations at ORT_ENABLE_EXTENDED and no weight pre-packing, as campaigns run by
+    default) on all of ``x``; logits."""
+    so = ort.SessionOptions()
+    if extended:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    feed = {"input": x}
+    out = sess.run(None, feed)[0]
+    for _ in range(warmups - 1):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
         t0 = time.perf_counter()
-        engine = FaultEngine(model, sites, provider="cpu", threads=args.threads)
-        setup = time.perf_counter() - t0
-        identical = same_bits(reference, engine.run(data, (), bs))
-        engine.run(data, sample_trial(sites, make_config(target, 1, bs, args.trials),
-                                          args.trials), bs)
-        engines[target] = (engine, sites)
-        facts["targets"][target.value] = {
-            "sites": len(sites), "elements_per_sample": sum(s.static_elements for s in sites),
-            "engine_setup_s": setup, "golden_bit_identical": identical,
-        }
-    plain_run(sess, data, bs)
-    g_times: list[float] = []
-    e_times: dict[SiteKind, list[float]] = {t: [] for t in engines}
-    for _ in range(args.repeats):
-        g_times.append(timed(lambda: plain_run(sess, data, bs)))
-        for target, (engine, _s) in engines.items():
-            e_times[target].append(timed(lambda e=engine: e.run(data, (), bs)))
-    golden = statistics.median(g_times)
-    facts["golden_s"] = golden
-    log(f"{name}: {params:,} parameters, {samples} samples, batch {bs}, "
-        f"golden {golden * 1e3:.2f} ms")
-    for target, ts in e_times.items():
-        f = facts["targets"][target.value]
-        f["engine_golden_s"] = statistics.median(ts)
-        log(f"  {target.value}: {f['sites']} sites, engine setup {f['engine_setup_s']:.2f} s, "
-            f"engine golden {f['engine_golden_s'] * 1e3:.2f} ms "
-            f"(x{f['engine_golden_s'] / golden:.3f}), bit-identical to plain: "
-            f"{f['golden_bit_identical']}")
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), np.asarray(out)
 
-    rows: list[Row] = []
-    for target, counts in plan:
-        engine, sites = engines[target]
-        eng_golden = facts["targets"][target.value]["engine_golden_s"]
-        for k in counts:
-            cfg = make_config(target, k, bs, args.trials)
-            g_row: list[float] = []
-            s_times: list[float] = []
-            r_times: list[float] = []
-            # steady state of a long campaign: run as many other trials first (trial
-            # streams 10000+), so the sessions a campaign builds for recurring sets of hit
-            # sites exist and have run once (onnxruntime's first run of a session is slow)
-            warm_cfg = make_config(target, k, bs, 10_000 + args.trials)
-            start = time.perf_counter()
-            for t in range(args.trials):
-                if t >= MIN_TRIALS and time.perf_counter() - start > args.budget:
-                    break
-                engine.run(data, sample_trial(sites, warm_cfg, 10_000 + t), bs)
-            start = time.perf_counter()
-            for t in range(args.trials):
-                if t >= MIN_TRIALS and time.perf_counter() - start > args.budget:
-                    break
-                g_row.append(timed(lambda: plain_run(sess, data, bs)))
-                t0 = time.perf_counter()
-                faults = sample_trial(sites, cfg, t)
-                t1 = time.perf_counter()
-                engine.run(data, faults, bs)
-                t2 = time.perf_counter()
-                s_times.append(t1 - t0)
-                r_times.append(t2 - t1)
-            g = statistics.median(g_row)
-            run = statistics.median(r_times)
-            total = statistics.median(a + b for a, b in zip(s_times, r_times, strict=True))
-            paired = statistics.median(r / gg for r, gg in zip(r_times, g_row, strict=True))
-            row = Row(name, params, samples, bs, target.value, k, len(r_times), g, eng_golden,
-                      statistics.median(s_times), run, total, eng_golden / golden, run / g,
-                      total / g, paired)
-            rows.append(row)
-            log(f"    {target.value:<10} K={k:>6}: golden {g * 1e3:8.2f} ms  "
-                f"run {run * 1e3:9.2f} ms  x{row.ratio_run:7.3f} (paired x{paired:.3f})  "
-                f"total x{row.ratio_total:7.3f}"
-                f"  [{len(r_times)} trials]")
-    engines.clear()
-    return rows, facts
+
+GOLDEN_RSS_SCRIPT = """
+import sys
+import numpy as np
+import onnxruntime as ort
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+with np.load(sys.argv[2]) as z:
+    x = z["input"]
+for _ in range(3):
+    sess.run(None, {"input": x})
+"""
+"""Golden inference in a process of its own: its peak RSS is the memory baseline."""
+
+
+# --------------------------------------------------------------------------- subprocesses
+
+
+@dataclass
+class Timed:
+    """One CLI invocation: wall seconds, exit status, (on failure) the error line, and the
+    peak resident memory of the process (``ru_maxrss`` from ``wait4``, MiB)."""
+
+    argv: list[str]
+    seconds: float
+    rc: int
+    error: str | None
+    rss_mib: float | None = None
+
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def run_cli(argv: list[str], cwd: Path, log: Path, timeout: float) -> Timed:
+    """Run ``argv`` in ``cwd``, stdout and stderr to ``log``(.err); time it with perf_counter."""
+    err_path = log.with_suffix(".err")
+    with log.open("wb") as out, err_path.open("wb") as err:
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL)
+        except OSError as exc:
+            return Timed(argv, time.perf_counter() - t0, -1, f"cannot start: {exc}")
+        reaped: dict[str, Any] = {}
+
+        def reap() -> None:  # wait4 gives this child's own rusage (peak RSS)
+            _, status, usage = os.wait4(proc.pid, 0)
+            reaped.update(status=status, usage=usage, t=time.perf_counter())
+
+        waiter = threading.Thread(target=reap, daemon=True)
+        waiter.start()
+        waiter.join(timeout)
+        if waiter.is_alive():
+            proc.kill()
+            waiter.join()
+            return Timed(argv, time.perf_counter() - t0, -1, f"timed out after {timeout:.0f} s")
+        seconds = reaped["t"] - t0
+        rc = os.waitstatus_to_exitcode(reaped["status"])
+        proc.returncode = rc
+        rss = reaped["usage"].ru_maxrss / 1024  # KiB on Linux
+    if rc == 0:
+        return Timed(argv, seconds, rc, None, rss)
+    lines = [ln.strip() for ln in err_path.read_text(errors="replace").splitlines() if ln.strip()]
+    first = lines[0] if lines else f"exit status {rc}, nothing on stderr"
+    return Timed(argv, seconds, rc, first)
+
+
+def cli_python(prefix: list[str]) -> list[str]:
+    """The interpreter that the CLI prefix runs (for locating the imported package)."""
+    if "-m" in prefix:
+        return prefix[: prefix.index("-m")]
+    exe = shutil.which(prefix[0]) if prefix else None
+    if exe:
+        try:
+            first = Path(exe).read_bytes()[:512].split(b"\n", 1)[0].decode()
+        except (OSError, UnicodeDecodeError):
+            first = ""
+        if first.startswith("#!"):
+            return shlex.split(first[2:])
+    return [sys.executable]
+
+
+def code_under_test(prefix: list[str], cwd: Path) -> dict[str, Any]:
+    """Where the CLI's ``enpheeph_onnx`` lives, its version and the git commit there."""
+    info: dict[str, Any] = {"python": cli_python(prefix)}
+    probe = ("import enpheeph_onnx, json; print(json.dumps({'file': enpheeph_onnx.__file__, "
+             "'version': getattr(enpheeph_onnx, '__version__', None)}))")
+    try:
+        res = subprocess.run([*info["python"], "-c", probe], cwd=cwd, capture_output=True,
+                             text=True, timeout=120, check=True)
+        info.update(json.loads(res.stdout.strip().splitlines()[-1]))
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        info["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return info
+    pkg_dir = Path(info["file"]).resolve().parent
+    git = ["git", "--no-optional-locks", "-C", str(pkg_dir)]
+    try:
+        info["git_commit"] = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True,
+                                            text=True, timeout=30, check=True).stdout.strip()
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no", "--",
+                                "."], capture_output=True, text=True, timeout=60,
+                               check=True).stdout.strip()
+        info["git_dirty_package"] = bool(dirty)
+    except (OSError, subprocess.SubprocessError):
+        info["git_commit"] = None
+    return info
+
+
+# --------------------------------------------------------------------------- measurement
+
+
+def db_bytes(db: Path) -> int:
+    wal = db.with_name(db.name + "-wal")
+    return db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
+def stored_faults(db: Path) -> int | None:
+    """Rows of the ``fault`` table, read-only (a cross-check; None if the schema differs)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            return int(con.execute("SELECT COUNT(*) FROM fault").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return None
+
+
+def projected_seconds(t_n1: float, n1: int, n2: int, per_trial_k1: float | None,
+                      t_n1_k1: float | None) -> float:
+    """Projected wall time of the N2 campaign of a cell from its N1 run.
+
+    With the K = 1 cell of the same target measured (its per-trial cost and N1 time), a
+    trial of this cell is estimated at ``per_trial_k1 + (t_n1 - t_n1_k1) / n1`` (the extra
+    time of the N1 run is charged to its trials); otherwise at ``t_n1 / n1`` (an upper bound).
+    """
+    if per_trial_k1 is not None and t_n1_k1 is not None:
+        per_trial = max(per_trial_k1, per_trial_k1 + (t_n1 - t_n1_k1) / n1)
+    else:
+        per_trial = t_n1 / n1
+    return t_n1 + (n2 - n1) * per_trial
+
+
+def campaign_argv(prefix: list[str], model: Path, data: Path, kind: str, k: int, trials: int,
+                  db: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return [*prefix, "campaign", str(model), "--data", str(data), "--kinds", kind,
+            "--faults-per-trial", str(k), "--bits", "0", "--trials", str(trials),
+            "--batch-size", str(batch), "--seed", "0", "--db", str(db), "--no-progress",
+            *extra]
+
+
+def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target: str,
+                 kind: str, k: int, plan: Plan, golden: float, k1: dict[str, Any] | None,
+                 args: argparse.Namespace, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """All numbers of one (target, K) cell."""
+    cell: dict[str, Any] = {"target": target, "kind": kind, "k": k, "n1": plan.n1,
+                            "flags": list(extra),
+                            "loadavg_before": list(os.getloadavg())
+                            if hasattr(os, "getloadavg") else None}
+    tag = f"{kind}{'_'.join(('', *extra)).replace('--', '')}_k{k}"
+
+    def log(name: str) -> Path:
+        return work / "logs" / f"{tag}_{name}.log"
+
+    db1 = work / "db" / f"{tag}_n{plan.n1}.sqlite"
+    r1 = run_cli(campaign_argv(prefix, model, data, kind, k, plan.n1, db1, plan.samples, extra),
+                 work, log(f"n{plan.n1}"), args.timeout)
+    cell["t_n1_s"] = r1.seconds if r1.ok() else None
+    cell["command_n1"] = shlex.join(r1.argv)
+    if not r1.ok():
+        cell["error"] = f"N={plan.n1}: {r1.error}"
+        print(f"  {tag}: N={plan.n1} failed: {r1.error}", flush=True)
+        return cell
+    print(f"  {tag}: N={plan.n1} {r1.seconds:.2f} s", flush=True)
+
+    n2 = plan.n2_k1 if k == 1 else plan.n2
+    per_k1 = k1.get("per_trial_s") if k1 else None
+    t1_k1 = k1.get("t_n1_s") if k1 else None
+    projection = projected_seconds(r1.seconds, plan.n1, n2, per_k1, t1_k1)
+    cell["projected_t_n2_s"] = projection
+    if k > 1 and projection > args.max_cell_seconds and args.reduced_n2 < n2:
+        # (K = 1 trials cost milliseconds; the projection from N1 is startup-dominated)
+        n2 = max(args.reduced_n2, plan.n1 + 1)
+        cell["reduced"] = (f"N2 reduced from {plan.n2} to {n2}: the {plan.n2}-trial campaign "
+                           f"was projected at {projection:.0f} s > {args.max_cell_seconds:.0f} s")
+        print(f"  {tag}: {cell['reduced']}", flush=True)
+    cell["n2"] = n2
+
+    db2 = work / "db" / f"{tag}_n{n2}.sqlite"
+    argv2 = campaign_argv(prefix, model, data, kind, k, n2, db2, plan.samples, extra)
+    r2 = run_cli(argv2, work, log(f"n{n2}"), args.timeout)
+    cell["command_n2"] = shlex.join(argv2)
+    cell["t_n2_s"] = r2.seconds if r2.ok() else None
+    if not r2.ok():
+        cell["error"] = f"N={n2}: {r2.error}"
+        print(f"  {tag}: N={n2} failed: {r2.error}", flush=True)
+        return cell
+    per_trial = (r2.seconds - r1.seconds) / (n2 - plan.n1)
+    cell["per_trial_s"] = per_trial
+    cell["ratio"] = per_trial / golden
+    cell["rss_mib"] = r2.rss_mib
+    faults = k * n2
+    size = db_bytes(db2)
+    cell.update(db_bytes=size, faults_expected=faults,
+                bytes_per_fault=size / faults if faults else None)
+    print(f"  {tag}: N={n2} {r2.seconds:.2f} s, per trial {per_trial * 1e3:.1f} ms "
+          f"= {per_trial / golden:.2f} x golden, {size} B", flush=True)
+
+    rep = run_cli([*prefix, "report", str(db2), "-o", str(work / "report" / tag)], work,
+                  log("report"), args.timeout)
+    cell["report_s"] = rep.seconds if rep.ok() else None
+    if not rep.ok():
+        cell["report_error"] = rep.error
+    res = run_cli([*argv2, "--resume"], work, log("resume"), args.timeout)
+    cell["resume_s"] = res.seconds if res.ok() else None
+    if not res.ok():
+        cell["resume_error"] = res.error
+    cell["faults_stored"] = stored_faults(db2)
+    print(f"  {tag}: report {fmt_s(cell['report_s'], rep.error)}, "
+          f"resume {fmt_s(cell['resume_s'], res.error)}", flush=True)
+    return cell
 
 
 # --------------------------------------------------------------------------- output
 
 
-def table(rows: Sequence[Row]) -> str:
-    head = (f"{'model':<8} {'target':<10} {'K':>6} {'n':>3} {'golden ms':>9} {'eng0 ms':>9} "
-            f"{'sample ms':>9} {'run ms':>9} {'total ms':>9} {'eng0/g':>6} {'run/g':>7} "
-            f"{'paired':>7} {'total/g':>7} ok")
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        ok = "yes" if r.ratio_run <= TARGET_RATIO else "NO"
-        lines.append(
-            f"{r.model:<8} {r.target:<10} {r.faults:>6} {r.trials:>3} {r.golden_s * 1e3:>9.2f} "
-            f"{r.engine_golden_s * 1e3:>9.2f} {r.sample_s * 1e3:>9.2f} {r.run_s * 1e3:>9.2f} "
-            f"{r.total_s * 1e3:>9.2f} {r.ratio_engine_golden:>6.3f} {r.ratio_run:>7.3f} "
-            f"{r.ratio_paired:>7.3f} {r.ratio_total:>7.3f} {ok}"
-        )
-    return "\n".join(lines)
+def fmt_s(v: float | None, err: str | None = None) -> str:
+    return f"{v:.2f} s" if v is not None else f"ERROR ({err})"
 
 
-def environment() -> dict[str, Any]:
-    return {"python": platform.python_version(), "numpy": np.__version__,
-            "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "cpu_count": os.cpu_count(), "machine": platform.machine(),
-            "processor": platform.processor() or platform.machine(),
-            "loadavg_start": _LOAD_START, "loadavg_end": os.getloadavg()}
+def cell_text(cell: dict[str, Any] | None, key: str, fmt: str) -> str:
+    if cell is None:
+        return "-"
+    v = cell.get(key)
+    if v is None:
+        err = cell.get("error") or cell.get(key.replace("_s", "_error")) or "n/a"
+        return f"ERROR: {err}".replace("|", "/")
+    text = format(v, fmt)
+    return text + (f" (N2={cell['n2']})" if cell.get("reduced") and key == "ratio" else "")
 
 
-_LOAD_START = os.getloadavg()
+def markdown(results: dict[str, Any]) -> str:
+    ks = results["plan"]["ks"]
+    cells = {(c["target"], c["k"]): c for c in results["cells"]}
+    out: list[str] = []
+    for title, key, fmt in (("per-trial time / golden", "ratio", ".2f"),
+                            ("peak RSS of the N2 campaign (MiB)", "rss_mib", ".0f"),
+                            ("report time (s)", "report_s", ".2f"),
+                            ("resume of the finished campaign (s)", "resume_s", ".2f"),
+                            ("DB bytes / fault", "bytes_per_fault", ".1f")):
+        head = f"**{title}**"
+        if key == "ratio":
+            head += (f" (golden {results['golden_s'] * 1e3:.2f} ms, default session options, "
+                     f"{results['plan']['samples']} samples; "
+                     f"{results.get('golden_extended_s', 0) * 1e3:.2f} ms at EXTENDED)")
+        if key == "rss_mib":
+            head += (f" (golden inference process: "
+                     f"{results.get('golden_process_rss_mib') or 0:.0f} MiB)")
+        out.append(head)
+        out.append("")
+        out.append("| target | " + " | ".join(f"K={k}" for k in ks) + " |")
+        out.append("|---|" + "---|" * len(ks))
+        for target, _, _ in TARGETS:
+            row = [cell_text(cells.get((target, k)), key, fmt) for k in ks]
+            out.append(f"| {target} | " + " | ".join(row) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("--repeats", type=int, default=9,
-                   help="timed golden runs per median (default 9)")
-    p.add_argument("--trials", type=int, default=10,
-                   help="trials per configuration, at most (default 10)")
-    p.add_argument("--batch-size", type=int, default=CampaignConfig().batch_size,
-                   help="samples per session.run, golden and faulty alike (default %(default)s)")
-    p.add_argument("--budget", type=float, default=4.0,
-                   help=f"seconds per configuration after which trials stop (at least "
-                        f"{MIN_TRIALS} run; default %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads of every session (default: onnxruntime's)")
-    p.add_argument("--big-model", choices=("cnn", "mlp"), default="cnn",
-                   help="the >1M-parameter model (default cnn)")
-    p.add_argument("--samples", type=int, default=512,
-                   help="synthetic inputs for the big model (default 512)")
-    p.add_argument("--skip-digits", action="store_true", help="only the big model")
-    p.add_argument("--skip-big", action="store_true", help="only the digits model")
-    p.add_argument("--json", action="store_true", help="JSON on stdout instead of the table")
-    a = p.parse_args(argv)
-    if min(a.repeats, a.trials, a.batch_size, a.samples, a.threads or 1) < 1:
-        p.error("--repeats, --trials, --batch-size, --samples and --threads must be >= 1")
-    return a
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench_campaign.json"),
+                    help="JSON results file [bench_campaign.json]")
+    ap.add_argument("--quick", action="store_true", help="tiny model, K in {1, 100}, N 2/6")
+    ap.add_argument("--cli", default="python -m enpheeph_onnx",
+                    help="command prefix of the CLI under test [python -m enpheeph_onnx]")
+    ap.add_argument("--workdir", type=Path, default=None,
+                    help="where models, data, DBs, logs and reports go [a temp dir, removed]")
+    ap.add_argument("--max-cell-seconds", type=float, default=360.0,
+                    help="reduce N2 of a cell whose N2 campaign is projected longer [360]")
+    ap.add_argument("--reduced-n2", type=int, default=7, help="N2 of a reduced cell [7]")
+    ap.add_argument("--ks", default=None,
+                    help="comma-separated K values to measure [the plan's: 1,1000,100000,"
+                         "1000000; quick: 1,100]")
+    ap.add_argument("--timeout", type=float, default=3600.0,
+                    help="limit per CLI command, seconds [3600]")
+    args = ap.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.ks:
+        plan = replace(plan, ks=tuple(int(k) for k in args.ks.split(",")))
+    prefix = shlex.split(args.cli)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    t_start = time.perf_counter()
-    if _LOAD_START[0] > 0.5:
-        log(f"warning: load average {_LOAD_START[0]:.2f} before the start: other processes "
-            "share the CPU, timings will be noisy (compare the paired ratios)")
-    rows: list[Row] = []
-    models: dict[str, Any] = {}
-    if not args.skip_digits:
-        model = onnx.load(str(ROOT / "models" / "digits_cnn.onnx"))
-        with np.load(ROOT / "models" / "digits_test.npz") as z:
-            data = {"input": z["input"]}
-        plan = [(SiteKind.WEIGHT, COUNTS), (SiteKind.ACTIVATION, COUNTS)]
-        r, f = bench_model("digits", model, data, plan, args, log)
-        rows += r
-        models["digits"] = f
-    if not args.skip_big:
-        name = f"{args.big_model}1M"
-        model = build_big_model(args.big_model)
-        data = {"input": synthetic_inputs(model, args.samples)}
-        plan = [(SiteKind.WEIGHT, (*COUNTS, HEADLINE)), (SiteKind.ACTIVATION, COUNTS)]
-        r, f = bench_model(name, model, data, plan, args, log)
-        rows += r
-        models[name] = f
-    elapsed = time.perf_counter() - t_start
-    if args.json:
-        json.dump({"config": {k: v for k, v in vars(args).items() if k != "json"},
-                   "target_ratio": TARGET_RATIO, "environment": environment(),
-                   "models": models, "rows": [asdict(r) for r in rows],
-                   "elapsed_s": elapsed}, sys.stdout, indent=2)
-        print()
+    if args.workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_campaign_")
+        work = Path(tmp.name)
     else:
-        print(table(rows))
-        load = f"{_LOAD_START[0]:.2f} -> {os.getloadavg()[0]:.2f}"
-        print(f"\nrun/g = median run / median interleaved golden (target <= {TARGET_RATIO}); "
-              "paired = median of per-trial run/golden; eng0 = engine without faults;\n"
-              f"total = sampling + run; n = trials timed. onnxruntime {ort.__version__}, "
-              f"{os.cpu_count()} CPUs, load average {load}, {elapsed:.0f} s.")
-        bad = [f"{m} {t}" for m, f in models.items() for t, v in f["targets"].items()
-               if not v["golden_bit_identical"]]
-        if bad:
-            print("WARNING: engine golden outputs differ from the plain session for: "
-                  + ", ".join(bad))
+        tmp = None
+        work = args.workdir.resolve()
+        if work.exists() and any(work.iterdir()):
+            ap.error(f"--workdir {work} is not empty")
+    try:
+        for sub in ("db", "logs", "report"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        return run(args, plan, prefix, work)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> int:
+    started = time.perf_counter()
+    model = build_model(plan.channels, plan.hidden)
+    params = count_parameters(model)
+    model_path = work / "cnn.onnx"
+    onnx.save(model, model_path)
+    print(f"model: {params:,} parameters ({model_path})", flush=True)
+
+    x = np.random.default_rng(1).random((plan.samples, 3, 32, 32), dtype=np.float32)
+    golden, logits = golden_seconds(model_path, x)
+    golden_ext = golden_seconds(model_path, x, extended=True)[0]
+    labels = logits.argmax(axis=1).astype(np.int64)
+    data_path = work / "data.npz"
+    np.savez(data_path, input=x, labels=labels)
+    print(f"golden: {golden * 1e3:.2f} ms for {plan.samples} samples (median of 20); "
+          f"{golden_ext * 1e3:.2f} ms at ORT_ENABLE_EXTENDED", flush=True)
+    inference = run_cli([sys.executable, "-c", GOLDEN_RSS_SCRIPT, str(model_path),
+                         str(data_path)], work, work / "logs" / "golden_rss.log", args.timeout)
+    print(f"golden inference process: peak RSS {inference.rss_mib} MiB", flush=True)
+
+    code = code_under_test(prefix, work)
+    print(f"code under test: {code.get('file')} (commit {code.get('git_commit')})", flush=True)
+
+    # Untimed warm-up: byte-compiles the package, fills the file cache, imports matplotlib.
+    warm_db = work / "db" / "warmup.sqlite"
+    warm = [run_cli(campaign_argv(prefix, model_path, data_path, "weight", 1, 1, warm_db,
+                                  plan.samples), work, work / "logs" / "warmup.log", args.timeout)]
+    if warm[0].ok():
+        warm.append(run_cli([*prefix, "report", str(warm_db), "-o", str(work / "report" / "w")],
+                            work, work / "logs" / "warmup_report.log", args.timeout))
+    print("warm-up: " + ", ".join(fmt_s(w.seconds if w.ok() else None, w.error) for w in warm),
+          flush=True)
+
+    results: dict[str, Any] = {
+        "method": "per_trial = (t(N2) - t(N1)) / (N2 - N1) of CLI campaigns (subprocess wall "
+                  "clock); ratio = per_trial / golden (plain onnxruntime CPU session, default "
+                  "options, median of 20 runs of all inputs at once)",
+        "cli": args.cli,
+        "quick": args.quick,
+        "plan": {"channels": list(plan.channels), "hidden": plan.hidden,
+                 "samples": plan.samples, "ks": list(plan.ks), "n1": plan.n1, "n2": plan.n2,
+                 "n2_k1": plan.n2_k1,
+                 "max_cell_seconds": args.max_cell_seconds, "reduced_n2": args.reduced_n2},
+        "parameters": params,
+        "golden_s": golden,
+        "golden_extended_s": golden_ext,
+        "golden_process_rss_mib": inference.rss_mib,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else None,
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+        "numpy": np.__version__,
+        "code_under_test": code,
+        "loadavg_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "warmup": [{"command": shlex.join(w.argv), "seconds": w.seconds, "error": w.error}
+                   for w in warm],
+        "cells": [],
+    }
+    for target, kind, extra in TARGETS:
+        k1: dict[str, Any] | None = None
+        for k in plan.ks:
+            cell = measure_cell(prefix, work, model_path, data_path, target, kind, k, plan,
+                                golden, k1, args, extra)
+            if k == plan.ks[0] and "per_trial_s" in cell:
+                k1 = cell
+            results["cells"].append(cell)
+            write_json(args.out, results)
+    results["golden_after_s"] = golden_seconds(model_path, x)[0]
+    print(f"golden again at the end: {results['golden_after_s'] * 1e3:.2f} ms", flush=True)
+    results["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["total_s"] = time.perf_counter() - started
+    write_json(args.out, results)
+    print()
+    print(markdown(results))
+    print(f"total {results['total_s']:.0f} s; results in {args.out}")
     return 0
+
+
+def write_json(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(path)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@
 Method
 ------
 
-1. **Model and data**: the CNN of ``scripts/bench_scale.py`` (``build_model((64, 128, 256),
+1. **Model and data**: the CNN of ``scripts/bench_campaign.py`` (``build_model((64, 128, 256),
    256)``, 4.6M parameters; ``--quick``: channels 4/8/8, FC 512->16->10) and 32 inputs (8
    with ``--quick``) uniform in [0, 1) from ``default_rng(1)``, all in one batch.
 2. **Faults**: for each target (``weights``: every weight and bias; ``activations``: every
    activation tensor, conv/relu/pool/flatten/gemm outputs), fault count K (1, 1,000,
    100,000, 1,000,000; quick: 1, 1,000) and bit mode (``0``: bit 0 only, as the issue's
-   table and bench_scale's ``--bits 0``; ``all``: bits uniform in 0-31) the campaign sampler
+   table and bench_campaign's ``--bits 0``; ``all``: bits uniform in 0-31) the campaign sampler
    draws K single-bit flips (``plan_campaign``, fixed count, seed ``--seed``, trial 0;
    activation faults have ``*`` on the batch: each hits every input). They are written into
    a faulty model with :func:`enpheeph_onnx.rewrite.inject` (timed, as is saving it): weight
@@ -62,7 +62,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import build_model, write_json
+from bench_campaign import build_model, write_json
 
 from enpheeph_onnx.campaign.config import CampaignConfig, SiteSelection
 from enpheeph_onnx.campaign.plan import plan_campaign

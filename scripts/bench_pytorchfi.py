@@ -3,17 +3,17 @@
 Method
 ------
 
-1. **Network.** The CNN of ``scripts/bench_scale.py`` (``build_model((64, 128, 256), 256)``:
+1. **Network.** The CNN of ``scripts/bench_campaign.py`` (``build_model((64, 128, 256), 256)``:
    4.6M parameters, 32x32 inputs; ``--quick``: channels 4/8/8, FC 512->16->10) in ONNX, and
    :class:`TorchCNN`, the same layers in ``torch.nn`` (Conv2d 3x3 pad 1, ReLU, MaxPool2d 2,
    ..., Flatten, Linear), whose parameters are copied from the ONNX initializers. Asserted
    before anything is timed: the golden logits of onnxruntime and torch agree (``rtol =
    atol = 1e-5``; the measured maximum difference goes to the JSON) and so do their top-1.
 2. **Data.** 32 inputs (8 with ``--quick``) uniform in [0, 1) from ``default_rng(1)``, as in
-   bench_scale; labels = the golden top-1 of onnxruntime (= torch's, asserted), so both
+   bench_campaign; labels = the golden top-1 of onnxruntime (= torch's, asserted), so both
    golden accuracies are 1.0. Both tools run all inputs as one batch.
 3. **Faults.** For each target, fault count K and bit mode (``all``: bits uniform in 0-31;
-   ``0``: bit 0 only, as bench_scale's ``--bits 0``), trial *t* draws its K single-bit flips
+   ``0``: bit 0 only, as bench_campaign's ``--bits 0``), trial *t* draws its K single-bit flips
    of float32 from ``default_rng(SeedSequence([seed, target, K, bit mode], spawn_key=(t,)))``:
 
    * ``weights``: elements uniform over the weights of the five Conv2d/Linear layers
@@ -101,7 +101,7 @@ from onnx import numpy_helper
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_scale import build_model, code_under_test, golden_seconds, run_cli, write_json
+from bench_campaign import build_model, code_under_test, golden_seconds, run_cli, write_json
 
 from enpheeph_onnx.campaign.config import CampaignConfig, SiteSelection
 from enpheeph_onnx.campaign.plan import CampaignPlan
@@ -148,7 +148,7 @@ QUICK = Sizes(channels=(4, 8, 8), hidden=16, samples=8, ks=(100,), bits=("all", 
 
 
 class TorchCNN(nn.Module):
-    """bench_scale's CNN in torch: the modules carry the ONNX names (``conv1``, ``fc1``...)."""
+    """bench_campaign's CNN in torch: the modules carry the ONNX names (``conv1``, ``fc1``...)."""
 
     def __init__(self, channels: tuple[int, int, int], hidden: int, classes: int = 10) -> None:
         super().__init__()

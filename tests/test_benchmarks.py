@@ -21,3 +21,25 @@ def test_bench_store_quick(tmp_path: Path) -> None:
     assert r["inject_plan_faults"] == 20_000 and r["inject_json_faults"] == 2000
     assert all(r[k] > 0 for k in ("campaign_s", "summary_s", "report_s", "resume_s",
                                   "inject_plan_s", "inject_json_s"))
+
+
+def test_bench_campaign_quick(tmp_path: Path) -> None:
+    """The outside-method campaign benchmark: every (target, K) cell measured, with the
+    database, report, resume and peak-memory figures it prints."""
+    out = tmp_path / "campaign.json"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_campaign.py"), "--quick",
+                    "--out", str(out)], check=True, capture_output=True, timeout=900)
+    r = json.loads(out.read_text())
+    assert r["quick"] and r["golden_s"] > 0 and r["golden_extended_s"] > 0
+    assert r["golden_process_rss_mib"] > 10
+    cells = {(c["target"], c["k"]): c for c in r["cells"]}
+    assert set(cells) == {(t, k) for t in ("weights", "activations",
+                                           "activations, --optimization all")
+                          for k in (1, 100)}
+    for (target, k), c in cells.items():
+        assert "error" not in c, c.get("error")
+        assert c["n2"] == 6 and c["t_n2_s"] > 0 and c["per_trial_s"] is not None
+        assert c["rss_mib"] > r["golden_process_rss_mib"] / 4
+        assert c["faults_expected"] == k * 6 and c["db_bytes"] > 0
+        assert c["report_s"] > 0 and c["resume_s"] > 0
+        assert ("--optimization" in c["flags"]) == target.endswith("all")

@@ -102,9 +102,12 @@ def batch_rows(fs: FaultSet, rows: np.ndarray, site: FaultSite, start: int, n: i
     return fs, rows
 
 
-def apply_in_place(arr: np.ndarray, fs: FaultSet, rows: np.ndarray, site: FaultSite) -> None:
+def apply_in_place(arr: np.ndarray, fs: FaultSet, rows: np.ndarray, site: FaultSite,
+                   undo: list[Any] | None = None) -> None:
     """Apply the faults ``rows`` (on ``site``, coordinates within ``arr``) to ``arr``'s
     stored bits, in plan order (duplicates composed, ``*`` expanded over ``arr.shape``).
+    ``undo``: when given, a restore action (call it to put the old bits back) is
+    appended before anything changes.
 
     Raises:
         EnpheephError: ``arr`` is not a contiguous writable array of the site's dtype.
@@ -123,6 +126,7 @@ def apply_in_place(arr: np.ndarray, fs: FaultSet, rows: np.ndarray, site: FaultS
         # bit flips commute: no fold needed, repeated elements XOR in place (ufunc.at)
         inside = (idx < np.asarray(arr.shape)).all(1)
         lin = np.ravel_multi_index(tuple(idx[inside].T), arr.shape)
+        _save(undo, u, lin)
         np.bitwise_xor.at(u, lin, masks[inside].astype(d.container))
         return
     if flips and arr.ndim > 1 and (idx[:, 0] < 0).all() and (idx[:, 1:] >= 0).all():
@@ -135,13 +139,30 @@ def apply_in_place(arr: np.ndarray, fs: FaultSet, rows: np.ndarray, site: FaultS
         cols = np.flatnonzero(mask)
         rows2d = u.reshape(arr.shape[0], -1)
         if 4 * len(cols) < mask.size:
+            if undo is not None:
+                old = rows2d[:, cols]
+                undo.append(lambda: rows2d.__setitem__((slice(None), cols), old))
             rows2d[:, cols] ^= mask[cols]
         else:
+            _save(undo, u, None)
             rows2d ^= mask
         return
     lin, a, o, x = fold(fs, rows, arr.shape, d)
     if len(lin):
+        _save(undo, u, lin)
         u[lin] = ((u[lin] & a) | o) ^ x
+
+
+def _save(undo: list[Any] | None, u: np.ndarray, lin: np.ndarray | None) -> None:
+    """Append to ``undo`` the action restoring ``u`` at ``lin`` (``None``: all of it)."""
+    if undo is None:
+        return
+    if lin is None:
+        whole = u.copy()
+        undo.append(lambda: np.copyto(u, whole))
+    else:
+        old = u[lin]
+        undo.append(lambda: u.__setitem__(lin, old))
 
 
 class ValueChain:
@@ -541,27 +562,39 @@ class ValueChain:
             else:
                 host = {k: v[s:s + n] for k, v in data.items() if k in self.inputs}
             owned: set[str] = set()
-            for stop, route in zip(stops, [*routes, []], strict=True):
-                for name in at.get(stop, ()):
-                    site = self.sites[name]
-                    fs, rows = batch_rows(faults, rows_of[name], site, s, n)
-                    if not len(rows) or name not in host:
-                        continue  # no fault in this batch, or a tensor nothing reads
-                    if name not in owned:
-                        host[name] = np.array(host[name], copy=True, order="C")
-                        owned.add(name)
-                    apply_in_place(host[name], fs, rows, site)
-                for seg in route or ():
-                    outs = run_session(seg.session, list(seg.outputs),
-                                       {t: host[t] for t in seg.inputs})
-                    for t, arr in zip(seg.outputs, outs, strict=True):
-                        host[t] = arr
-                        if arr.flags.writeable and arr.flags.c_contiguous:
-                            owned.add(t)
-                        else:
-                            owned.discard(t)
-            for o in self.outputs:
-                chunks[o].append(host[o])
+            borrowed: set[str] = set()  # cached golden tensors faulted in place
+            undo: list[Any] = []
+            try:
+                for stop, route in zip(stops, [*routes, []], strict=True):
+                    for name in at.get(stop, ()):
+                        site = self.sites[name]
+                        fs, rows = batch_rows(faults, rows_of[name], site, s, n)
+                        if not len(rows) or name not in host:
+                            continue  # no fault in this batch, or a tensor nothing reads
+                        if name not in owned and (gold.live is None or name in self.inputs
+                                                  or name in borrowed):
+                            host[name] = np.array(host[name], copy=True, order="C")
+                            owned.add(name)
+                        if name in owned:
+                            apply_in_place(host[name], fs, rows, site)
+                        else:  # the cache's own array: the touched bits are put back below
+                            borrowed.add(name)
+                            apply_in_place(host[name], fs, rows, site, undo)
+                    for seg in route or ():
+                        outs = run_session(seg.session, list(seg.outputs),
+                                           {t: host[t] for t in seg.inputs})
+                        for t, arr in zip(seg.outputs, outs, strict=True):
+                            host[t] = arr
+                            if arr.flags.writeable and arr.flags.c_contiguous:
+                                owned.add(t)
+                            else:
+                                owned.discard(t)
+                for o in self.outputs:
+                    chunks[o].append(host[o].copy() if o in borrowed and o not in owned
+                                     else host[o])
+            finally:
+                for restore in reversed(undo):
+                    restore()
         return {o: join_batches(o, c, gold.sizes) for o, c in chunks.items()}
 
 

@@ -184,3 +184,30 @@ def test_chain_sessions_stay_within_the_cache_bound(digits: dict[str, np.ndarray
     assert t is not None and t._golden.live is not None  # the golden tensors still fit
     assert 0 < t.session_bytes + t.cache_bytes <= budget * 2**20
     assert len(t._spans) < len(chain._spans) and t._bad_spans
+
+
+def test_chain_puts_the_golden_tensors_back(digits: dict[str, np.ndarray]) -> None:
+    """Faults at a trial's first boundary are applied to the cached golden tensors in place
+    (no copy of the tensor) and undone after the run: every path of the bit update (per
+    element XOR, the same elements of every sample sparse and dense, folded stuck-at),
+    also when the faulted tensor is a graph output."""
+    m = load_model(MODEL)
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.ACTIVATION]
+    x = {"input": digits["input"][:40]}
+    e = FaultEngine(m, sites)
+    e.run(x, [parse_fault("logits[0,0]:bitflip:1")])
+    before = [{k: v.tobytes() for k, v in b.items()} for b in e._chain._golden.live]
+    dense = [parse_fault(f"/relu2/Relu_output_0[*,{c},{i},{j}]:bitflip:30")
+             for c in range(32) for i in range(2) for j in range(2)]
+    trials = [[parse_fault("/pool1/MaxPool_output_0[3,1,1,1]:bitflip:30")],
+              [parse_fault("/pool1/MaxPool_output_0[*,1,1,1]:bitflip:29")],
+              dense,
+              [parse_fault("/conv2/Conv_output_0[*,1,1,1]:stuck-at-1:30"),
+               parse_fault("/conv2/Conv_output_0[2,1,1,1]:bitflip:31")],
+              [parse_fault("logits[*,3]:bitflip:30")]]
+    for faults in trials:
+        got = e.run(x, faults)["logits"]
+        want = make_session(inject(m, faults).model).run(None, x)[0]
+        assert got.tobytes() == want.tobytes(), faults[0]
+    after = [{k: v.tobytes() for k, v in b.items()} for b in e._chain._golden.live]
+    assert before == after

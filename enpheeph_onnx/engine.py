@@ -13,6 +13,10 @@ The campaign model is the source model with
   so only the K faulted elements are touched, behind an ``If`` that skips it all (an
   ``Identity``) when ``K = 0``, which reproduces the golden outputs bit for bit.
 
+Trials whose faults all lie on activations or inputs do not use that model: the segment
+chain (:mod:`enpheeph_onnx.chain`) applies their faults on the host between sessions of the
+unmodified graph's segments (with suffix re-execution on; see :meth:`FaultEngine.chain`).
+
 Several faults on the same element within one trial are folded host-side into one affine
 bit transform (:meth:`enpheeph_onnx.bits.BitTransform.then`), in plan order, because
 ``ScatterND`` leaves duplicate indices undefined (ONNX spec, ScatterND-18).

@@ -378,6 +378,7 @@ class FaultEngine:
                                 dict[str, tuple[int, ...]]] = {}
         self._chain: ValueChain | None = None
         self._chain_tried = False
+        self._warned_all = False
 
     def chain(self) -> ValueChain | None:
         """The segment chain that serves activation/input-only trials (suffix
@@ -602,6 +603,11 @@ class FaultEngine:
             out = self._chain.run(data, fs, batch_size)  # type: ignore[union-attr]
             if out is not None:
                 return out
+        if len(fs) and self.optimization is Optimization.ALL and not self._warned_all:
+            self._warned_all = True
+            log.warning("a trial runs on fault-node sessions at --optimization all (the "
+                        "segment chain cannot serve it): its outputs can differ in the last "
+                        "bits from inject + run of the same faults")
         key = self._key(fs)
         if key[0] and key[0] not in self._verified:
             key = self._verify(key, data, batch_size, fs)

@@ -211,3 +211,21 @@ def test_chain_puts_the_golden_tensors_back(digits: dict[str, np.ndarray]) -> No
         assert got.tobytes() == want.tobytes(), faults[0]
     after = [{k: v.tobytes() for k, v in b.items()} for b in e._chain._golden.live]
     assert before == after
+
+
+def test_optimization_all_refuses_no_suffix(tmp_path) -> None:
+    """Fault nodes change onnxruntime's layout choices at ORT_ENABLE_ALL (review: per-sample
+    trials then differed from inject + run by one sample), so --optimization all runs only
+    on the segment chain."""
+    from click.testing import CliRunner
+
+    from enpheeph_onnx.cli import main
+
+    from .conftest import MODELS
+
+    db = tmp_path / "r.sqlite"
+    r = CliRunner().invoke(main, ["campaign", str(MODEL), "--data",
+                                  str(MODELS / "digits_test.npz"), "--kinds", "activation",
+                                  "--trials", "2", "--optimization", "all", "--no-suffix",
+                                  "--db", str(db)])
+    assert r.exit_code == 2 and "drop --no-suffix" in r.output and not db.exists()

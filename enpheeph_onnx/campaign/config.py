@@ -181,6 +181,12 @@ class CampaignConfig:
                 "--optimization all cannot serve weight faults: a campaign feeds perturbed "
                 "weights, and onnxruntime's layout optimizations apply only to constant "
                 "ones; drop 'weight' from --kinds or use --optimization extended")
+        if self.optimization is Optimization.ALL and not self.suffix:
+            raise EnpheephError(
+                "--optimization all needs suffix re-execution: without it faults are fed by "
+                "fault nodes, which change onnxruntime's layout optimizations (trials would "
+                "no longer equal inject + run); drop --no-suffix or use --optimization "
+                "extended")
         if not (self.cache_mb >= 0 and math.isfinite(self.cache_mb)):
             raise EnpheephError(f"--cache-mb {self.cache_mb}: give a size in MiB >= 0")
         if self.store_faults not in ("all", "none"):

@@ -49,6 +49,7 @@ from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
 from .runtime import Provider, join_batches, make_session, run_session
 from .sites import FaultSite, SiteKind
+from .suffix import extract
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ class ValueChain:
         self._sightings: dict[tuple[int, int], int] = {}
         self._unroutable: set[tuple[int, ...]] = set()
         self._tails: dict[int, int] = {}
+        self._live: dict[int, list[str]] = {}
+        self._extractor = onnx.utils.Extractor(model)  # one name index for every segment
         sizes = {t.name: int(np.prod(t.dims)) * max(1, _itemsize(t.data_type))
                  for t in g.initializer}
         self._node_weights = [sum(sizes.get(x, 0) for x in set(n.input)) for n in nodes]
@@ -247,9 +250,13 @@ class ValueChain:
 
     def live(self, c: int) -> list[str]:
         """Tensors alive at boundary ``c``: produced before it (or graph inputs) and read at
-        or after it, or graph outputs; in order of production."""
-        return sorted((t for t, b in self._birth.items() if b <= c < self._death[t]),
-                      key=lambda t: (self._birth[t], t))
+        or after it, or graph outputs; in order of production (computed once per
+        boundary: trials ask for it on every batch)."""
+        if c not in self._live:
+            self._live[c] = sorted((t for t, b in self._birth.items()
+                                    if b <= c < self._death[t]),
+                                   key=lambda t: (self._birth[t], t))
+        return self._live[c]
 
     def _next(self, c: int) -> int:
         i = self.bounds.index(c)
@@ -265,15 +272,11 @@ class ValueChain:
         if not outs:
             return None
         try:
-            m = onnx.utils.Extractor(self.model).extract_model(ins, outs)
+            m = extract(self._extractor, ins, outs)
         except Exception as e:  # a tensor without an inferred type, ...
             raise ChainUnavailable(f"segment [{start}, {end}) cannot be extracted ({e})"
                                    ) from None
-        m.ir_version = self.model.ir_version
-        del m.opset_import[:]
-        m.opset_import.extend(self.model.opset_import)
-        m.functions.extend(self.model.functions)
-        nbytes = sum(len(t.raw_data) or 8 * int(np.prod(t.dims)) for t in m.graph.initializer)
+        nbytes = self._weight_bytes(start, end)
         try:
             sess = make_session(m, self.provider, self.options)
         except EnpheephError as e:
@@ -431,13 +434,9 @@ class ValueChain:
         if not names:
             return [], None
         try:
-            m = onnx.utils.Extractor(self.model).extract_model(self.inputs, names)
+            m = extract(self._extractor, self.inputs, names)
         except Exception as e:
             raise ChainUnavailable(f"no prefix up to node {c} ({e})") from None
-        m.ir_version = self.model.ir_version
-        del m.opset_import[:]
-        m.opset_import.extend(self.model.opset_import)
-        m.functions.extend(self.model.functions)
         try:
             return names, make_session(m, self.provider, self.options)
         except EnpheephError as e:

@@ -73,6 +73,24 @@ def crossing_tensors(model: onnx.ModelProto, start: int) -> list[str] | None:
     return list(seen)
 
 
+def extract(extractor: onnx.utils.Extractor, inputs: Sequence[str], outputs: Sequence[str]
+            ) -> onnx.ModelProto:
+    """The subgraph of ``extractor``'s model from ``inputs`` to ``outputs`` as a model with
+    the source's IR version, opsets and model-local functions (which
+    :meth:`onnx.utils.Extractor.extract_model` does not carry over).
+
+    Raises:
+        Exception: whatever the extractor raises (e.g. a tensor without a known type).
+    """
+    source = extractor.model
+    m = extractor.extract_model(list(inputs), list(outputs))
+    m.ir_version = source.ir_version
+    del m.opset_import[:]
+    m.opset_import.extend(source.opset_import)
+    m.functions.extend(source.functions)
+    return m
+
+
 def suffix_model(model: onnx.ModelProto, start: int) -> onnx.ModelProto | None:
     """``nodes[start:]`` of ``model`` (shape-inferred: the crossing tensors need their
     types) as a model whose inputs are the crossing tensors; ``None`` where no safe cut
@@ -81,15 +99,10 @@ def suffix_model(model: onnx.ModelProto, start: int) -> onnx.ModelProto | None:
     if cut is None:
         return None
     try:
-        m = onnx.utils.Extractor(model).extract_model(cut, [o.name for o in model.graph.output])
+        return extract(onnx.utils.Extractor(model), cut, [o.name for o in model.graph.output])
     except Exception as e:  # no shape for a crossing tensor, ...: full runs serve
         log.debug("no suffix at node %d: %s", start, e)
         return None
-    m.ir_version = model.ir_version
-    del m.opset_import[:]
-    m.opset_import.extend(model.opset_import)
-    m.functions.extend(model.functions)
-    return m
 
 
 @dataclass
@@ -132,5 +145,5 @@ def feeds_of(cache: GoldenCache, batch: int, wanted: Iterable[str]) -> Mapping[s
     return {name: b[name] for name in wanted}
 
 
-__all__ = ["GoldenCache", "crossing_tensors", "exposed", "feeds_of", "site_positions",
+__all__ = ["GoldenCache", "crossing_tensors", "exposed", "extract", "feeds_of", "site_positions",
            "suffix_model"]

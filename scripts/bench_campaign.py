@@ -64,6 +64,7 @@ Reproduce::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -76,6 +77,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -479,21 +481,39 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, ks=tuple(int(k) for k in args.ks.split(",")))
     prefix = shlex.split(args.cli)
 
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_campaign_")
-        work = Path(tmp.name)
-    else:
-        tmp = None
-        work = args.workdir.resolve()
-        if work.exists() and any(work.iterdir()):
-            ap.error(f"--workdir {work} is not empty")
-    try:
-        for sub in ("db", "logs", "report"):
-            (work / sub).mkdir(parents=True, exist_ok=True)
+    with work_dir(ap, args.workdir, "bench_campaign_", ("db", "logs", "report")) as work:
         return run(args, plan, prefix, work)
+
+
+@contextlib.contextmanager
+def work_dir(ap: argparse.ArgumentParser, given: Path | None, prefix: str,
+             subdirs: tuple[str, ...]) -> Iterator[Path]:
+    """``given`` (which must be empty or absent) or a temporary directory removed after,
+    with ``subdirs`` created in it."""
+    tmp = tempfile.TemporaryDirectory(prefix=prefix) if given is None else None
+    work = Path(tmp.name) if tmp is not None else given.resolve()  # type: ignore[union-attr]
+    if tmp is None and work.exists() and any(work.iterdir()):
+        ap.error(f"--workdir {work} is not empty")
+    try:
+        for sub in subdirs:
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        yield work
     finally:
         if tmp is not None:
             tmp.cleanup()
+
+
+def finish(results: dict[str, Any], out: Path, started: float,
+           table: Callable[[dict[str, Any]], str] | None = None) -> int:
+    """Record the end load and total time, write ``out`` and print ``table(results)``
+    (default: this script's tables)."""
+    results["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["total_s"] = time.perf_counter() - started
+    write_json(out, results)
+    print()
+    print((table or markdown)(results))
+    print(f"total {results['total_s']:.0f} s; results in {out}")
+    return 0
 
 
 def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> int:
@@ -569,13 +589,7 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
             write_json(args.out, results)
     results["golden_after_s"] = golden_seconds(model_path, x)[0]
     print(f"golden again at the end: {results['golden_after_s'] * 1e3:.2f} ms", flush=True)
-    results["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    results["total_s"] = time.perf_counter() - started
-    write_json(args.out, results)
-    print()
-    print(markdown(results))
-    print(f"total {results['total_s']:.0f} s; results in {args.out}")
-    return 0
+    return finish(results, args.out, started)
 
 
 def write_json(path: Path, results: dict[str, Any]) -> None:

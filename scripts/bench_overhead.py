@@ -62,7 +62,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_campaign import build_model, write_json
+from bench_campaign import build_model, finish, write_json
 
 from enpheeph_onnx.campaign.config import CampaignConfig, SiteSelection
 from enpheeph_onnx.campaign.plan import plan_campaign
@@ -319,13 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                     results["cells"].append(measure_cell(
                         work, golden_path, proto, x, golden_out, target, k, mode, sizes, args))
                     write_json(args.out, results)
-    results["loadavg_after"] = list(os.getloadavg())
-    results["total_s"] = time.perf_counter() - started
-    write_json(args.out, results)
-    print()
-    print(markdown(results))
-    print(f"total {results['total_s']:.0f} s; results in {args.out}")
-    return 0
+    return finish(results, args.out, started, markdown)
 
 
 if __name__ == "__main__":

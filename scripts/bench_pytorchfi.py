@@ -86,7 +86,6 @@ import platform
 import shlex
 import statistics
 import sys
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -101,7 +100,15 @@ from onnx import numpy_helper
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_campaign import build_model, code_under_test, golden_seconds, run_cli, write_json
+from bench_campaign import (
+    build_model,
+    code_under_test,
+    finish,
+    golden_seconds,
+    run_cli,
+    work_dir,
+    write_json,
+)
 
 from enpheeph_onnx.campaign.config import CampaignConfig, SiteSelection
 from enpheeph_onnx.campaign.plan import CampaignPlan
@@ -658,21 +665,9 @@ def main(argv: list[str] | None = None) -> int:
             if m != "all" and not all(b.isdigit() and int(b) < 32 for b in m.split("+")):
                 ap.error(f"--bits: {m!r} is neither 'all' nor bits 0-31 (e.g. '0' or '0+31')")
         sizes = Sizes(**{**sizes.__dict__, "bits": modes})
-    if args.workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_pytorchfi_")
-        work = Path(tmp.name)
-    else:
-        tmp = None
-        work = args.workdir.resolve()
-        if work.exists() and any(work.iterdir()):
-            ap.error(f"--workdir {work} is not empty")
-    try:
-        for sub in ("db", "logs", "plans", "faults", "pfi"):
-            (work / sub).mkdir(parents=True, exist_ok=True)
+    with work_dir(ap, args.workdir, "bench_pytorchfi_",
+                  ("db", "logs", "plans", "faults", "pfi")) as work:
         return run(args, sizes, work)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
 
 
 def run(args: argparse.Namespace, sizes: Sizes, work: Path) -> int:
@@ -751,13 +746,7 @@ def run(args: argparse.Namespace, sizes: Sizes, work: Path) -> int:
                 write_json(args.out, results)
     results["golden_after_s"] = {"ours": golden_seconds(model_path, x)[0],
                                  "pytorchfi": torch_golden_seconds(net, x)[0]}
-    results["loadavg_after"] = list(os.getloadavg())
-    results["total_s"] = time.perf_counter() - started
-    write_json(args.out, results)
-    print()
-    print(markdown(results))
-    print(f"total {results['total_s']:.0f} s; results in {args.out}")
-    return 0
+    return finish(results, args.out, started, markdown)
 
 
 if __name__ == "__main__":

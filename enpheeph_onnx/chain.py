@@ -24,11 +24,12 @@ bit), else the chain is not used and the engine's instrumented sessions serve.
 Sessions: one *fine* segment between consecutive boundaries (always kept: together they
 hold the model's weights once); a *suffix* from every boundary to the outputs, built up
 front for single-site trials (it stops before a cheap tail of small tensors, run by the fine
-segments, where that keeps a large final layer out of every suffix); a segment between two non-consecutive boundaries when that
-pair comes back a second time (a trial's hit boundaries are otherwise bridged by the fine
-segments). Suffix and pair sessions are kept least-recently-used while they and the golden
-tensors fit ``cache_mb`` (a session is counted at twice its initializer bytes: onnxruntime
-holds the model's copy and its own, measured).
+segments, where that keeps a large final layer out of every suffix); a segment between two
+non-consecutive boundaries when that pair comes back a second time (a trial's hit
+boundaries are otherwise bridged by the fine segments). Suffix and pair sessions are kept
+least-recently-used while they and the golden tensors fit ``cache_mb`` (a session is
+counted at twice its initializer bytes: onnxruntime holds the model's copy and its own,
+measured).
 """
 
 from __future__ import annotations

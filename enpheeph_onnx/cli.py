@@ -74,7 +74,8 @@ def optimization_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         default="extended", show_default=True,
                         help="onnxruntime graph optimizations: extended (weights fed or "
                              "constant compute alike) or all (as a default session deploys "
-                             "the model; activation and input faults only).")(f)
+                             "the model; weight faults on the weights onnxruntime holds, or "
+                             "activation/input faults, not both at once).")(f)
 
 
 def batch_option(f: Callable[..., Any]) -> Callable[..., Any]:

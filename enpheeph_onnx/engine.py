@@ -40,6 +40,7 @@ from .chain import ChainUnavailable, ValueChain, apply_in_place, batch_rows
 from .errors import EnpheephError
 from .faults import Fault
 from .faultset import FaultSet, fold
+from .held import HeldWeights
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
 from .runtime import (
@@ -318,11 +319,13 @@ class FaultEngine:
         cache_mb: the most memory the suffix cache may hold; beyond it full runs serve.
         suffix_worth: keep a cut only if its fault-free run takes at most this fraction of
             a whole-model run (default :data:`SUFFIX_WORTH`; ``inf`` keeps every cut).
-        optimization: onnxruntime's graph optimizations (:class:`Optimization`); ``ALL``
-            only without weight sites.
+        optimization: onnxruntime's graph optimizations (:class:`Optimization`). At
+            ``ALL`` weight sites are served on the graph onnxruntime optimizes
+            (:mod:`enpheeph_onnx.held`), activation/input sites by the segment chain.
 
     Raises:
-        EnpheephError: ``ALL`` with weight sites.
+        EnpheephError: ``ALL`` with weight and activation/input sites together, or with
+            weights the runtime does not hold as stored (:func:`enpheeph_onnx.held.locate`).
 
     Sessions are keyed by (first node of the suffix, instrumented sites). The golden
     references and the suffix cache are kept for the last ``data`` object (by identity):
@@ -334,13 +337,16 @@ class FaultEngine:
                  max_variants: int = 16, suffix: bool = True, cache_mb: float = 512.0,
                  suffix_worth: float | None = None,
                  optimization: Optimization = Optimization.EXTENDED) -> None:
-        if Optimization(optimization) is Optimization.ALL and any(
-                s.kind is SiteKind.WEIGHT for s in sites):
+        held = Optimization(optimization) is Optimization.ALL and any(
+            s.kind is SiteKind.WEIGHT for s in sites)
+        if held and any(s.kind is not SiteKind.WEIGHT for s in sites):
             raise EnpheephError(
-                "--optimization all cannot serve weight faults: a campaign feeds perturbed "
-                "weights, and onnxruntime's layout optimizations apply only to constant "
-                "ones; drop 'weight' from --kinds or use --optimization extended")
+                "--optimization all runs weight faults on the graph onnxruntime optimizes, "
+                "where activations are no longer the model's tensors, so one campaign cannot "
+                "mix weights with activations or inputs; use --kinds weight, or "
+                "--kinds activation,input, or --optimization extended")
         self.optimization = Optimization(optimization)
+        self._held: HeldWeights | None = None
         self.source = model
         self.suffix = suffix
         self.cache_mb = cache_mb
@@ -367,13 +373,17 @@ class FaultEngine:
         self._seen: dict[frozenset[str], int] = {}  # sightings of each hit set
         self._ref_data: Mapping[str, np.ndarray] | None = None
         self._ref_batch: int | None = None
-        base = self._variant((0, frozenset()))
-        self.model, self.session = base.model, base.session
-        self.providers = self.session.get_providers()
         self._weights: dict[str, np.ndarray] = {}
-        tensors = {t.name: t for t in self.model.graph.initializer}
-        for s in self._weight_sites:
-            self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
+        if held:
+            self._held = HeldWeights(model, sites, provider, threads, suffix, cache_mb)
+            self.model, self.session = self._held.model, self._held.session
+        else:
+            base = self._variant((0, frozenset()))
+            self.model, self.session = base.model, base.session
+            tensors = {t.name: t for t in self.model.graph.initializer}
+            for s in self._weight_sites:
+                self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
+        self.providers = self.session.get_providers()
         self._shape_cache: dict[tuple[tuple[str, tuple[int, ...]], ...],
                                 dict[str, tuple[int, ...]]] = {}
         self._chain: ValueChain | None = None
@@ -599,6 +609,8 @@ class FaultEngine:
         """
         fs = as_fault_set(faults)
         self._check_sites(fs)
+        if self._held is not None:
+            return self._held.run(data, fs, batch_size)
         if self._chained(fs, data, batch_size):
             out = self._chain.run(data, fs, batch_size)  # type: ignore[union-attr]
             if out is not None:
@@ -661,6 +673,8 @@ class FaultEngine:
         after :meth:`run`): the reference to classify that run's outputs against. Cached
         per session for the last ``data`` object."""
         fs = as_fault_set(faults)
+        if self._held is not None:
+            return self._held.reference(data, batch_size)
         if self._chain is not None and self._chain.serves(fs):
             return self._chain.reference(data, batch_size)
         if data is not self._ref_data or batch_size != self._ref_batch:
@@ -735,7 +749,24 @@ class FaultEngine:
     def cache_bytes(self) -> int:
         """Bytes held by the suffix cache (0 when none is built)."""
         chain = 0 if self._chain is None else self._chain.cache_bytes
-        return chain + (0 if self._cache is None else self._cache.nbytes)
+        held = 0 if self._held is None else self._held.cache_bytes
+        return chain + held + (0 if self._cache is None else self._cache.nbytes)
+
+    @property
+    def cuts(self) -> list[int]:
+        """Node positions of the verified weight cuts (of the runtime graph at
+        ``--optimization all``)."""
+        return sorted(self._verified if self._held is None else self._held.verified)
+
+    def golden_deviation(self, data: Mapping[str, np.ndarray], batch_size: int | None = None
+                         ) -> float:
+        """How far this engine's golden outputs for ``data`` lie from a plain onnxruntime
+        session of the unmodified model at the same optimization level: the largest
+        absolute difference over every output element (0.0 where they are bit-identical,
+        as they are at ``EXTENDED`` and for activation/input campaigns; at ``ALL`` a
+        weight campaign's fed weights are not pre-packed, see
+        :meth:`enpheeph_onnx.held.HeldWeights.deviation`)."""
+        return 0.0 if self._held is None else self._held.deviation(data, batch_size)
 
 
 SUFFIX_WORTH = 0.7

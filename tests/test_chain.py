@@ -144,23 +144,8 @@ def test_optimization_all_trials_equal_inject_run_all(digits: dict[str, np.ndarr
         assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist(), faults
     assert e.reference(x, faults)["logits"].tobytes() == make_session(
         m, "cpu", so).run(None, x)[0].tobytes()
-    with pytest.raises(Exception, match="cannot serve weight faults"):
+    with pytest.raises(Exception, match="cannot mix weights"):
         FaultEngine(m, discover_sites(m), optimization=Optimization.ALL)
-
-
-def test_cli_refuses_optimization_all_with_weights(tmp_path) -> None:
-    from click.testing import CliRunner
-
-    from enpheeph_onnx.cli import main
-
-    from .conftest import MODELS
-
-    db = tmp_path / "r.sqlite"
-    r = CliRunner().invoke(main, ["campaign", str(MODEL), "--data",
-                                  str(MODELS / "digits_test.npz"), "--trials", "2",
-                                  "--optimization", "all", "--db", str(db)])
-    assert r.exit_code == 2 and "drop 'weight' from --kinds" in r.output
-    assert not db.exists()
 
 
 def test_chain_sessions_stay_within_the_cache_bound(digits: dict[str, np.ndarray]) -> None:

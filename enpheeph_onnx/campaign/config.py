@@ -135,7 +135,8 @@ class CampaignConfig:
             extra segment sessions); beyond it, full runs or fine segments.
         optimization: onnxruntime graph optimizations
             (:class:`enpheeph_onnx.runtime.Optimization`): ``extended`` (default) or ``all``
-            (as deployed; activation and input sites only).
+            (as deployed: weight faults on the weights onnxruntime holds,
+            :mod:`enpheeph_onnx.held`, or activation/input faults; not both kinds at once).
         store_faults: ``"all"`` stores every trial's faults; ``"none"`` only their count
             (trials are reproducible from the seed either way).
     """
@@ -175,13 +176,15 @@ class CampaignConfig:
         except ValueError:
             raise EnpheephError(f"--optimization {self.optimization}: use extended or all"
                                 ) from None
-        if (self.optimization is Optimization.ALL
-                and SiteKind.WEIGHT in self.selection.kinds):
+        weights = SiteKind.WEIGHT in self.selection.kinds
+        if (self.optimization is Optimization.ALL and weights
+                and set(self.selection.kinds) - {SiteKind.WEIGHT}):
             raise EnpheephError(
-                "--optimization all cannot serve weight faults: a campaign feeds perturbed "
-                "weights, and onnxruntime's layout optimizations apply only to constant "
-                "ones; drop 'weight' from --kinds or use --optimization extended")
-        if self.optimization is Optimization.ALL and not self.suffix:
+                "--optimization all runs weight faults on the graph onnxruntime optimizes, "
+                "where activations are no longer the model's tensors, so one campaign cannot "
+                "mix weights with activations or inputs; use --kinds weight, or "
+                "--kinds activation,input, or --optimization extended")
+        if self.optimization is Optimization.ALL and not self.suffix and not weights:
             raise EnpheephError(
                 "--optimization all needs suffix re-execution: without it faults are fed by "
                 "fault nodes, which change onnxruntime's layout optimizations (trials would "

@@ -60,6 +60,10 @@ class CampaignResult:
     providers: tuple[str, ...] = ()
     suffix: dict[str, Any] = field(default_factory=dict)
     """Suffix re-execution: ``enabled``, ``cuts`` (verified cut positions), ``cache_bytes``."""
+    golden_deviation: float = 0.0
+    """Largest absolute difference between the campaign's golden outputs and a plain
+    onnxruntime session of the unmodified model (0.0: bit-identical; non-zero for weight
+    campaigns at ``--optimization all``, whose fed weights are not pre-packed)."""
 
     @property
     def trials(self) -> TrialTable:
@@ -83,7 +87,7 @@ class CampaignResult:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.summary.to_json(), "providers": list(self.providers),
-                "suffix": dict(self.suffix),
+                "suffix": dict(self.suffix), "golden_deviation": self.golden_deviation,
                 "db": str(self.db) if self.db else None,
                 "gates": [g.to_json() for g in self.gates], "passed": self.passed}
 
@@ -260,6 +264,7 @@ class _Run:
         self.store.close()
         self.providers = tuple(stored.get("providers", ()))
         self.golden_acc = stored.get("golden_accuracy")
+        self.deviation = float(stored.get("golden_deviation", 0.0))
         return self.result(table, gates)
 
     def golden(self) -> None:
@@ -275,6 +280,7 @@ class _Run:
                 raise EnpheephError(f"unknown output {self.output!r}: the model has {names}")
             self.feeds = check_feeds(_Inputs(self.engine), self.data.inputs)
             self.golden_out = self.engine.run(self.feeds, FaultSet.empty(), cfg.batch_size)
+            self.deviation = self.engine.golden_deviation(self.feeds, cfg.batch_size)
         except BaseException:
             if self.store:
                 self.store.close()
@@ -283,8 +289,13 @@ class _Run:
         labels = self.data.labels
         self.golden_acc = None if labels is None else float(
             np.mean(correct(self.golden_out[self.output], labels)))
+        if self.deviation != 0.0:
+            log.warning("the campaign's golden outputs differ from the unmodified model's by up "
+                        "to %.3g (fed weights are not pre-packed by onnxruntime); trials are "
+                        "judged against the campaign's own golden run", self.deviation)
         if self.db is not None and self.created:
             self.meta["providers"] = self.engine.providers
+            self.meta["golden_deviation"] = self.deviation
             infos = [SiteInfo(s.name, s.kind.value, layer_of(s), len(s.shape))
                      for s in self.all_sites]
             self.store = _open_store(self.db, self.resume, self.meta, infos, self.config)
@@ -363,7 +374,7 @@ class _Run:
         engine = getattr(self, "engine", None)
         chain = engine._chain if engine is not None else None
         suffix = {"enabled": bool(cfg.suffix and engine is not None and engine.suffix),
-                  "cuts": sorted(engine._verified) if engine is not None else [],
+                  "cuts": engine.cuts if engine is not None else [],
                   "boundaries": len(chain.bounds) if chain is not None else 0,
                   "sessions": chain.session_count if chain is not None else 0,
                   "session_bytes": chain.session_bytes if chain is not None else 0,
@@ -376,7 +387,7 @@ class _Run:
         return CampaignResult(cfg, self.golden_acc, len(self.data), summary,
                               tuple(check_gates(summary, gates)),
                               Path(self.db) if self.db is not None else None, self.providers,
-                              suffix)
+                              suffix, getattr(self, "deviation", 0.0))
 
 
 def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: float,

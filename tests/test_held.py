@@ -1,0 +1,191 @@
+"""Weight faults on the weights onnxruntime holds (:mod:`enpheeph_onnx.held`,
+``--optimization all``): bit for bit what ``inject`` followed by onnxruntime's own offline
+optimization gives, with the faulted copies restored after every trial."""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, numpy_helper
+from onnx import helper as h
+
+from enpheeph_onnx import discover_sites, inject, load_model
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.errors import EnpheephError
+from enpheeph_onnx.faults import Fault, FaultModel
+from enpheeph_onnx.faultset import FaultSet
+from enpheeph_onnx.held import HeldWeights, optimize_offline
+from enpheeph_onnx.runtime import Optimization, make_session, session_options
+from enpheeph_onnx.sites import SiteKind
+
+from .conftest import DATA, MODEL
+
+
+def _cnn(bn: bool = False, hidden_in: int = 16 * 4 * 4) -> onnx.ModelProto:
+    """conv 3->16 3x3, ReLU, max-pool 2, conv 16->16 3x3, ReLU, max-pool 2, FC -> 10 on
+    16x16 inputs (NCHWc-sized channels); ``bn``: a BatchNormalization after conv1."""
+    rng = np.random.default_rng(5)
+
+    def w(name: str, *shape: int) -> onnx.TensorProto:
+        return numpy_helper.from_array(
+            (rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    inits = [w("c1.w", 16, 3, 3, 3), w("c1.b", 16), w("c2.w", 16, 16, 3, 3), w("c2.b", 16),
+             w("fc.w", hidden_in, 10), w("fc.b", 10),
+             numpy_helper.from_array(np.array([-1, hidden_in], np.int64), "flat_shape")]
+    nodes = [h.make_node("Conv", ["x", "c1.w", "c1.b"], ["c1"], pads=[1, 1, 1, 1])]
+    first = "c1"
+    if bn:
+        inits += [numpy_helper.from_array(rng.uniform(0.5, 1.5, 16).astype(np.float32), n)
+                  for n in ("bn.s", "bn.v")]
+        inits += [w("bn.b", 16), w("bn.m", 16)]
+        nodes.append(h.make_node("BatchNormalization", ["c1", "bn.s", "bn.b", "bn.m", "bn.v"],
+                                 ["bn"]))
+        first = "bn"
+    nodes += [
+        h.make_node("Relu", [first], ["r1"]),
+        h.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Conv", ["p1", "c2.w", "c2.b"], ["c2"], pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c2"], ["r2"]),
+        h.make_node("MaxPool", ["r2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        h.make_node("Reshape", ["p2", "flat_shape"], ["flat"]),
+        h.make_node("MatMul", ["flat", "fc.w"], ["mm"]),
+        h.make_node("Add", ["mm", "fc.b"], ["logits"]),
+    ]
+    g = h.make_graph(nodes, "cnn", [h.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                             ["N", 3, 16, 16])],
+                     [h.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.checker.check_model(m)
+    return m
+
+
+def _data(n: int = 24) -> dict[str, np.ndarray]:
+    return {"x": np.random.default_rng(2).standard_normal((n, 3, 16, 16)).astype(np.float32)}
+
+
+def _faults(sites: list, n: int, rng: np.random.Generator) -> list[Fault]:
+    """``n`` random weight faults: every fault model, multi-bit masks, repeated elements."""
+    models = [FaultModel.BIT_FLIP, FaultModel.STUCK_AT_0, FaultModel.STUCK_AT_1]
+    out = []
+    for k in range(n):
+        s = sites[int(rng.integers(len(sites)))]
+        idx = tuple(int(rng.integers(d)) for d in s.shape)
+        bits = tuple(sorted({int(b) for b in rng.integers(0, 32, 1 + k % 2)}))
+        out.append(Fault(s.name, idx, models[k % 3] if n > 1 else FaultModel.BIT_FLIP, bits))
+        if k % 4 == 0:
+            out.append(Fault(s.name, idx, FaultModel.BIT_FLIP, (30,)))
+    return out
+
+
+def _held_values(model: onnx.ModelProto, names: set[str]) -> dict[str, np.ndarray]:
+    """The held weights onnxruntime itself makes of ``model`` (optimized offline)."""
+    opt = optimize_offline(model, "cpu", None)
+    return {t.name: numpy_helper.to_array(t) for t in opt.graph.initializer if t.name in names}
+
+
+def test_held_trials_equal_inject_then_onnxruntime_optimization() -> None:
+    m = _cnn()
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
+    e = FaultEngine(m, sites, optimization=Optimization.ALL)
+    held = e._held
+    assert held is not None
+    if platform.machine().lower() in ("x86_64", "amd64"):  # NCHWc kernels: filters re-ordered
+        assert any(c.positions is not None for cs in held.copies.values() for c in cs)
+    golden = {k: v.tobytes() for k, v in held.values.items()}
+    x = _data()
+    rng = np.random.default_rng(9)
+    for n in (1, 1, 1, 3, 20, 200):
+        faults = _faults(sites, n, rng)
+        got = e.run(x, faults, batch_size=10)["logits"]
+        want = held.session.run(None, {**x, **_held_values(inject(m, faults).model,
+                                                           set(held.values))})[0]
+        assert got.view(np.uint32).tolist() == want.view(np.uint32).tolist(), faults
+        assert {k: v.tobytes() for k, v in held.values.items()} == golden  # restored
+    assert held.verified  # trials ran on suffixes of the runtime graph
+    ref = e.reference(x, faults, batch_size=10)["logits"]
+    assert ref.tobytes() == held.session.run(None, {**x, **held.values})[0].tobytes()
+
+
+def test_held_suffix_runs_equal_whole_runs() -> None:
+    """A fault at every weight, with and without suffix re-execution."""
+    m = _cnn()
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
+    x = _data(16)
+    cut = HeldWeights(m, sites)
+    whole = HeldWeights(m, sites, suffix=False)
+    for s in sites:
+        idx = tuple(d - 1 for d in s.shape)
+        fs = FaultSet.from_faults([Fault(s.name, idx, FaultModel.BIT_FLIP, (29,))])
+        a, b = cut.run(x, fs)["logits"], whole.run(x, fs)["logits"]
+        assert a.tobytes() == b.tobytes(), s.name
+        assert a.tobytes() != whole.reference(x)["logits"].tobytes(), s.name
+    # every cut verified and used (a cut filled with faulted weights would fail its check:
+    # the golden tensors are computed before a trial's faults are applied)
+    assert cut.verified == set(cut._first.values()) - {0} and len(cut.verified) >= 2
+    assert not whole.verified
+
+
+def test_held_deviation_is_the_difference_from_the_deployed_session() -> None:
+    m = _cnn(hidden_in=16 * 4 * 4)
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
+    x = _data()
+    held = HeldWeights(m, sites)
+    plain = make_session(m, "cpu", session_options(optimization=Optimization.ALL)).run(
+        None, x)[0]
+    ref = held.reference(x)["logits"]
+    assert held.deviation(x) == pytest.approx(float(np.abs(ref - plain).max()), abs=0)
+
+
+def test_held_refuses_weights_folded_by_onnxruntime() -> None:
+    """Conv + BatchNormalization: onnxruntime scales the filters, so the stored bits of
+    ``c1.w`` do not exist in the running graph; refused, never faulted elsewhere."""
+    m = _cnn(bn=True)
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
+    with pytest.raises(EnpheephError, match=r"c1\.w.*--optimization extended"):
+        HeldWeights(m, sites)
+    keep = [s for s in sites if s.name.startswith(("c2", "fc"))]
+    HeldWeights(m, keep)  # the weights it holds as stored are served
+
+
+def test_held_refuses_mixed_kinds_and_other_dtypes() -> None:
+    m = load_model(MODEL)
+    with pytest.raises(EnpheephError, match="cannot mix weights"):
+        FaultEngine(m, discover_sites(m), optimization=Optimization.ALL)
+    half = onnx.ModelProto()
+    half.CopyFrom(_cnn())
+    t = half.graph.initializer[0]
+    arr = numpy_helper.to_array(t).astype(np.float16)
+    t.CopyFrom(numpy_helper.from_array(arr, t.name))
+    half.graph.node.insert(0, h.make_node("Cast", [t.name], ["c1.w32"], to=TensorProto.FLOAT))
+    half.graph.node[1].input[1] = "c1.w32"
+    sites = [s for s in discover_sites(half) if s.name == "c1.w"]
+    with pytest.raises(EnpheephError, match=r"float16.*float32/float64"):
+        HeldWeights(half, sites)
+
+
+def test_cli_weight_campaign_at_optimization_all(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from enpheeph_onnx.cli import main
+    from enpheeph_onnx.store import ResultStore
+
+    db = tmp_path / "r.sqlite"
+    args = ["campaign", str(MODEL), "--data", str(DATA), "--trials", "6",
+            "--fault-rate", "1e-3", "--seed", "1", "--no-progress", "--json"]
+    r = CliRunner().invoke(main, [*args, "--optimization", "all", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["golden_deviation"] == 0.0 and res["suffix"]["cuts"]
+    store = ResultStore.open(db)
+    assert store.meta()["golden_deviation"] == 0.0
+    store.close()
+    mixed = tmp_path / "m.sqlite"
+    r = CliRunner().invoke(main, [*args, "--kinds", "weight,activation", "--optimization",
+                                  "all", "--db", str(mixed)])
+    assert r.exit_code == 2 and "cannot mix weights" in r.output and not mixed.exists()

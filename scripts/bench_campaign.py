@@ -21,7 +21,8 @@ Method
    the golden accuracy is 1.0.
 3. **golden** = median of 20 runs (after 3 warm-ups) of a plain onnxruntime
    ``InferenceSession`` (CPU, default session options) on all inputs at once.
-4. **per-trial cost** for each target (weights / activations) and fault count K per trial:
+4. **per-trial cost** for each row (weights / activations, each at the default
+   ``--optimization extended`` and with ``--optimization all``) and fault count K per trial:
    the wall time of ``CLI campaign MODEL --data DATA --kinds KIND --faults-per-trial K
    --bits 0 --trials N --batch-size 32 --seed 0 --db DB --no-progress`` is measured for
    N = N1 and N = N2 (2 and 22, and 2 and 202 at K = 1, where a trial costs a few
@@ -89,6 +90,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 TARGETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("weights", "weight", ()),
+    ("weights, --optimization all", "weight", ("--optimization", "all")),
     ("activations", "activation", ()),
     ("activations, --optimization all", "activation", ("--optimization", "all")),
 )

@@ -31,6 +31,7 @@ leaves duplicate indices undefined: ONNX spec, ScatterND-18).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -149,18 +150,37 @@ class FaultSet:
         """The site name of every fault (a Python list: for small sets and messages)."""
         return [self.sites[i] for i in self.site.tolist()]
 
+    @functools.cached_property
+    def _counts(self) -> np.ndarray:
+        """Faults per site-table entry (computed once: campaigns ask on every trial)."""
+        return np.bincount(self.site, minlength=len(self.sites)) if len(self) else np.zeros(
+            len(self.sites), np.int64)
+
     def hit_sites(self) -> set[str]:
-        return {self.sites[i] for i in np.unique(self.site).tolist()}
+        return {self.sites[i] for i in np.flatnonzero(self._counts).tolist()}
 
     def by_site(self) -> dict[str, np.ndarray]:
         """Row numbers of each hit site, in order."""
         if not len(self):
             return {}
-        order = np.argsort(self.site, kind="stable")
-        ids, starts = np.unique(self.site[order], return_index=True)
-        ends = [*starts[1:].tolist(), len(order)]
-        return {self.sites[i]: order[s:e] for i, s, e in zip(ids.tolist(), starts.tolist(),
-                                                             ends, strict=True)}
+        ids = np.flatnonzero(self._counts)
+        if len(ids) == 1:
+            return {self.sites[int(ids[0])]: np.arange(len(self))}
+        # (a stable sort of 16-bit keys is a radix sort: ~4x faster than of int32)
+        key = self.site.astype(np.int16) if len(self.sites) < 2**15 else self.site
+        order = np.argsort(key, kind="stable")
+        ends = np.cumsum(self._counts[ids]).tolist()
+        starts = [0, *ends[:-1]]
+        return {self.sites[i]: order[s:e] for i, s, e in zip(ids.tolist(), starts, ends,
+                                                             strict=True)}
+
+    def same_bits(self) -> int | None:
+        """The bit position shared by every fault (each with exactly one bit), else
+        ``None``: a cheap :meth:`single_bits` for the question "one bit or many?"."""
+        if not len(self) or not (self.bits == self.bits[0]).all():
+            return None
+        b = int(self.bits[0])
+        return b.bit_length() - 1 if b and not b & (b - 1) else None
 
     def single_bits(self) -> np.ndarray:
         """The bit position of every fault (int64), -1 where it has no or several bits."""

@@ -19,9 +19,10 @@ of the stored weights (:mod:`enpheeph_onnx.engine`) runs at ``ORT_ENABLE_EXTENDE
    those weights are refused, never faulted in the wrong place. The runtime graph's values
    at the located positions are checked to equal the stored weight bit for bit;
 3. runs trials on the runtime graph with the held weights as graph inputs (fed from numpy
-   arrays that the faults change in place and that are restored after the run, bit flips by
-   ``np.bitwise_xor.at`` twice), with suffix re-execution on the runtime graph: a trial runs
-   from the first node that reads a faulted weight, on golden tensors cached per batch.
+   arrays that the faults change in place, bit flips by ``np.bitwise_xor.at``, and that are
+   restored from a golden copy after the run), with suffix re-execution on the runtime
+   graph: a trial runs from the first node that reads a faulted weight, on golden tensors
+   cached per batch.
 
 A fault on element ``i`` of a stored weight is thus applied to every held copy of it, which
 is exactly what ``inject`` (perturb the stored weight, let onnxruntime re-order it) does.
@@ -286,10 +287,12 @@ class HeldWeights:
         held = {c.tensor for cs in self.copies.values() for c in cs}
         g = runtime.graph
         self.values: dict[str, np.ndarray] = {}
+        self._golden_values: dict[str, np.ndarray] = {}  # restores the faulted elements
         keep = []
         for t in g.initializer:
             if t.name in held:
                 self.values[t.name] = numpy_helper.to_array(t).copy()
+                self._golden_values[t.name] = self.values[t.name].copy()
                 g.input.append(helper.make_tensor_value_info(t.name, t.data_type,
                                                              list(t.dims)))
             else:
@@ -337,23 +340,25 @@ class HeldWeights:
             masks = fs.bits[rows]
             if d.bits < 64 and (masks >> np.uint64(d.bits)).any():
                 fs.transforms(d, rows)  # raises: a bit beyond the element width
+            if ((idx >= np.asarray(shape)).any(1) & (idx >= 0).all(1)).any():
+                raise EnpheephError(f"a fault on weight {name!r} lies outside its shape "
+                                    f"{list(shape)} (a fault is never dropped)")
             flips = bool((fs.model[rows] == BIT_FLIP).all()) and bool((idx >= 0).all())
             if flips:
-                inside = (idx < np.asarray(shape)).all(1)
-                lin = np.ravel_multi_index(tuple(idx[inside].T), shape)
-                m = masks[inside].astype(d.container)
+                lin = np.ravel_multi_index(tuple(idx.T), shape)
+                m = masks.astype(d.container)
             else:
                 lin, a, o, x = fold(fs, rows, shape, d)
             for c in self.copies[name]:
                 u = self.values[c.tensor].reshape(-1).view(d.container)
+                g = self._golden_values[c.tensor].reshape(-1).view(d.container)
                 pos = lin if c.positions is None else c.positions[lin]
+                # restored from the golden copy: cheaper than a second xor.at
+                undo.append(lambda u=u, g=g, pos=pos: u.__setitem__(pos, g[pos]))
                 if flips:
-                    np.bitwise_xor.at(u, pos, m)
-                    undo.append(lambda u=u, pos=pos, m=m: np.bitwise_xor.at(u, pos, m))
+                    np.bitwise_xor.at(u, pos, m)  # repeated elements XOR in turn
                 else:
-                    old = u[pos]
-                    undo.append(lambda u=u, pos=pos, old=old: u.__setitem__(pos, old))
-                    u[pos] = ((old & a) | o) ^ x
+                    u[pos] = ((u[pos] & a) | o) ^ x
 
     # ------------------------------------------------------------------ runs
 

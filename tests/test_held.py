@@ -189,3 +189,13 @@ def test_cli_weight_campaign_at_optimization_all(tmp_path) -> None:
     r = CliRunner().invoke(main, [*args, "--kinds", "weight,activation", "--optimization",
                                   "all", "--db", str(mixed)])
     assert r.exit_code == 2 and "cannot mix weights" in r.output and not mixed.exists()
+
+
+def test_held_refuses_a_fault_outside_the_weight() -> None:
+    m = _cnn()
+    sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
+    held = HeldWeights(m, sites)
+    fs = FaultSet.from_faults([Fault("c1.w", (16, 0, 0, 0), FaultModel.BIT_FLIP, (3,))])
+    with pytest.raises(EnpheephError, match=r"outside its shape \[16, 3, 3, 3\]"):
+        held.run(_data(4), fs)
+    assert all(v.tobytes() == held._golden_values[k].tobytes() for k, v in held.values.items())

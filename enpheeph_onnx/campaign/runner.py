@@ -394,7 +394,7 @@ def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: 
             layers: dict[str, str], ranks: dict[str, int]) -> TrialRecord:
     fs = spec.faults
     hit = {layers.get(name, name) for name in fs.hit_sites()}
-    bits = np.unique(fs.single_bits()) if len(fs) else np.zeros(0, np.int64)
+    bit = fs.same_bits()
     first = fs.take(np.arange(min(2, len(fs)))).to_faults(ranks)
     st = spec.stratum
     return TrialRecord(
@@ -404,8 +404,7 @@ def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: 
         # a stratified trial belongs to its stratum even when it drew no fault
         layer=st.layer if st is not None and st.layer is not None
         else next(iter(hit)) if len(hit) == 1 else None,
-        bit=st.bit if st is not None and st.bit is not None
-        else int(bits[0]) if len(bits) == 1 and bits[0] >= 0 else None,
+        bit=st.bit if st is not None and st.bit is not None else bit,
         first_faults=tuple(str(f) for f in first))
 
 

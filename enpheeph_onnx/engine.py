@@ -382,7 +382,7 @@ class FaultEngine:
             self.model, self.session = base.model, base.session
             tensors = {t.name: t for t in self.model.graph.initializer}
             for s in self._weight_sites:
-                self._weights[s.name] = numpy_helper.to_array(tensors[s.name])
+                self._weights[s.name] = numpy_helper.to_array(tensors[s.name]).copy()
         self.providers = self.session.get_providers()
         self._shape_cache: dict[tuple[tuple[str, tuple[int, ...]], ...],
                                 dict[str, tuple[int, ...]]] = {}
@@ -694,8 +694,26 @@ class FaultEngine:
 
     def _run(self, v: _Variant, data: Mapping[str, np.ndarray], faults: FaultSet,
              batch_size: int | None) -> dict[str, np.ndarray]:
+        undo: list[Any] = []
+        try:
+            return self._run_faulted(v, data, faults, batch_size, undo)
+        finally:
+            for action in reversed(undo):  # the golden weights back, bit for bit
+                action()
+
+    def _run_faulted(self, v: _Variant, data: Mapping[str, np.ndarray], faults: FaultSet,
+                     batch_size: int | None, undo: list[Any]) -> dict[str, np.ndarray]:
         names = self.output_names
-        wfeeds = {k: a for k, a in self.weight_feeds(faults).items() if k in v.inputs}
+        # the hit weights are perturbed in place (no copy of a large tensor per trial) and
+        # restored by ``undo`` after the run
+        wfeeds = {}
+        for name, rows in faults.by_site().items():
+            site = self.sites.get(name)
+            if site is None or site.kind is not SiteKind.WEIGHT or name not in v.inputs:
+                continue
+            arr = self._weights[name]
+            apply_in_place(arr, faults, rows, site, undo)
+            wfeeds[name] = _feedable(arr, BY_NAME[site.dtype])
         n = len(next(iter(data.values())))
         step = batch_size or n
         cache = self._golden_cache(data, batch_size) if v.start else None

@@ -316,8 +316,14 @@ class Sampler:
                                 pop.nbits[which] - 1)
         values = cfg.value.draw(rng, total) if cfg.value is not None else None
         index = np.zeros((total, self.rank), np.int64)
-        for w in np.unique(which).tolist():
-            sel = np.flatnonzero(which == w)
+        present = np.flatnonzero(np.bincount(which, minlength=len(pop.sites)))
+        if len(present) > 1:  # rows of each site: one stable radix sort of 16-bit keys
+            key = which.astype(np.int16) if len(pop.sites) < 2**15 else which
+            order = np.argsort(key, kind="stable")
+            ends = np.cumsum(np.bincount(which, minlength=len(pop.sites))[present])
+        for j, w in enumerate(present.tolist()):
+            sel = (np.arange(total) if len(present) == 1
+                   else order[(ends[j - 1] if j else 0):ends[j]])
             s = pop.sites[w]
             flat_elem = elem[sel]
             if pop.allowed[w] is not None:

@@ -50,6 +50,7 @@ from .bits import BY_NAME
 from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
 from .runtime import Provider, join_batches, make_session, run_session
+from .runtime_graph import Placement
 from .sites import FaultSite, SiteKind
 from .suffix import extract
 
@@ -189,7 +190,8 @@ class ValueChain:
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
-                 provider: Provider, options: Any, cache_mb: float = 512.0) -> None:
+                 provider: Provider, options: Any, cache_mb: float = 512.0,
+                 placement: Mapping[str, Placement] | None = None) -> None:
         g = model.graph
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for n in g.node for a in n.attribute):
@@ -223,11 +225,18 @@ class ValueChain:
         self._death = death
         self.cut: dict[str, int] = {}
         self.sites: dict[str, FaultSite] = {}
+        # site -> its tensor in ``model`` (the site itself, or where the runtime graph
+        # holds it: :mod:`enpheeph_onnx.runtime_graph`; sites without one are not served)
+        self.placement = {s.name: Placement(s.name) for s in sites} if placement is None \
+            else dict(placement)
         for s in sites:
-            if s.kind is SiteKind.INPUT and s.name in self.inputs:
+            t = self.placement[s.name].tensor if s.name in self.placement else None
+            if t is None:
+                continue
+            if s.kind is SiteKind.INPUT and t in self.inputs:
                 self.cut[s.name] = 0
-            elif s.kind is SiteKind.ACTIVATION and s.name in self._birth:
-                self.cut[s.name] = self._birth[s.name]
+            elif s.kind in (SiteKind.ACTIVATION, SiteKind.INPUT) and t in self._birth:
+                self.cut[s.name] = self._birth[t]
             else:
                 continue
             self.sites[s.name] = s
@@ -401,8 +410,15 @@ class ValueChain:
     def serves(self, faults: FaultSet) -> bool:
         """Whether every fault of ``faults`` lies on a site this chain can cut after, and
         its boundaries can be bridged by checked segments (known once a trial tried)."""
-        return (bool(len(faults)) and faults.hit_sites() <= set(self.cut)
-                and self._stops(faults) not in self._unroutable)
+        hit = faults.hit_sites()
+        if not (len(faults) and hit <= set(self.cut)
+                and self._stops(faults) not in self._unroutable):
+            return False
+        blocked = [n for n in hit if self.placement[n].block is not None]
+        if blocked:  # blocks hold channels apart: ``*`` only on the batch axis
+            rows = faults.by_site()
+            return all(bool((faults.index[rows[n], 1:4] >= 0).all()) for n in blocked)
+        return True
 
     def prepare(self, data: Mapping[str, np.ndarray], batch_size: int | None) -> None:
         """Golden tensors for ``data`` and, up front, the fine segments and a suffix from
@@ -569,18 +585,26 @@ class ValueChain:
                 for stop, route in zip(stops, [*routes, []], strict=True):
                     for name in at.get(stop, ()):
                         site = self.sites[name]
+                        place = self.placement[name]
+                        t = place.tensor
                         fs, rows = batch_rows(faults, rows_of[name], site, s, n)
-                        if not len(rows) or name not in host:
+                        if not len(rows) or t not in host:
                             continue  # no fault in this batch, or a tensor nothing reads
-                        if name not in owned and (gold.live is None or name in self.inputs
-                                                  or name in borrowed):
-                            host[name] = np.array(host[name], copy=True, order="C")
-                            owned.add(name)
-                        if name in owned:
-                            apply_in_place(host[name], fs, rows, site)
+                        if place.block is not None:  # coordinates of the stored blocks
+                            sub = fs.take(rows)
+                            fs = FaultSet(sub.sites, sub.site,
+                                          place.coordinates(sub.index[:, :4]), sub.model,
+                                          sub.bits, sub.value)
+                            rows = np.arange(len(fs))
+                        if t not in owned and (gold.live is None or t in self.inputs
+                                               or t in borrowed):
+                            host[t] = np.array(host[t], copy=True, order="C")
+                            owned.add(t)
+                        if t in owned:
+                            apply_in_place(place.view(host[t]), fs, rows, site)
                         else:  # the cache's own array: the touched bits are put back below
-                            borrowed.add(name)
-                            apply_in_place(host[name], fs, rows, site, undo)
+                            borrowed.add(t)
+                            apply_in_place(place.view(host[t]), fs, rows, site, undo)
                     for seg in route or ():
                         outs = run_session(seg.session, list(seg.outputs),
                                            {t: host[t] for t in seg.inputs})

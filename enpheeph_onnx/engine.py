@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +52,7 @@ from .runtime import (
     run_session,
     session_options,
 )
+from .runtime_graph import check_runtime, deviation, optimize_offline, place_values, runtime_options
 from .sites import FaultSite, SiteKind, infer_shapes
 from .suffix import GoldenCache, crossing_tensors, exposed, feeds_of, site_positions, suffix_model
 
@@ -389,6 +390,11 @@ class FaultEngine:
         self._chain: ValueChain | None = None
         self._chain_tried = False
         self._warned_all = False
+        self.threads = threads
+        # at ALL: a chain on the graph onnxruntime runs (built from the first data)
+        self._runtime_chain: ValueChain | None = None
+        self._runtime_tried = False
+        self._last: tuple[FaultSet, ValueChain] | None = None  # which chain served a trial
 
     def chain(self) -> ValueChain | None:
         """The segment chain that serves activation/input-only trials (suffix
@@ -406,20 +412,50 @@ class FaultEngine:
                     log.info("activation faults fed in the graph: %s", e)
         return self._chain
 
-    def _chained(self, fs: FaultSet, data: Mapping[str, np.ndarray],
-                 batch_size: int | None) -> bool:
-        """Whether the chain serves ``fs`` (preparing it on first use); a chain that fails
-        is dropped, and instrumented sessions serve from then on."""
-        c = self.chain()
-        if c is None or not c.serves(fs):
-            return False
-        try:
-            c.prepare(data, batch_size)
-        except ChainUnavailable as e:
-            log.info("segment chain abandoned: %s", e)
-            self._chain = None
-            return False
-        return True
+    def runtime_chain(self, data: Mapping[str, np.ndarray], batch_size: int | None
+                      ) -> ValueChain | None:
+        """At ``--optimization all``: the segment chain on the graph onnxruntime runs
+        (:mod:`enpheeph_onnx.runtime_graph`; NCHWc layouts kept across the boundaries),
+        for the sites found in it, built on first use from the first batch of ``data``;
+        ``None`` elsewhere."""
+        if not self._runtime_tried and self.suffix and self._value_sites and (
+                self.optimization is Optimization.ALL):
+            self._runtime_tried = True
+            try:
+                runtime = optimize_offline(self.source, self.provider, self.threads)
+                check_runtime(runtime)
+                n = len(next(iter(data.values())))
+                first = {k: v[:batch_size or n] for k, v in data.items()}
+                model, placed = place_values(self.source, runtime, self._value_sites, first,
+                                             self.provider, self.threads)
+                if placed:
+                    self._runtime_chain = ValueChain(
+                        model, [s for s in self._value_sites if s.name in placed],
+                        self.provider, runtime_options(self.threads), self.cache_mb, placed)
+            except (ChainUnavailable, EnpheephError) as e:
+                log.info("no segment chain on the runtime graph: %s", e)
+        return self._runtime_chain
+
+    def _chains(self, fs: FaultSet, data: Mapping[str, np.ndarray],
+                batch_size: int | None) -> Iterator[ValueChain]:
+        """The prepared chains that can serve ``fs``, best first (the runtime graph's, then
+        the source graph's, built only when the first cannot serve); a chain that fails to
+        prepare is dropped for good."""
+        for which in ("runtime", "source"):
+            c = (self.runtime_chain(data, batch_size) if which == "runtime"
+                 else self.chain())
+            if c is None or not c.serves(fs):
+                continue
+            try:
+                c.prepare(data, batch_size)
+            except ChainUnavailable as e:
+                log.info("segment chain (%s graph) abandoned: %s", which, e)
+                if which == "runtime":
+                    self._runtime_chain = None
+                else:
+                    self._chain = None
+                continue
+            yield c
 
     def _variant(self, key: tuple[int, frozenset[str]]) -> _Variant:
         v = self._variants.get(key)
@@ -611,9 +647,10 @@ class FaultEngine:
         self._check_sites(fs)
         if self._held is not None:
             return self._held.run(data, fs, batch_size)
-        if self._chained(fs, data, batch_size):
-            out = self._chain.run(data, fs, batch_size)  # type: ignore[union-attr]
+        for c in self._chains(fs, data, batch_size):
+            out = c.run(data, fs, batch_size)
             if out is not None:
+                self._last = (fs, c)
                 return out
         if len(fs) and self.optimization is Optimization.ALL and not self._warned_all:
             self._warned_all = True
@@ -675,8 +712,11 @@ class FaultEngine:
         fs = as_fault_set(faults)
         if self._held is not None:
             return self._held.reference(data, batch_size)
-        if self._chain is not None and self._chain.serves(fs):
-            return self._chain.reference(data, batch_size)
+        if self._last is not None and self._last[0] is fs:
+            return self._last[1].reference(data, batch_size)
+        for c in (self._runtime_chain, self._chain):
+            if c is not None and c.serves(fs):
+                return c.reference(data, batch_size)
         if data is not self._ref_data or batch_size != self._ref_batch:
             for v in self._variants.values():
                 v.golden = None
@@ -766,9 +806,19 @@ class FaultEngine:
     @property
     def cache_bytes(self) -> int:
         """Bytes held by the suffix cache (0 when none is built)."""
-        chain = 0 if self._chain is None else self._chain.cache_bytes
+        chain = sum(c.cache_bytes for c in (self._chain, self._runtime_chain) if c is not None)
         held = 0 if self._held is None else self._held.cache_bytes
         return chain + held + (0 if self._cache is None else self._cache.nbytes)
+
+    def chain_stats(self) -> dict[str, int]:
+        """Boundaries, sessions and their estimated bytes of the segment chains in use
+        (the runtime graph's and the source graph's, summed)."""
+        chains = [c for c in (self._runtime_chain, self._chain) if c is not None]
+        return {"boundaries": sum(len(c.bounds) for c in chains),
+                "sessions": sum(c.session_count for c in chains),
+                "session_bytes": sum(c.session_bytes for c in chains),
+                "runtime_graph_sites": (0 if self._runtime_chain is None
+                                        else len(self._runtime_chain.sites))}
 
     @property
     def cuts(self) -> list[int]:
@@ -784,7 +834,18 @@ class FaultEngine:
         as they are at ``EXTENDED`` and for activation/input campaigns; at ``ALL`` a
         weight campaign's fed weights are not pre-packed, see
         :meth:`enpheeph_onnx.held.HeldWeights.deviation`)."""
-        return 0.0 if self._held is None else self._held.deviation(data, batch_size)
+        if self._held is not None:
+            return self._held.deviation(data, batch_size)
+        rc = self.runtime_chain(data, batch_size)
+        if rc is not None:
+            try:
+                ref = rc.reference(data, batch_size)
+            except ChainUnavailable as e:
+                log.info("segment chain (runtime graph) abandoned: %s", e)
+                self._runtime_chain = None
+                return 0.0
+            return deviation(ref, self.source, data, batch_size, self.provider, self.threads)
+        return 0.0
 
 
 SUFFIX_WORTH = 0.7

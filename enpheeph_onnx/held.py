@@ -39,22 +39,19 @@ weight of more than 2^24 elements cannot be coded); the model must have no subgr
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from .bits import BY_NAME
 from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
-from .runtime import Optimization, Provider, join_batches, make_session, run_session
-from .runtime import session_options as base_options
+from .runtime import Provider, join_batches, make_session, run_session
+from .runtime_graph import deviation, optimize_offline, runtime_options
 from .sites import FaultSite, SiteKind
 from .suffix import crossing_tensors
 
@@ -97,22 +94,6 @@ def weight_constants(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto
         del g.node[:]
         g.node.extend(keep)
     return m
-
-
-def optimize_offline(model: onnx.ModelProto, provider: Provider, threads: int | None
-                     ) -> onnx.ModelProto:
-    """``model`` as onnxruntime runs it at ``ORT_ENABLE_ALL`` on ``provider``: the graph
-    it writes to ``optimized_model_filepath`` (fusions, NCHWc layouts, folded constants).
-
-    Raises:
-        EnpheephError: onnxruntime cannot load or optimize the model.
-    """
-    so = base_options(threads, Optimization.ALL)
-    with tempfile.TemporaryDirectory(prefix="enpheeph-held-") as tmp:
-        path = Path(tmp) / "optimized.onnx"
-        so.optimized_model_filepath = str(path)
-        make_session(model, provider, so)
-        return onnx.load(path)
 
 
 def _structure(model: onnx.ModelProto) -> list[tuple[str, str, int, int]]:
@@ -230,18 +211,6 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
             "well as holding them as stored, so a fault would miss that copy; use "
             "--optimization extended")
     return {name: tuple(c) for name, c in copies.items()}
-
-
-def runtime_options(threads: int | None) -> ort.SessionOptions:
-    """Options of the sessions on the runtime graph: already optimized, so no further
-    graph optimization; pre-packing of its constant weights on, as deployed."""
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return so
 
 
 @dataclass
@@ -400,28 +369,8 @@ class HeldWeights:
         signed zeros; ``nan`` where only one of them is NaN)."""
         ref = self.reference(data, batch_size)
         if self._deviation is None:
-            so = base_options(self.threads, Optimization.ALL)
-            sess = make_session(self.source, self.provider, so)
-            n = len(next(iter(data.values())))
-            step = batch_size or n
-            worst = 0.0
-            for name in self.output_names:
-                chunks = [run_session(sess, [name], {k: v[s:s + step] for k, v in data.items()
-                                                     if k in self._data_inputs})[0]
-                          for s in range(0, n, step)]
-                sizes = [min(step, n - s) for s in range(0, n, step)]
-                plain = join_batches(name, chunks, sizes)
-                a, b = np.asarray(ref[name]), np.asarray(plain)
-                if a.dtype.kind != "f":
-                    worst = max(worst, float(np.abs(a.astype(np.float64) - b).max(initial=0)))
-                    continue
-                with np.errstate(invalid="ignore", over="ignore"):
-                    both_nan = np.isnan(a) & np.isnan(b)
-                    diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-                    diff[both_nan | (a == b)] = 0.0
-                worst = float("nan") if np.isnan(diff).any() else max(worst, float(
-                    diff.max(initial=0)))
-            self._deviation = worst
+            self._deviation = deviation(ref, self.source, data, batch_size, self.provider,
+                                        self.threads)
         return self._deviation
 
     @property
@@ -560,5 +509,4 @@ class HeldWeights:
         return True
 
 
-__all__ = ["HeldCopy", "HeldWeights", "locate", "optimize_offline", "runtime_options",
-           "weight_constants"]
+__all__ = ["HeldCopy", "HeldWeights", "locate", "weight_constants"]

@@ -18,8 +18,9 @@ from enpheeph_onnx.engine import FaultEngine
 from enpheeph_onnx.errors import EnpheephError
 from enpheeph_onnx.faults import Fault, FaultModel
 from enpheeph_onnx.faultset import FaultSet
-from enpheeph_onnx.held import HeldWeights, optimize_offline
+from enpheeph_onnx.held import HeldWeights
 from enpheeph_onnx.runtime import Optimization, make_session, session_options
+from enpheeph_onnx.runtime_graph import optimize_offline
 from enpheeph_onnx.sites import SiteKind
 
 from .conftest import DATA, MODEL

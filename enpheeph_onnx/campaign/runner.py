@@ -290,9 +290,10 @@ class _Run:
         self.golden_acc = None if labels is None else float(
             np.mean(correct(self.golden_out[self.output], labels)))
         if self.deviation != 0.0:
-            log.warning("the campaign's golden outputs differ from the unmodified model's by up "
-                        "to %.3g (fed weights are not pre-packed by onnxruntime); trials are "
-                        "judged against the campaign's own golden run", self.deviation)
+            log.warning("the campaign's golden outputs differ from a default onnxruntime "
+                        "session of the unmodified model by up to %.3g (a weight fed to "
+                        "onnxruntime is not pre-packed); trials are judged against the "
+                        "campaign's own golden run", self.deviation)
         if self.db is not None and self.created:
             self.meta["providers"] = self.engine.providers
             self.meta["golden_deviation"] = self.deviation
@@ -372,12 +373,10 @@ class _Run:
                             rate_kind=cfg.count.value, config=cfg.to_json(),
                             layer_order=self.order)
         engine = getattr(self, "engine", None)
-        chain = engine._chain if engine is not None else None
+        stats = engine.chain_stats() if engine is not None else {
+            "boundaries": 0, "sessions": 0, "session_bytes": 0, "runtime_graph_sites": 0}
         suffix = {"enabled": bool(cfg.suffix and engine is not None and engine.suffix),
-                  "cuts": engine.cuts if engine is not None else [],
-                  "boundaries": len(chain.bounds) if chain is not None else 0,
-                  "sessions": chain.session_count if chain is not None else 0,
-                  "session_bytes": chain.session_bytes if chain is not None else 0,
+                  "cuts": engine.cuts if engine is not None else [], **stats,
                   "cache_bytes": engine.cache_bytes if engine is not None else 0}
         if engine is not None and (suffix["cuts"] or suffix["boundaries"]):
             log.info("suffix re-execution: %d weight cuts, %d activation boundaries "

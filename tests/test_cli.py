@@ -628,9 +628,11 @@ def test_suffix_switch_gives_the_same_campaign(tmp_path: Path) -> None:
     a, b = strict_json(on), strict_json(off)
     # which cuts pay off is measured (timing-dependent); the results never depend on it
     assert a["suffix"]["enabled"] and set(a["suffix"]) == {
-        "enabled", "cuts", "boundaries", "sessions", "session_bytes", "cache_bytes"}
+        "enabled", "cuts", "boundaries", "sessions", "session_bytes", "runtime_graph_sites",
+        "cache_bytes"}
     assert b["suffix"] == {"enabled": False, "cuts": [], "boundaries": 0, "sessions": 0,
-                           "session_bytes": 0, "cache_bytes": 0}
+                           "session_bytes": 0, "runtime_graph_sites": 0, "cache_bytes": 0}
+    assert a["golden_deviation"] == b["golden_deviation"] == 0.0
     assert a["trials"] == [dict(t, seconds=u["seconds"]) for t, u in
                            zip(b["trials"], a["trials"], strict=True)]
     assert a["per_rate"] == b["per_rate"]

@@ -29,7 +29,8 @@ Method
 
    * **ours**: converted to a :class:`~enpheeph_onnx.campaign.plan.CampaignPlan` (binary
      ``.npz``) and replayed with ``enpheeph-onnx campaign MODEL --data DATA --plan PLAN
-     --batch-size 32 --db DB --no-progress`` (defaults otherwise: suffix re-execution on);
+     --batch-size 32 --db DB --no-progress --optimization all`` (``--optimization``
+     of this script; defaults otherwise: suffix re-execution on);
    * **PyTorchFI**: a subprocess of this script (``pfi-worker``) builds ``fault_injection(
      net, batch_size, input_shape, layer_types=[Conv2d, Linear])`` once, then per trial
      ``declare_weight_fi(layer_num, k, dim1, dim2, dim3, function=flip)`` (PyTorchFI calls
@@ -465,7 +466,7 @@ def tool_argv(ctx: Ctx, tool: str, faults: Path, trials: int, tag: str, mode: st
         db.unlink(missing_ok=True)
         return [*ctx.prefix, "campaign", str(ctx.model), "--data", str(ctx.data), "--plan",
                 str(plan), "--batch-size", str(ctx.sizes.samples), "--db", str(db),
-                "--no-progress"]
+                "--no-progress", "--optimization", ctx.args.optimization]
     result = ctx.work / "pfi" / f"{tag}_n{trials}.npz"
     return [sys.executable, str(Path(__file__).resolve()), "pfi-worker", "--model",
             str(ctx.model), "--data", str(ctx.data), "--faults", str(faults), "--trials",
@@ -647,6 +648,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="bit modes, comma-separated: 'all' (uniform 0-31) or a bit such as "
                          "'0' [all,0]")
     ap.add_argument("--seed", type=int, default=0, help="root seed of the faults [0]")
+    ap.add_argument("--optimization", choices=("extended", "all"), default="all",
+                    help="our campaigns' --optimization [all: as a default onnxruntime "
+                         "session deploys the model, as torch runs it]")
     ap.add_argument("--cli", default="python -m enpheeph_onnx",
                     help="command prefix of our CLI [python -m enpheeph_onnx]")
     ap.add_argument("--workdir", type=Path, default=None,
@@ -720,6 +724,7 @@ def run(args: argparse.Namespace, sizes: Sizes, work: Path) -> int:
                                         "input (per-sample batch index)",
                    "bits": "all: uniform 0-31; N: bit N only", "seed": args.seed},
         "quick": args.quick,
+        "optimization": args.optimization,
         "sizes": {**{k: list(v) if isinstance(v, tuple) else v
                      for k, v in sizes.__dict__.items()}},
         "parameters": params,

@@ -77,7 +77,9 @@ class HeldCopy:
 
 def weight_constants(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
     """A copy of ``model`` whose ``Constant``-node weights named in ``names`` are
-    initializers (so they can be coded and located)."""
+    initializers (so they can be coded and located); ``model`` itself when it has none."""
+    if not any(n.op_type == "Constant" and n.output[0] in names for n in model.graph.node):
+        return model
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
@@ -111,8 +113,6 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
             whose optimized graph differs in structure from the runtime graph.
     """
     inits = {t.name: t for t in model.graph.initializer}
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
     codes: dict[str, tuple[int, int]] = {}  # site -> (offset, size)
     offsets: dict[np.dtype, int] = {}
     stored: dict[str, np.ndarray] = {}
@@ -135,7 +135,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
         offsets[dt] = off + arr.size
     def coded(reverse: bool) -> onnx.ModelProto:
         p = onnx.ModelProto()
-        p.CopyFrom(probe)
+        p.CopyFrom(model)
         for t in p.graph.initializer:
             if t.name in codes:
                 off, size = codes[t.name]
@@ -154,29 +154,50 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
     real = {t.name: t for t in runtime.graph.initializer}
     other = {t.name: t for t in rev.graph.initializer}
     ranges = sorted((off, size, name) for name, (off, size) in codes.items())
-    lows = np.array([r[0] for r in ranges], np.float64)
     copies: dict[str, list[HeldCopy]] = {name: [] for name in codes}
     derived: list[str] = []
+
+    def bits(arr: np.ndarray) -> np.ndarray:
+        return arr.view(f"u{arr.dtype.itemsize}")
+
+    def add(name: str, tensor: str, positions: np.ndarray | None) -> None:
+        held = bits(numpy_helper.to_array(real[tensor]).reshape(-1))
+        src = bits(stored[name].reshape(-1))
+        if not np.array_equal(held if positions is None else held[positions], src):
+            raise EnpheephError(
+                f"--optimization all: onnxruntime holds weight {name!r} transformed in "
+                f"{tensor!r}, so a fault on its stored bits has no single place in the "
+                "running graph; use --optimization extended")
+        copies[name].append(HeldCopy(tensor, positions))
+
     for t in fwd.graph.initializer:
         if t.name not in real or t.name not in other:
             continue
         a = numpy_helper.to_array(t).reshape(-1)
         b = numpy_helper.to_array(other[t.name]).reshape(-1)
-        if a.dtype not in _CODE_LIMIT or a.tobytes() == b.tobytes():
+        if a.dtype not in _CODE_LIMIT or np.array_equal(bits(a), bits(b)):
             continue  # independent of the targeted weights
-        af, bf = a.astype(np.float64), b.astype(np.float64)
-        nz = np.flatnonzero(af)
-        which = np.searchsorted(lows, af[nz], side="left") - 1  # (code > its offset)
-        ok = len(nz) > 0 and bool((which >= 0).all()) and bool(
-            (af[nz] == np.round(af[nz])).all())
-        elem = np.zeros(0)
+        dt = a.dtype
+        if t.name in codes and a.size == codes[t.name][1]:  # the weight itself, in place?
+            off, size = codes[t.name]
+            if (np.array_equal(a, np.arange(off + 1, off + size + 1, dtype=dt))
+                    and np.array_equal(b, np.arange(off + size, off, -1, dtype=dt))):
+                add(t.name, t.name, None)
+                continue
+        # (all in the weight's dtype: the codes are integers it holds exactly)
+        lows = np.array([r[0] for r in ranges], dt)
+        sizes = np.array([r[1] for r in ranges], dt)
+        nz = np.flatnonzero(a)
+        va = a[nz]
+        which = np.searchsorted(lows, va, side="left") - 1  # (code > its offset)
+        ok = len(nz) > 0 and bool((which >= 0).all()) and bool((va == np.round(va)).all())
+        elem = np.zeros(0, dt)
         if ok:
-            off = lows[which]
-            size = np.array([r[1] for r in ranges], np.float64)[which]
-            elem = af[nz] - off - 1
+            elem = va - lows[which] - 1
             # a copy: the reversed codes land on the same positions, reversed
-            ok = bool((elem < size).all() and np.array_equal(np.flatnonzero(bf), nz)
-                      and (bf[nz] == off + size - elem).all())
+            ok = bool((elem < sizes[which]).all()
+                      and np.array_equal(a != 0, b != 0)
+                      and np.array_equal(b[nz], lows[which] + sizes[which] - elem))
         if not ok:
             derived.append(t.name)
             continue
@@ -190,14 +211,8 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
                     f"{t.name!r}, so its faults cannot be placed; use --optimization extended")
             positions = np.empty(size_k, np.int64)
             positions[e] = nz[mine]
-            held = numpy_helper.to_array(real[t.name]).reshape(-1)
-            if held[positions].tobytes() != stored[name].reshape(-1).tobytes():
-                raise EnpheephError(
-                    f"--optimization all: onnxruntime holds weight {name!r} transformed in "
-                    f"{t.name!r}, so a fault on its stored bits has no single place in the "
-                    "running graph; use --optimization extended")
             same = t.name == name and bool((positions == np.arange(size_k)).all())
-            copies[name].append(HeldCopy(t.name, None if same else positions))
+            add(name, t.name, None if same else positions)
     for name, found in copies.items():
         if not found:
             raise EnpheephError(

@@ -25,8 +25,9 @@ Method
    ``--optimization extended`` and with ``--optimization all``) and fault count K per trial:
    the wall time of ``CLI campaign MODEL --data DATA --kinds KIND --faults-per-trial K
    --bits 0 --trials N --batch-size 32 --seed 0 --db DB --no-progress`` is measured for
-   N = N1 and N = N2 (2 and 22, and 2 and 202 at K = 1, where a trial costs a few
-   milliseconds and 20 of them would be within the noise of process start; quick: 2 and 6),
+   N = N1 and N = N2 (2 and 22; 2 and 202 at K = 1 and 2 and 102 at K = 1,000, where a trial
+   costs milliseconds and 20 of them would be within the +-0.2 s noise of process start;
+   quick: 2 and 6),
    and
 
        per-trial = (t(N2) - t(N1)) / (N2 - N1),    ratio = per-trial / golden.
@@ -108,11 +109,16 @@ class Plan:
     n1: int
     n2: int
     n2_k1: int  # more trials where a trial costs milliseconds: t(N2) - t(N1) stays above noise
+    n2_k1000: int  # the same for K <= 1,000 (a trial costs tens of milliseconds)
+
+    def n2_for(self, k: int) -> int:
+        return self.n2_k1 if k == 1 else self.n2_k1000 if k <= 1000 else self.n2
 
 
 FULL = Plan(channels=(64, 128, 256), hidden=256, samples=32, ks=(1, 1000, 100000, 1000000),
-            n1=2, n2=22, n2_k1=202)
-QUICK = Plan(channels=(4, 8, 8), hidden=16, samples=8, ks=(1, 100), n1=2, n2=6, n2_k1=6)
+            n1=2, n2=22, n2_k1=202, n2_k1000=102)
+QUICK = Plan(channels=(4, 8, 8), hidden=16, samples=8, ks=(1, 100), n1=2, n2=6, n2_k1=6,
+             n2_k1000=6)
 
 
 # --------------------------------------------------------------------------- model and data
@@ -366,7 +372,7 @@ def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target:
         return cell
     print(f"  {tag}: N={plan.n1} {r1.seconds:.2f} s", flush=True)
 
-    n2 = plan.n2_k1 if k == 1 else plan.n2
+    n2 = plan.n2_for(k)
     per_k1 = k1.get("per_trial_s") if k1 else None
     t1_k1 = k1.get("t_n1_s") if k1 else None
     projection = projected_seconds(r1.seconds, plan.n1, n2, per_k1, t1_k1)
@@ -559,7 +565,7 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
         "quick": args.quick,
         "plan": {"channels": list(plan.channels), "hidden": plan.hidden,
                  "samples": plan.samples, "ks": list(plan.ks), "n1": plan.n1, "n2": plan.n2,
-                 "n2_k1": plan.n2_k1,
+                 "n2_k1": plan.n2_k1, "n2_k1000": plan.n2_k1000,
                  "max_cell_seconds": args.max_cell_seconds, "reduced_n2": args.reduced_n2},
         "parameters": params,
         "golden_s": golden,

@@ -263,6 +263,11 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
         for k, name in enumerate(n.input):
             if name in renamed:
                 n.input[k] = renamed[name]
+        if renamed:
+            for a in n.attribute:  # bodies reading a faulted graph input from outer scope
+                for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                             a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                    rename_outer_reads(body, renamed)
         extra = []
         for k, name in enumerate(n.output):
             if name in by_producer:
@@ -282,6 +287,29 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
             m.opset_import.append(helper.make_opsetid(FAULT_DOMAIN, 1))
     onnx.checker.check_model(m)
     return m, ports
+
+
+def rename_outer_reads(body: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
+    """Point the reads of outer-scope tensors ``renamed`` (old name -> new) inside ``body``
+    and its nested bodies to their new names, in place; a name the body defines itself
+    (input, initializer, node output) shadows the outer one (ONNX IR spec, "Names
+    Within a Graph": nested scopes)."""
+    own = ({i.name for i in body.input} | {t.name for t in body.initializer}
+           | {o for n in body.node for o in n.output})
+    live = {k: v for k, v in renamed.items() if k not in own}
+    if not live:
+        return
+    for n in body.node:
+        for k, name in enumerate(n.input):
+            if name in live:
+                n.input[k] = live[name]
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                        a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                rename_outer_reads(sub, live)
+    for o in body.output:
+        if o.name in live:  # a body output passing the outer tensor through
+            body.node.append(helper.make_node("Identity", [live[o.name]], [o.name]))
 
 
 @dataclass

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +358,17 @@ class _Builder:
         return self.node("Concat", f"{prefix}/axis{axis}/Concat", parts, attrs={"axis": axis})
 
 
+def _subgraphs(nodes: Iterable[gs.Node]) -> Iterator[gs.Graph]:
+    """Every ``If``/``Loop``/``Scan`` body (graph attribute) of ``nodes``, at any depth."""
+    for n in nodes:
+        for value in n.attrs.values():
+            graphs = value if isinstance(value, list | tuple) else [value]
+            for g in graphs:
+                if isinstance(g, gs.Graph):
+                    yield g
+                    yield from _subgraphs(g.nodes)
+
+
 def _prefix(site: str, generation: int) -> str:
     return f"enpheeph/{site}" if generation == 0 else f"enpheeph/{site}/gen{generation}"
 
@@ -421,6 +432,15 @@ def insert_fault_nodes(
                 if t is x:
                     node.inputs[k] = cur
         graph.outputs[:] = [cur if t is x else t for t in graph.outputs]
+        # If/Loop/Scan bodies that read the site from the outer scope see the faulty value
+        # too (graphsurgeon shares outer tensors by object; a body's own tensor of the same
+        # name is another object, so shadowing is respected)
+        for sub in _subgraphs(original):
+            for node in sub.nodes:
+                for k, t in enumerate(node.inputs):
+                    if t is x:
+                        node.inputs[k] = cur
+            sub.outputs[:] = [cur if t is x else t for t in sub.outputs]
         after.setdefault(producer, []).extend(graph.nodes[first_new:])
     # Each site's chain goes right after the node producing the site (graph inputs: first),
     # in the order it was built (topological): the source graph is sorted (onnx.checker), so

@@ -1,0 +1,108 @@
+"""Faults on tensors that If/Loop/Scan bodies read from the outer scope reach the bodies
+(issue 9: they used to be lost silently: only main-graph consumers were rewired)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+from onnx import helper as h
+
+from enpheeph_onnx import discover_sites, inject
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.faults import Fault, FaultModel
+from enpheeph_onnx.runtime import make_session
+
+F = TensorProto.FLOAT
+
+
+def _if_model(cond: bool) -> onnx.ModelProto:
+    """``a = Relu(x)``; ``y = If(cond, then: a * x + a, else: -a)`` with both branches
+    reading ``a`` and ``x`` (then) from the outer scope; ``cond`` a constant."""
+    then = h.make_graph([h.make_node("Mul", ["a", "x"], ["ax"]),
+                         h.make_node("Add", ["ax", "a"], ["t"])], "then", [],
+                        [h.make_tensor_value_info("t", F, None)])
+    other = h.make_graph([h.make_node("Neg", ["a"], ["e"])], "else", [],
+                         [h.make_tensor_value_info("e", F, None)])
+    g = h.make_graph(
+        [h.make_node("Relu", ["x"], ["a"]),
+         h.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+        "if", [h.make_tensor_value_info("x", F, ["N", 4])],
+        [h.make_tensor_value_info("y", F, ["N", 4])],
+        [onnx.numpy_helper.from_array(np.array(cond), "cond")])
+    return _model(g)
+
+
+def _loop_model() -> onnx.ModelProto:
+    """``a = Relu(x)``; a Loop of 3 iterations accumulating ``v += a`` (``a`` read from
+    the outer scope by the body)."""
+    body = h.make_graph(
+        [h.make_node("Add", ["v_in", "a"], ["v_out"]),
+         h.make_node("Identity", ["c_in"], ["c_out"])], "body",
+        [h.make_tensor_value_info("i", TensorProto.INT64, []),
+         h.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_in", F, None)],
+        [h.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_out", F, None)])
+    g = h.make_graph(
+        [h.make_node("Relu", ["x"], ["a"]),
+         h.make_node("Mul", ["x", "zero"], ["v0"]),
+         h.make_node("Loop", ["trips", "true", "v0"], ["y"], body=body)],
+        "loop", [h.make_tensor_value_info("x", F, ["N", 4])],
+        [h.make_tensor_value_info("y", F, ["N", 4])],
+        [onnx.numpy_helper.from_array(np.array(3, np.int64), "trips"),
+         onnx.numpy_helper.from_array(np.array(True), "true"),
+         onnx.numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+    return _model(g)
+
+
+def _model(g: onnx.GraphProto) -> onnx.ModelProto:
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.checker.check_model(m, full_check=True)
+    return m
+
+
+def _flip(a: np.ndarray, idx: tuple[int, ...], bit: int) -> np.ndarray:
+    """The numpy reference: ``a`` with bit ``bit`` of element ``idx`` flipped."""
+    out = a.copy()
+    out.view(np.uint32)[idx] ^= np.uint32(1 << bit)
+    return out
+
+
+X = np.array([[1.5, -2.0, 0.25, 3.0], [-1.0, 2.0, 0.5, -0.75]], np.float32)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+@pytest.mark.parametrize("site", ["a", "x"])
+def test_if_branches_see_faults_on_outer_tensors(site: str, cond: bool) -> None:
+    m = _if_model(cond)
+    f = [Fault(site, (1, 2), FaultModel.BIT_FLIP, (30,))]
+    x = _flip(X, (1, 2), 30) if site == "x" else X
+    a = np.maximum(x, 0)
+    if site == "a":
+        a = _flip(a, (1, 2), 30)
+    with np.errstate(over="ignore"):
+        want = a * x + a if cond else -a
+    feeds = {"x": X}
+    got = make_session(inject(m, f).model).run(None, feeds)[0]
+    assert got.tobytes() == want.astype(np.float32).tobytes()
+    golden = make_session(m).run(None, feeds)[0]
+    assert got.tobytes() != golden.tobytes()  # the fault does reach the branch
+    sites = [s for s in discover_sites(m) if s.name in ("a", "x")]
+    e = FaultEngine(m, sites)
+    assert e.run(feeds, f)["y"].tobytes() == want.astype(np.float32).tobytes()
+
+
+def test_loop_body_sees_faults_on_outer_tensors() -> None:
+    m = _loop_model()
+    f = [Fault("a", (0, 3), FaultModel.STUCK_AT_1, (29,))]
+    a = np.maximum(X, 0)
+    a = a.copy()
+    a.view(np.uint32)[0, 3] |= np.uint32(1 << 29)
+    want = (X * np.float32(0)) + a + a + a
+    got = make_session(inject(m, f).model).run(None, {"x": X})[0]
+    assert got.tobytes() == want.astype(np.float32).tobytes()
+    e = FaultEngine(m, [s for s in discover_sites(m) if s.name == "a"])
+    assert e.run({"x": X}, f)["y"].tobytes() == want.astype(np.float32).tobytes()

@@ -79,9 +79,23 @@ def default_opset(model: onnx.ModelProto) -> int:
     return 1
 
 
-def clamp_ir_version(model: onnx.ModelProto) -> None:
-    """Set the IR version into onnxruntime's accepted range 10..13, in place."""
+def clamp_ir_version(model: onnx.ModelProto, source_ir: int | None = None) -> None:
+    """Set the IR version into onnxruntime's accepted range 10..13, in place.
+
+    ``source_ir``: the IR version the model was written with (default: its current one).
+    Below IR 4 every initializer is also listed in ``graph.input`` and runtimes treat it as
+    a constant; from IR 4 on a listed initializer is an overridable input (ONNX IR spec,
+    "Graphs": initializers), which onnxruntime stops constant-folding and fusing. So on the
+    way up from below 4 those listings are dropped, and the model computes as before.
+    """
+    old = int(model.ir_version if source_ir is None else source_ir)
     model.ir_version = min(max(int(model.ir_version), MIN_IR_VERSION), MAX_IR_VERSION)
+    if old < 4 <= model.ir_version:
+        inits = {t.name for t in model.graph.initializer}
+        keep = [i for i in model.graph.input if i.name not in inits]
+        if len(keep) != len(model.graph.input):
+            del model.graph.input[:]
+            model.graph.input.extend(keep)
 
 
 def ensure_opset(model: onnx.ModelProto, opset: int = TARGET_OPSET) -> onnx.ModelProto:
@@ -100,6 +114,7 @@ def ensure_opset(model: onnx.ModelProto, opset: int = TARGET_OPSET) -> onnx.Mode
             "re-export it at a lower opset"
         )
     log.info("converting model from opset %d to %d", current, opset)
+    source_ir = int(model.ir_version)
     try:
         converted = onnx.version_converter.convert_version(model, opset)
     except Exception as e:  # the converter raises bare RuntimeErrors of many kinds
@@ -108,7 +123,7 @@ def ensure_opset(model: onnx.ModelProto, opset: int = TARGET_OPSET) -> onnx.Mode
             f"cannot convert the model from opset {current} to {opset} for BitCast: {first}; "
             f"re-export it at opset {opset}"
         ) from None
-    clamp_ir_version(converted)
+    clamp_ir_version(converted, source_ir)
     return converted
 
 

@@ -106,3 +106,32 @@ def test_loop_body_sees_faults_on_outer_tensors() -> None:
     assert got.tobytes() == want.astype(np.float32).tobytes()
     e = FaultEngine(m, [s for s in discover_sites(m) if s.name == "a"])
     assert e.run({"x": X}, f)["y"].tobytes() == want.astype(np.float32).tobytes()
+
+
+def test_ir3_initializers_stay_constants_after_the_upgrade() -> None:
+    """IR 3 lists every initializer as a graph input, as constants; raised to IR >= 4 they
+    would become overridable inputs, and onnxruntime would stop folding the Mul into the
+    Conv: the empty plan would no longer reproduce the model bit for bit (issue 9 (b))."""
+    rng = np.random.default_rng(1)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "W")
+    c = onnx.numpy_helper.from_array((rng.random((1, 8, 1, 1)) + 0.5).astype(np.float32), "c")
+    g = h.make_graph(
+        [h.make_node("Conv", ["x", "W"], ["conv"], pads=[1, 1, 1, 1]),
+         h.make_node("Mul", ["conv", "c"], ["y"])], "ir3",
+        [h.make_tensor_value_info("x", F, [2, 3, 8, 8]),
+         h.make_tensor_value_info("W", F, [8, 3, 3, 3]),
+         h.make_tensor_value_info("c", F, [1, 8, 1, 1])],
+        [h.make_tensor_value_info("y", F, [2, 8, 8, 8])], [w, c])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 8)])
+    m.ir_version = 3
+    x = {"x": rng.standard_normal((2, 3, 8, 8)).astype(np.float32)}
+    want = make_session(m).run(None, x)[0]
+    empty = inject(m, []).model
+    assert empty.ir_version >= 4 and not {i.name for i in empty.graph.input} & {"W", "c"}
+    assert make_session(empty).run(None, x)[0].tobytes() == want.tobytes()
+    for kind in ("y", "x"):
+        e = FaultEngine(m, [s for s in discover_sites(m) if s.name == kind])
+        assert e.run(x, [])["y"].tobytes() == want.tobytes()
+        f = [Fault(kind, (0, 0, 0, 0), FaultModel.BIT_FLIP, (3,))]
+        assert e.run(x, f)["y"].tobytes() == make_session(inject(m, f).model).run(
+            None, x)[0].tobytes()

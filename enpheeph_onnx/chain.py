@@ -49,7 +49,7 @@ import onnx.utils
 from .bits import BY_NAME
 from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
-from .runtime import Provider, join_batches, make_session, run_session
+from .runtime import Provider, batch_of, join_batches, make_session, run_session, sample_count
 from .runtime_graph import Placement
 from .sites import FaultSite, SiteKind
 from .suffix import extract
@@ -467,11 +467,11 @@ class ValueChain:
         key = (id(data), batch_size)
         if self._golden is not None and self._golden.key == key:
             return self._golden
-        n = len(next(iter(data.values())))
+        n = sample_count(data)
         step = batch_size or n
         starts = list(range(0, n, step))
         sizes = [min(step, n - s) for s in starts]
-        feeds = [{k: v[s:s + step] for k, v in data.items() if k in self.inputs}
+        feeds = [{k: v for k, v in batch_of(data, s, step).items() if k in self.inputs}
                  for s in starts]
         probe_ids = sorted({0, len(starts) - 1})
         vals: list[dict[str, np.ndarray]] = [dict(f) for f in feeds]
@@ -577,7 +577,7 @@ class ValueChain:
                 golden = gold.live[b]
                 host = {t: golden[t] for t in self.live(stops[0])}
             else:
-                host = {k: v[s:s + n] for k, v in data.items() if k in self.inputs}
+                host = {k: v for k, v in batch_of(data, s, n).items() if k in self.inputs}
             owned: set[str] = set()
             borrowed: set[str] = set()  # cached golden tensors faulted in place
             undo: list[Any] = []

@@ -279,7 +279,14 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
         optimization: str, batch_size: int, as_json: bool) -> None:
     """Run MODEL in onnxruntime on the arrays of an .npz file."""
     from .model import atomic_path, load_model
-    from .runtime import Optimization, check_feeds, load_npz, make_session, run_batched
+    from .runtime import (
+        Optimization,
+        check_feeds,
+        load_npz,
+        make_session,
+        run_batched,
+        sample_count,
+    )
     from .runtime import session_options as _options
 
     so = _options(optimization=Optimization(optimization))
@@ -289,7 +296,7 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
     proto = load_model(model)
     sess = make_session(proto, provider, so)  # type: ignore[arg-type]
     feeds = check_feeds(sess, arrays, str(inputs_path))
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     for m, path in ((proto, model), *(((load_model(other), other),) if other else ())):
         fixed = _per_batch_fault(m)
         if fixed and batch_size < n:
@@ -338,7 +345,7 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
                     for k, v in report["compare"]["outputs"].items()]
             click.echo(_table(rows, ["output", "max_abs_diff", "nan_mismatch",
                                      "top1_agreement", "bit_identical"]))
-    _summary(True, f"run: {len(next(iter(feeds.values())))} sample(s) on "
+    _summary(True, f"run: {n} sample(s) on "
                    f"{sess.get_providers()[0]}")
 
 

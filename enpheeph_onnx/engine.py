@@ -46,10 +46,12 @@ from .rewrite import FAULT_DOMAIN
 from .runtime import (
     Optimization,
     Provider,
+    batch_of,
     join_batches,
     make_session,
     run_batched,
     run_session,
+    sample_count,
     session_options,
 )
 from .runtime_graph import check_runtime, deviation, optimize_offline, place_values, runtime_options
@@ -452,8 +454,7 @@ class FaultEngine:
             try:
                 runtime = optimize_offline(self.source, self.provider, self.threads)
                 check_runtime(runtime)
-                n = len(next(iter(data.values())))
-                first = {k: v[:batch_size or n] for k, v in data.items()}
+                first = batch_of(data, 0, batch_size or sample_count(data))
                 model, placed = place_values(self.source, runtime, self._value_sites, first,
                                              self.provider, self.threads)
                 if placed:
@@ -619,7 +620,7 @@ class FaultEngine:
         rows_of = fs.by_site()
         shapes: dict[str, tuple[int, ...]] | None = None
         feeds: dict[str, np.ndarray] = {}
-        n = len(next(iter(batch.values())))
+        n = sample_count(batch)
         for name, p in ports.items():
             rows = rows_of.get(name, np.zeros(0, np.int64))
             site = p.site
@@ -782,12 +783,12 @@ class FaultEngine:
             arr = self._weights[name]
             apply_in_place(arr, faults, rows, site, undo)
             wfeeds[name] = _feedable(arr, BY_NAME[site.dtype])
-        n = len(next(iter(data.values())))
+        n = sample_count(data)
         step = batch_size or n
         cache = self._golden_cache(data, batch_size) if v.start else None
         chunks: list[list[np.ndarray]] = [[] for _ in names]
         for b, start in enumerate(range(0, n, step)):
-            batch = {k: val[start:start + step] for k, val in data.items()}
+            batch = batch_of(data, start, step)
             feeds = {k: a for k, a in batch.items() if k in v.inputs}
             if cache is not None:
                 feeds.update(feeds_of(cache, b, v.inputs & set(cache.names)))
@@ -812,12 +813,12 @@ class FaultEngine:
                     names.setdefault(name, None)
         model = exposed(self.model, list(names))
         sess = make_session(model, self.provider, self.options)
-        n = len(next(iter(data.values())))
+        n = sample_count(data)
         step = batch_size or n
         batches = []
         total = 0
         for start in range(0, n, step):
-            feeds = {k: val[start:start + step] for k, val in data.items()}
+            feeds = batch_of(data, start, step)
             try:
                 outs = dict(zip(names, run_session(sess, list(names), feeds), strict=True))
             except Exception as e:  # e.g. a bfloat16 tensor numpy cannot hold

@@ -50,7 +50,7 @@ from onnx import helper, numpy_helper
 from .bits import BY_NAME
 from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
-from .runtime import Provider, join_batches, make_session, run_session
+from .runtime import Provider, batch_of, join_batches, make_session, run_session, sample_count
 from .runtime_graph import deviation, optimize_offline, runtime_options
 from .sites import FaultSite, SiteKind
 from .suffix import crossing_tensors
@@ -405,7 +405,7 @@ class HeldWeights:
 
     def _run(self, cut: _Cut | None, data: Mapping[str, np.ndarray], batch_size: int | None
              ) -> dict[str, np.ndarray]:
-        n = len(next(iter(data.values())))
+        n = sample_count(data)
         step = batch_size or n
         names = self.output_names
         chunks: list[list[np.ndarray]] = [[] for _ in names]
@@ -416,12 +416,13 @@ class HeldWeights:
         wfeeds = {k: self.values[k] for k in weights}
         for b, s in enumerate(range(0, n, step)):
             if cut is None:
-                feeds: dict[str, Any] = {k: v[s:s + step] for k, v in data.items()
+                feeds: dict[str, Any] = {k: v for k, v in batch_of(data, s, step).items()
                                          if k in self._data_inputs}
             else:
                 assert self._cache is not None
                 feeds = {k: self._cache[b][k] for k in cut.inputs}
-                feeds.update({k: data[k][s:s + step] for k in cut.data})
+                feeds.update({k: v for k, v in batch_of(data, s, step).items()
+                              if k in cut.data})
             feeds.update(wfeeds)
             for i, out in enumerate(run_session(sess, names, feeds)):
                 chunks[i].append(out)
@@ -504,12 +505,12 @@ class HeldWeights:
         have = {o.name for o in m.graph.output}
         m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in have)
         sess = make_session(m, self.provider, self.options)
-        n = len(next(iter(data.values())))
+        n = sample_count(data)
         step = batch_size or n
         batches, total = [], 0
         wanted = list(names)
         for s in range(0, n, step):
-            feeds: dict[str, Any] = {k: v[s:s + step] for k, v in data.items()
+            feeds: dict[str, Any] = {k: v for k, v in batch_of(data, s, step).items()
                                      if k in self._data_inputs}
             feeds.update(self.values)
             outs = dict(zip(wanted, run_session(sess, wanted, feeds), strict=True))

@@ -223,6 +223,21 @@ _ORT_DTYPES = {
 }
 
 
+def sample_count(data: Mapping[str, Any]) -> int:
+    """Samples in ``data``: the length of its first array with a batch axis (an input of
+    rank 0, e.g. a sample rate, is not batched; data of scalars only is one sample)."""
+    for v in data.values():
+        if np.ndim(v):
+            return len(v)
+    return 1
+
+
+def batch_of(data: Mapping[str, Any], start: int, step: int) -> dict[str, Any]:
+    """Samples ``start:start + step`` of every array of ``data`` (rank-0 arrays whole: they
+    go with every batch)."""
+    return {k: v[start:start + step] if np.ndim(v) else v for k, v in data.items()}
+
+
 def run_batched(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
                 batch_size: int | None = None,
                 extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
@@ -231,11 +246,11 @@ def run_batched(sess: ort.InferenceSession, feeds: Mapping[str, np.ndarray],
     ``extra`` feeds (e.g. fault inputs) are passed unchanged with every batch.
     """
     names = [o.name for o in sess.get_outputs()]
-    n = len(next(iter(feeds.values())))
+    n = sample_count(feeds)
     step = batch_size or n
     chunks: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, n, step):
-        batch = {k: v[start:start + step] for k, v in feeds.items()}
+        batch = batch_of(feeds, start, step)
         if extra:
             batch.update(extra)
         for i, out in enumerate(run_session(sess, names, batch)):

@@ -35,7 +35,15 @@ import onnxruntime as ort
 from onnx import helper
 
 from .errors import EnpheephError
-from .runtime import Optimization, Provider, join_batches, make_session, run_session
+from .runtime import (
+    Optimization,
+    Provider,
+    batch_of,
+    join_batches,
+    make_session,
+    run_session,
+    sample_count,
+)
 from .runtime import session_options as base_options
 from .sites import FaultSite, SiteKind, infer_shapes
 from .suffix import exposed
@@ -282,11 +290,11 @@ def deviation(outputs: Mapping[str, np.ndarray], source: onnx.ModelProto,
     bit-identical up to signed zeros; ``nan`` where only one of them is NaN)."""
     sess = make_session(source, provider, base_options(threads, Optimization.ALL))
     inputs = {i.name for i in sess.get_inputs()}
-    n = len(next(iter(data.values())))
+    n = sample_count(data)
     step = batch_size or n
     worst = 0.0
     for name, a in outputs.items():
-        chunks = [run_session(sess, [name], {k: v[s:s + step] for k, v in data.items()
+        chunks = [run_session(sess, [name], {k: v for k, v in batch_of(data, s, step).items()
                                              if k in inputs})[0] for s in range(0, n, step)]
         sizes = [min(step, n - s) for s in range(0, n, step)]
         b = np.asarray(join_batches(name, chunks, sizes))

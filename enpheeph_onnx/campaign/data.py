@@ -21,7 +21,9 @@ class Dataset:
     labels: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return len(next(iter(self.inputs.values())))
+        from ..runtime import sample_count
+
+        return sample_count(self.inputs)
 
 
 def input_names(model: onnx.ModelProto) -> list[str]:
@@ -32,7 +34,8 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 def load_dataset(path: str | os.PathLike[str], names: list[str],
                  require_labels: bool = True) -> Dataset:
-    """Read an ``.npz`` with one array per model input (keyed by name) and ``labels``.
+    """Read an ``.npz`` with one array per model input (keyed by name; samples along axis 0,
+    rank-0 arrays for rank-0 inputs, shared by every sample) and ``labels``.
 
     Raises:
         EnpheephError: missing file, missing input or labels, inconsistent lengths.
@@ -48,11 +51,14 @@ def load_dataset(path: str | os.PathLike[str], names: list[str],
     if labels is None and require_labels:
         raise EnpheephError(f"data {path} has no 'labels' array (int64 class per sample)")
     inputs = {n: arrays[n] for n in names}
-    scalars = [n for n, a in inputs.items() if a.ndim == 0]
-    if scalars or (labels is not None and labels.ndim == 0):
-        raise EnpheephError(f"data {path}: {scalars[0] if scalars else 'labels'!r} is a "
-                            "scalar; arrays need the samples along axis 0")
-    lengths = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
+    if labels is not None and labels.ndim == 0:
+        raise EnpheephError(f"data {path}: 'labels' is a scalar; give one label per sample")
+    # a rank-0 array is an input of rank 0 (a sample rate, say): the same for every sample
+    # (the model's declared rank is checked against it before the golden run)
+    lengths = {len(a) for a in inputs.values() if a.ndim} | (
+        {len(labels)} if labels is not None else set())
+    if not lengths:
+        lengths = {1}
     if len(lengths) != 1:
         raise EnpheephError(f"data {path}: arrays have different lengths {sorted(lengths)}")
     if labels is not None:

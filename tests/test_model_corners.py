@@ -1,0 +1,69 @@
+"""Model shapes that used to crash: rank-0 inputs (issue 9, "Crashes")."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from click.testing import CliRunner
+from onnx import TensorProto
+from onnx import helper as h
+
+from enpheeph_onnx import discover_sites, inject
+from enpheeph_onnx.cli import main
+from enpheeph_onnx.engine import FaultEngine
+from enpheeph_onnx.faults import Fault, FaultModel
+from enpheeph_onnx.runtime import make_session
+
+F = TensorProto.FLOAT
+
+
+def _scalar_input_model() -> onnx.ModelProto:
+    """``y = Relu(x @ W) * gain`` with ``gain`` a rank-0 input (a sample rate, a
+    temperature...), the same for every sample."""
+    w = onnx.numpy_helper.from_array(
+        np.random.default_rng(3).standard_normal((4, 3)).astype(np.float32), "W")
+    g = h.make_graph(
+        [h.make_node("MatMul", ["x", "W"], ["mm"]), h.make_node("Relu", ["mm"], ["r"]),
+         h.make_node("Mul", ["r", "gain"], ["y"])], "scalar",
+        [h.make_tensor_value_info("x", F, ["N", 4]), h.make_tensor_value_info("gain", F, [])],
+        [h.make_tensor_value_info("y", F, ["N", 3])], [w])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m
+
+
+X = np.random.default_rng(4).standard_normal((10, 4)).astype(np.float32)
+GAIN = np.array(2.5, np.float32)
+
+
+def test_rank0_inputs_go_with_every_batch(tmp_path: Path) -> None:
+    m = _scalar_input_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    np.savez(tmp_path / "in.npz", x=X, gain=GAIN)
+    want = make_session(m).run(None, {"x": X, "gain": GAIN})[0]
+    r = CliRunner().invoke(main, ["run", str(path), "--inputs", str(tmp_path / "in.npz"),
+                                  "--batch-size", "3", "-o", str(tmp_path / "out.npz")])
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "out.npz") as z:
+        assert z["y"].tobytes() == want.tobytes()
+    assert "run: 10 sample(s)" in r.output
+    data = {"x": X, "gain": GAIN}
+    sites = [s for s in discover_sites(m) if s.name in ("W", "r", "gain", "x")]
+    e = FaultEngine(m, sites)
+    for f in ([Fault("r", (None, 1), FaultModel.BIT_FLIP, (30,))],
+              [Fault("W", (2, 1), FaultModel.STUCK_AT_1, (29,))],
+              [Fault("gain", (), FaultModel.BIT_FLIP, (31,))],
+              [Fault("x", (7, 0), FaultModel.BIT_FLIP, (28,))]):
+        got = e.run(data, f, batch_size=3)["y"]
+        ref = make_session(inject(m, f).model).run(None, data)[0]
+        assert got.tobytes() == ref.tobytes(), f
+    np.savez(tmp_path / "d.npz", x=X, gain=GAIN, labels=np.argmax(want, 1))
+    r = CliRunner().invoke(main, ["campaign", str(path), "--data", str(tmp_path / "d.npz"),
+                                  "--kinds", "weight,activation", "--trials", "4",
+                                  "--batch-size", "3", "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["golden_accuracy"] == 1.0

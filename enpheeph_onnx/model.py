@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import onnx
@@ -54,12 +54,55 @@ def load_model(src: ModelSource) -> onnx.ModelProto:
             ) from None
     if not model.HasField("graph") or not model.graph.node:
         raise EnpheephError(f"{where} is not an ONNX model: it holds no graph nodes")
+    model = merge_opset_imports(model, where)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise EnpheephError(f"{where} fails the ONNX checker: {first}") from None
     return model
+
+
+def merge_opset_imports(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:
+    """``model`` with each operator domain imported once (``""`` and ``"ai.onnx"`` are the
+    same domain; some converters, e.g. skl2onnx, import it twice at the same version): a
+    copy when imports had to be merged, else ``model`` itself.
+
+    Raises:
+        EnpheephError: a domain imported at two different versions (which one the graph
+            means is not defined: ONNX IR spec, "Operator Sets").
+    """
+    seen: dict[str, tuple[str, int]] = {}  # domain -> (name to write, version)
+    for op in model.opset_import:
+        d = "" if op.domain == "ai.onnx" else op.domain
+        if d in seen and seen[d][1] != op.version:
+            raise EnpheephError(
+                f"{where} imports operator domain {d or 'ai.onnx'!r} twice, at versions "
+                f"{seen[d][1]} and {op.version}; keep one import (re-export or edit "
+                "opset_import)")
+        seen.setdefault(d, (d, int(op.version)))  # the default domain spelled ""
+    if len(seen) == len(model.opset_import) and not any(
+            op.domain == "ai.onnx" for op in model.opset_import):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    del m.opset_import[:]
+    m.opset_import.extend(onnx.helper.make_opsetid(name, v) for name, v in seen.values())
+
+    def respell(nodes: Iterable[onnx.NodeProto]) -> None:  # nodes follow the import's name
+        for n in nodes:
+            if n.domain == "ai.onnx":
+                n.domain = ""
+            for a in n.attribute:
+                for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                          a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                    respell(g.node)
+
+    respell(m.graph.node)
+    for f in m.functions:
+        respell(f.node)
+    log.info("%s: opset imports merged to one per domain", where)
+    return m
 
 
 def model_sha256(src: ModelSource) -> str:
@@ -105,6 +148,7 @@ def ensure_opset(model: onnx.ModelProto, opset: int = TARGET_OPSET) -> onnx.Mode
     Raises:
         EnpheephError: the model's opset is higher than ``opset`` or conversion fails.
     """
+    model = merge_opset_imports(model)
     current = default_opset(model)
     if current == opset:
         return model

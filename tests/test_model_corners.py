@@ -67,3 +67,36 @@ def test_rank0_inputs_go_with_every_batch(tmp_path: Path) -> None:
                                   "--batch-size", "3", "--json", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["golden_accuracy"] == 1.0
+
+
+def _relu_neg(imports: list[tuple[str, int]], node_domain: str = "") -> onnx.ModelProto:
+    g = h.make_graph([h.make_node("Relu", ["x"], ["r"], domain=node_domain),
+                      h.make_node("Neg", ["r"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", F, ["N", 4])],
+                     [h.make_tensor_value_info("y", F, ["N", 4])])
+    m = h.make_model(g, opset_imports=[h.make_opsetid(d, v) for d, v in imports])
+    m.ir_version = 9
+    return m
+
+
+def test_the_default_domain_imported_twice(tmp_path: Path) -> None:
+    """skl2onnx imports the default domain twice (as "" and "ai.onnx"): merged, and the
+    model is faulted exactly; two different versions are a one-line error."""
+    for imports, dom in (([("", 17), ("", 17)], ""), ([("ai.onnx", 17), ("", 17)], "ai.onnx"),
+                         ([("ai.onnx", 17)], "ai.onnx")):
+        path = tmp_path / "dup.onnx"
+        onnx.save(_relu_neg(imports, dom), path)
+        out = tmp_path / "f.onnx"
+        r = CliRunner().invoke(main, ["inject", str(path), "-o", str(out), "--fault",
+                                      "r[0,1]:bitflip:31"])
+        assert r.exit_code == 0, (imports, r.output)
+        y = make_session(onnx.load(out)).run(None, {"x": X})[0]
+        want = -np.maximum(X, 0)
+        want[0, 1] = -want[0, 1]
+        assert y.tobytes() == want.tobytes()
+    onnx.save(_relu_neg([("", 17), ("", 15)]), path)
+    out.unlink()
+    r = CliRunner().invoke(main, ["inject", str(path), "-o", str(out), "--fault",
+                                  "r[0,1]:bitflip:31"])
+    assert r.exit_code == 2 and "twice, at versions 17 and 15" in r.output
+    assert len(r.output.strip().splitlines()) == 1 and not out.exists()

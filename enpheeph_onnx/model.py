@@ -54,7 +54,7 @@ def load_model(src: ModelSource) -> onnx.ModelProto:
             ) from None
     if not model.HasField("graph") or not model.graph.node:
         raise EnpheephError(f"{where} is not an ONNX model: it holds no graph nodes")
-    model = merge_opset_imports(model, where)
+    model = drop_stale_value_info(merge_opset_imports(model, where), where)
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -102,6 +102,53 @@ def merge_opset_imports(model: onnx.ModelProto, where: str = "the model") -> onn
     for f in m.functions:
         respell(f.node)
     log.info("%s: opset imports merged to one per domain", where)
+    return m
+
+
+def _dims(vi: onnx.ValueInfoProto) -> tuple[int, list[int | None] | None]:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return t.elem_type, None
+    return t.elem_type, [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+
+
+def _conflict(declared: onnx.ValueInfoProto, inferred: onnx.ValueInfoProto) -> bool:
+    (te, ds), (ti, di) = _dims(declared), _dims(inferred)
+    if te and ti and te != ti:
+        return True
+    if ds is None or di is None:
+        return False
+    return len(ds) != len(di) or any(a is not None and b is not None and a != b
+                                     for a, b in zip(ds, di, strict=True))
+
+
+def drop_stale_value_info(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:
+    """``model`` without the declared ``value_info`` entries (types/shapes of intermediate
+    tensors) that contradict ONNX shape inference from the graph itself; onnxruntime
+    tolerates such entries, but shape inference after an opset conversion or a rewrite
+    fails on them. A copy when something was dropped, else ``model`` itself."""
+    g = model.graph
+    if not g.value_info:
+        return model
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(bare)
+    except Exception:  # inference itself fails: nothing to compare with
+        return model
+    known = {v.name: v for v in [*inferred.graph.value_info, *inferred.graph.output]}
+    stale = [v.name for v in g.value_info if v.name in known and _conflict(v, known[v.name])]
+    if not stale:
+        return model
+    log.warning("%s declares a shape or type for %d tensor(s) that its graph does not "
+                "compute (e.g. %r); those declarations are ignored", where, len(stale),
+                stale[0])
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    keep = [v for v in m.graph.value_info if v.name not in set(stale)]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(keep)
     return m
 
 

@@ -15,6 +15,7 @@ from enpheeph_onnx import discover_sites, inject
 from enpheeph_onnx.cli import main
 from enpheeph_onnx.engine import FaultEngine
 from enpheeph_onnx.faults import Fault, FaultModel
+from enpheeph_onnx.model import load_model
 from enpheeph_onnx.runtime import make_session
 
 F = TensorProto.FLOAT
@@ -100,3 +101,23 @@ def test_the_default_domain_imported_twice(tmp_path: Path) -> None:
                                   "r[0,1]:bitflip:31"])
     assert r.exit_code == 2 and "twice, at versions 17 and 15" in r.output
     assert len(r.output.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_wrong_declared_shape_is_ignored(tmp_path: Path) -> None:
+    """onnxruntime runs a model whose value_info declares a wrong shape; shape inference
+    after the opset conversion used to fail (a traceback from inject)."""
+    m = _relu_neg([("", 17)])
+    m.graph.value_info.append(h.make_tensor_value_info("r", F, ["N", 5]))
+    path = tmp_path / "vi.onnx"
+    onnx.save(m, path)
+    out = tmp_path / "f.onnx"
+    r = CliRunner().invoke(main, ["inject", str(path), "-o", str(out), "--fault",
+                                  "r[1,3]:stuck-at-1:31"])
+    assert r.exit_code == 0, r.output
+    y = make_session(onnx.load(out)).run(None, {"x": X})[0]
+    r_faulty = np.maximum(X, 0)
+    r_faulty.view(np.uint32)[1, 3] |= np.uint32(1 << 31)
+    assert y.tobytes() == (-r_faulty).tobytes()
+    sites = {s.name: s.shape for s in discover_sites(load_model(path))}
+    assert sites["r"] == ("N", 4)
+

@@ -282,6 +282,7 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
     from .runtime import (
         Optimization,
         check_feeds,
+        fixed_batch,
         load_npz,
         make_session,
         run_batched,
@@ -297,6 +298,9 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
     sess = make_session(proto, provider, so)  # type: ignore[arg-type]
     feeds = check_feeds(sess, arrays, str(inputs_path))
     n = sample_count(feeds)
+    fixed = fixed_batch(sess)
+    if fixed is not None:  # the model takes batches of exactly that size
+        batch_size = fixed
     for m, path in ((proto, model), *(((load_model(other), other),) if other else ())):
         fixed = _per_batch_fault(m)
         if fixed and batch_size < n:

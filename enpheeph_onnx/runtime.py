@@ -160,13 +160,28 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise EnpheephError(f"{p} is not a readable .npz file ({type(e).__name__})") from None
 
 
+def fixed_batch(sess: Any) -> int | None:
+    """The batch size a model takes when every batched input (rank >= 1) of ``sess``
+    declares the same fixed leading dimension (``None``: a dynamic batch)."""
+    firsts = {i.shape[0] for i in sess.get_inputs() if len(i.shape)}
+    if len(firsts) == 1:
+        (b,) = firsts
+        return b if isinstance(b, int) and b > 0 else None
+    return None
+
+
 def check_feeds(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray],
                 where: str = "the data") -> dict[str, np.ndarray]:
     """The feeds for ``sess`` taken from ``arrays`` (extra keys ignored), dtypes checked.
 
+    A model with a fixed batch (:func:`fixed_batch`) takes any multiple of it along axis 0:
+    it is then run in batches of exactly that size.
+
     Raises:
-        EnpheephError: an input is missing, or has the wrong dtype or rank.
+        EnpheephError: an input is missing, or has the wrong dtype or rank, or a sample
+            count that the model's fixed batch does not divide.
     """
+    fixed = fixed_batch(sess)
     feeds = {}
     for inp in sess.get_inputs():
         if inp.name not in arrays:
@@ -188,9 +203,14 @@ def check_feeds(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray],
             )
         bad = [(i, n, want_n) for i, (n, want_n) in enumerate(zip(a.shape, inp.shape,
                                                                   strict=True))
-               if isinstance(want_n, int) and n != want_n]
+               if isinstance(want_n, int) and n != want_n
+               and not (i == 0 and fixed is not None and n % fixed == 0)]
         if bad:
             i, n, want_n = bad[0]
+            if i == 0 and fixed is not None:
+                raise EnpheephError(
+                    f"{where}: input {inp.name!r} has {n} samples but the model takes "
+                    f"batches of exactly {fixed}: give a multiple of {fixed} samples")
             raise EnpheephError(
                 f"{where}: input {inp.name!r} has shape {list(a.shape)} but the model expects "
                 f"{inp.shape} (dimension {i} is {n}, not {want_n})"

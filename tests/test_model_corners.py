@@ -121,3 +121,31 @@ def test_a_wrong_declared_shape_is_ignored(tmp_path: Path) -> None:
     sites = {s.name: s.shape for s in discover_sites(load_model(path))}
     assert sites["r"] == ("N", 4)
 
+
+
+def test_a_fixed_batch_of_one_is_run_sample_by_sample(tmp_path: Path) -> None:
+    """A model exported with batch 1 and data with 10 samples: run and campaigns batch by
+    the model's own batch size (issue 9); a count it does not divide is a clear error."""
+    m = _relu_neg([("", 17)])
+    for v in (m.graph.input[0], m.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].Clear()
+        v.type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path / "b1.onnx"
+    onnx.save(m, path)
+    np.savez(tmp_path / "in.npz", x=X)
+    r = CliRunner().invoke(main, ["run", str(path), "--inputs", str(tmp_path / "in.npz"),
+                                  "-o", str(tmp_path / "o.npz")])
+    assert r.exit_code == 0, r.output
+    with np.load(tmp_path / "o.npz") as z:
+        assert z["y"].tobytes() == (-np.maximum(X, 0)).tobytes()
+    np.savez(tmp_path / "d.npz", x=X, labels=np.argmax(-np.maximum(X, 0), 1))
+    r = CliRunner().invoke(main, ["campaign", str(path), "--data", str(tmp_path / "d.npz"),
+                                  "--kinds", "activation", "--trials", "3", "--json",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["golden_accuracy"] == 1.0
+    for v in (m.graph.input[0], m.graph.output[0]):
+        v.type.tensor_type.shape.dim[0].dim_value = 4
+    onnx.save(m, path)
+    r = CliRunner().invoke(main, ["run", str(path), "--inputs", str(tmp_path / "in.npz")])
+    assert r.exit_code == 2 and "batches of exactly 4: give a multiple of 4" in r.output

@@ -26,7 +26,7 @@ from ..errors import EnpheephError
 from ..faultset import FaultSet
 from ..model import ModelSource, load_model, model_sha256
 from ..rewrite import validate_fault_set
-from ..runtime import check_feeds, option_entries, session_options
+from ..runtime import check_feeds, fixed_batch, option_entries, session_options
 from ..sites import FaultSite, discover_sites, site_map
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
@@ -279,6 +279,11 @@ class _Run:
             if self.output not in names:
                 raise EnpheephError(f"unknown output {self.output!r}: the model has {names}")
             self.feeds = check_feeds(_Inputs(self.engine), self.data.inputs)
+            fixed = fixed_batch(_Inputs(self.engine))
+            if fixed is not None and cfg.batch_size != fixed:
+                log.info("the model takes batches of exactly %d samples: --batch-size %d "
+                         "ignored", fixed, cfg.batch_size)
+                cfg = self.config = replace(cfg, batch_size=fixed)
             self.golden_out = self.engine.run(self.feeds, FaultSet.empty(), cfg.batch_size)
             self.deviation = self.engine.golden_deviation(self.feeds, cfg.batch_size)
         except BaseException:

@@ -13,5 +13,11 @@ class EnpheephError(ValueError):
     """A user-facing error: one line saying what is wrong and how to fix it."""
 
 
+class RunFailure(EnpheephError):
+    """onnxruntime failed while running a model (e.g. an index out of range). On a golden
+    run it is the user's problem; on a faulty run it is the fault's effect: a campaign
+    records that trial's inputs as DUE (a detected error) and goes on."""
+
+
 class GateFailedError(Exception):
     """A reliability gate (``--fail-above``) was exceeded; the CLI exits with code 1."""

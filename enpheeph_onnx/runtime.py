@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import EnpheephError
+from .errors import EnpheephError, RunFailure
 
 log = logging.getLogger(__name__)
 
@@ -231,8 +231,8 @@ def run_session(sess: ort.InferenceSession, names: list[str] | None,
             ort.capi.onnxruntime_pybind11_state.Fail,
             ort.capi.onnxruntime_pybind11_state.RuntimeException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EnpheephError(f"onnxruntime cannot run the model on this data: {first}"
-                            ) from None
+        raise RunFailure(f"onnxruntime cannot run the model on this data: {first}"
+                         ) from None
 
 
 _ORT_DTYPES = {

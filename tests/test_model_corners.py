@@ -149,3 +149,36 @@ def test_a_fixed_batch_of_one_is_run_sample_by_sample(tmp_path: Path) -> None:
     onnx.save(m, path)
     r = CliRunner().invoke(main, ["run", str(path), "--inputs", str(tmp_path / "in.npz")])
     assert r.exit_code == 2 and "batches of exactly 4: give a multiple of 4" in r.output
+
+
+def test_a_faulty_run_that_onnxruntime_aborts_is_a_due(tmp_path: Path) -> None:
+    """``y = Gather(table, Cast(i))``: a bit-30 flip of the index makes it out of range and
+    onnxruntime raises; the trial's inputs count as DUE and the campaign goes on."""
+    table = onnx.numpy_helper.from_array(np.arange(12, dtype=np.float32).reshape(6, 2), "T")
+    g = h.make_graph(
+        [h.make_node("Relu", ["i"], ["r"]), h.make_node("Cast", ["r"], ["k"], to=TensorProto.INT64),
+         h.make_node("Gather", ["T", "k"], ["g"], axis=0),
+         h.make_node("Flatten", ["g"], ["y"], axis=1)], "gather",
+        [h.make_tensor_value_info("i", F, ["N", 1])],
+        [h.make_tensor_value_info("y", F, ["N", 2])], [table])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    path = tmp_path / "g.onnx"
+    onnx.save(m, path)
+    i = np.array([[1.0], [3.0], [2.0], [5.0]], np.float32)
+    np.savez(tmp_path / "d.npz", i=i, labels=np.array([1, 1, 1, 1]))
+    plan = tmp_path / "plan.json"
+    r = CliRunner().invoke(main, ["plan", str(path), "--data", str(tmp_path / "d.npz"),
+                                  "--kinds", "activation", "--trials", "2", "--bits", "30",
+                                  "-o", str(plan)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(plan.read_text())
+    for t in doc["trials"]:  # every trial: the index tensor of sample 0, bit 30
+        t["faults"] = [{"site": "r", "index": [0, 0], "model": "bitflip", "bits": [30]}]
+    plan.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["campaign", str(path), "--data", str(tmp_path / "d.npz"),
+                                  "--plan", str(plan), "--json", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert [t["due"] for t in res["trials"]] == [4, 4]
+    assert res["mean_accuracy"] == 0.0 and res["golden_accuracy"] == 1.0

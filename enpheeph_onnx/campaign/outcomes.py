@@ -9,9 +9,11 @@ import numpy as np
 
 class Outcome(enum.IntEnum):
     """The outcome of one input of one trial (first match wins: DUE, masked, critical SDC,
-    tolerable SDC). DUE here means a NaN or Inf in an output, a proxy for an error the
-    hardware or runtime would detect; how many NaNs survive depends on the runtime's
-    kernels (onnxruntime's CPU MaxPool drops a NaN that is not last in its window)."""
+    tolerable SDC). DUE here means a NaN or Inf in an output, or a faulty run that
+    onnxruntime aborts (say, an index computed from a corrupted tensor out of range): a
+    proxy for an error the hardware or runtime would detect. How many NaNs survive depends
+    on the runtime's kernels (onnxruntime's CPU MaxPool drops a NaN depending on its
+    position in the window, measured)."""
 
     MASKED = 0
     TOLERABLE_SDC = 1

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..engine import FaultEngine
-from ..errors import EnpheephError
+from ..errors import EnpheephError, RunFailure
 from ..faultset import FaultSet
 from ..model import ModelSource, load_model, model_sha256
 from ..rewrite import validate_fault_set
@@ -32,7 +32,7 @@ from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
 from .config import CampaignConfig
 from .data import Dataset, data_sha256
-from .outcomes import classify, correct
+from .outcomes import Outcome, classify, correct
 from .plan import CampaignPlan
 from .sampling import Sampler, TrialSpec, allowed_elements, layer_of, layer_order, select_sites
 
@@ -363,7 +363,15 @@ class _Run:
         """Run one trial and judge its outcomes against the session's own golden run."""
         fs, bs, golden = spec.faults, self.config.batch_size, self.golden_out
         start = time.perf_counter()
-        out = self.engine.run(self.feeds, fs, bs) if len(fs) else golden
+        try:
+            out = self.engine.run(self.feeds, fs, bs) if len(fs) else golden
+        except RunFailure as e:  # the faulty network crashed onnxruntime: detected
+            seconds = time.perf_counter() - start
+            log.info("trial %d: %s; its inputs count as DUE", spec.trial, e)
+            n = len(golden[self.output])
+            codes = np.full(n, Outcome.DUE, np.uint8)
+            ok = None if self.data.labels is None else np.zeros(n, bool)
+            return _record(spec, codes, ok, seconds, self.layers, self.ranks)
         seconds = time.perf_counter() - start
         ref = self.engine.reference(self.feeds, fs, bs) if len(fs) else golden
         codes = classify(ref, out, self.output)

@@ -434,10 +434,12 @@ class FaultEngine:
             if self.suffix and self._value_sites:
                 if self._inferred is None:
                     self._inferred = infer_shapes(self.source)
+                rc = self._runtime_chain  # one --cache-mb bound for both chains
+                used = 0.0 if rc is None else (rc.cache_bytes + rc.session_bytes) / 2**20
                 try:
                     self._chain = ValueChain(
                         self._inferred, self._value_sites, self.provider,
-                        self.options, self.cache_mb)
+                        self.options, max(0.0, self.cache_mb - used))
                 except ChainUnavailable as e:
                     log.info("activation faults fed in the graph: %s", e)
         return self._chain
@@ -683,9 +685,11 @@ class FaultEngine:
                 return out
         if len(fs) and self.optimization is Optimization.ALL and not self._warned_all:
             self._warned_all = True
-            log.warning("a trial runs on fault-node sessions at --optimization all (the "
-                        "segment chain cannot serve it): its outputs can differ in the last "
-                        "bits from inject + run of the same faults")
+            log.warning("a trial runs on fault-node sessions at --optimization all (no "
+                        "segment chain can serve it): fault nodes change onnxruntime's "
+                        "layout choices, so its outputs can differ from inject + run of the "
+                        "same faults (in the last bits, or entirely where a NaN meets a "
+                        "pooling kernel); --optimization extended has no such difference")
         key = self._key(fs)
         if key[0] and key[0] not in self._verified:
             key = self._verify(key, data, batch_size, fs)

@@ -12,12 +12,15 @@ of the stored weights (:mod:`enpheeph_onnx.engine`) runs at ``ORT_ENABLE_EXTENDE
 2. locates every element of every targeted weight in the runtime graph's initializers with
    two **probes**: the same model with each weight's elements replaced by distinct integer
    codes (``offset + i + 1``, exact in the weight's float dtype), and once more with the
-   codes reversed, each optimized the same way. Where code ``offset + i + 1`` lands (and its
-   reversed code too) is where element ``i`` is held: a permutation, plus zero padding. An
+   codes reversed and negated, each optimized the same way. Where code ``offset + i + 1``
+   lands (and its reversed code too) is where element ``i`` is held: a permutation, plus
+   zero padding. An
    initializer that changes between the probes but is not such a copy is *derived* from
    targeted weights (e.g. ``Conv`` + ``BatchNormalization`` folding scales the filters):
-   those weights are refused, never faulted in the wrong place. The runtime graph's values
-   at the located positions are checked to equal the stored weight bit for bit;
+   those weights are refused, never faulted in the wrong place; so is a weight read by a
+   node on constants only that computes with it (``Abs(w)``, ``Mul(w, c)``: folded into a
+   new constant). The runtime graph's values at the located positions are checked to equal
+   the stored weight bit for bit;
 3. runs trials on the runtime graph with the held weights as graph inputs (fed from numpy
    arrays that the faults change in place, bit flips by ``np.bitwise_xor.at``, and that are
    restored from a golden copy after the run), with suffix re-execution on the runtime
@@ -98,6 +101,47 @@ def weight_constants(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto
     return m
 
 
+_LAYOUT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
+"""Ops that move a constant's elements without changing them (folded into a copy the
+probe locates)."""
+
+_VALUE_FREE = {"Shape", "Size"}
+"""Ops whose output does not depend on their input's values."""
+
+
+def _refuse_folded(model: onnx.ModelProto, weights: set[str]) -> None:
+    """Refuse a targeted weight read by a node whose inputs are all constants and that
+    computes with the values (onnxruntime folds it into a new constant, which a fault on
+    the stored weight would not reach: say ``Abs(w)``, ``Clip(w)``, ``Mul(w, c)``); layout
+    ops are followed to their readers."""
+    g = model.graph
+    const = {t.name for t in g.initializer} | {
+        o for n in g.node if n.op_type == "Constant" for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for x in n.input:
+            readers.setdefault(x, []).append(n)
+    for w in sorted(weights):
+        todo, seen = [w], set()
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            for n in readers.get(t, []):
+                if n.op_type in _VALUE_FREE or not all(x in const for x in n.input if x):
+                    continue
+                if n.op_type in _LAYOUT:
+                    const.update(n.output)
+                    todo.extend(n.output)
+                    continue
+                raise EnpheephError(
+                    f"--optimization all: weight {w!r} is read by {n.op_type} "
+                    f"{n.name or n.output[0]!r} on constants only, which onnxruntime folds "
+                    "into a new constant that a fault on the stored weight would not reach; "
+                    "use --optimization extended or leave the weight out (--sites)")
+
+
 def _structure(model: onnx.ModelProto) -> list[tuple[str, str, int, int]]:
     return [(n.op_type, n.domain, len(n.input), len(n.output)) for n in model.graph.node]
 
@@ -130,17 +174,22 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
             raise EnpheephError(
                 f"--optimization all cannot locate weight {s.name!r}: its {dt.name} codes "
                 f"would pass {_CODE_LIMIT[dt]:,} (too many weight elements to probe at once); "
-                "target fewer weights (--layers) or use --optimization extended")
+                "target fewer weights (--sites) or use --optimization extended")
         codes[s.name] = (off, arr.size)
         offsets[dt] = off + arr.size
+    _refuse_folded(model, set(codes))
+
     def coded(reverse: bool) -> onnx.ModelProto:
+        """The probe: codes ``off + i + 1``; reversed and negated, ``-(off + size - i)``
+        (a sign change and a reversal: a folded ``Abs``, ``Relu`` or ``Clip`` of a weight
+        does not reproduce it)."""
         p = onnx.ModelProto()
         p.CopyFrom(model)
         for t in p.graph.initializer:
             if t.name in codes:
                 off, size = codes[t.name]
                 i = np.arange(size, dtype=np.float64)
-                v = off + (size - i if reverse else i + 1)
+                v = -(off + size - i) if reverse else off + i + 1
                 t.CopyFrom(numpy_helper.from_array(
                     v.astype(stored[t.name].dtype).reshape(stored[t.name].shape), t.name))
         return optimize_offline(p, provider, threads)
@@ -181,7 +230,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
         if t.name in codes and a.size == codes[t.name][1]:  # the weight itself, in place?
             off, size = codes[t.name]
             if (np.array_equal(a, np.arange(off + 1, off + size + 1, dtype=dt))
-                    and np.array_equal(b, np.arange(off + size, off, -1, dtype=dt))):
+                    and np.array_equal(b, -np.arange(off + size, off, -1, dtype=dt))):
                 add(t.name, t.name, None)
                 continue
         # (all in the weight's dtype: the codes are integers it holds exactly)
@@ -197,7 +246,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
             # a copy: the reversed codes land on the same positions, reversed
             ok = bool((elem < sizes[which]).all()
                       and np.array_equal(a != 0, b != 0)
-                      and np.array_equal(b[nz], lows[which] + sizes[which] - elem))
+                      and np.array_equal(b[nz], -(lows[which] + sizes[which] - elem)))
         if not ok:
             derived.append(t.name)
             continue
@@ -219,7 +268,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
                 f"--optimization all: weight {name!r} is not held by onnxruntime as stored "
                 f"(folded into {', '.join(derived) or 'other constants'}, e.g. Conv + "
                 "BatchNormalization), so its faults cannot be placed; use --optimization "
-                "extended or leave it out (--layers)")
+                "extended or leave it out (--sites)")
     if derived:
         raise EnpheephError(
             f"--optimization all: onnxruntime folds targeted weights into {derived[0]!r} as "
@@ -500,6 +549,10 @@ class HeldWeights:
             for name in crossing_tensors(self.model, start) or ():
                 if name not in fed and name not in self._data_inputs:
                     names.setdefault(name, None)
+        n_batches = len(range(0, sample_count(data), batch_size or sample_count(data)))
+        if not names:  # no usable cut needs a tensor (e.g. an output produced before it)
+            self._cache = [{} for _ in range(n_batches)]
+            return True
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
         have = {o.name for o in m.graph.output}

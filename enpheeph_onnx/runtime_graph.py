@@ -215,9 +215,15 @@ def place_values(source: onnx.ModelProto, runtime: onnx.ModelProto,
     Raises:
         EnpheephError: onnxruntime cannot run either graph on ``sample``.
     """
-    wanted = [s.name for s in sites if s.kind in (SiteKind.ACTIVATION, SiteKind.INPUT)]
+    asked = [s.name for s in sites if s.kind in (SiteKind.ACTIVATION, SiteKind.INPUT)]
+    # every tensor of the source is matched, not only the sites asked for: two source
+    # tensors on one runtime tensor are told apart by nothing, so neither is placed
+    inits = {t.name for t in source.graph.initializer}
+    wanted = list(dict.fromkeys([*asked, *(o for n in source.graph.node
+                                           if n.op_type != "Constant" for o in n.output if o)]))
     ref_model = exposed(infer_shapes(source), [n for n in wanted
-                                               if n not in {i.name for i in source.graph.input}])
+                                               if n not in {i.name for i in source.graph.input}
+                                               and n not in inits])
     sess = make_session(ref_model, provider, base_options(threads, Optimization.EXTENDED))
     feeds = {i.name: sample[i.name] for i in sess.get_inputs()}
     ref = dict(zip([o.name for o in sess.get_outputs()],
@@ -267,6 +273,18 @@ def place_values(source: onnx.ModelProto, runtime: onnx.ModelProto,
         elif roots:
             log.info("site %r matches %d tensors of the runtime graph: not placed", name,
                      len(roots))
+    # two sites on one tensor: values that coincide on the sample (a convolution's output
+    # and its folded BatchNormalization's, a pre-activation that is positive on the sample)
+    # say nothing about which is which: neither is placed
+    claims: dict[str, list[str]] = {}
+    for name, p in placed.items():
+        claims.setdefault(p.tensor, []).append(name)
+    for tensor, names_ in claims.items():
+        if len(names_) > 1:
+            log.info("sites %s match the same runtime tensor %r: not placed", names_, tensor)
+            for n in names_:
+                del placed[n]
+    placed = {n: p for n, p in placed.items() if n in set(asked)}
     used = {pre[p.tensor] for p in placed.values() if p.tensor in pre}
     final, _ = unfuse(runtime, used)
     types = {t: helper.np_dtype_to_tensor_dtype(a.dtype) for t, a in got.items()}
@@ -274,7 +292,7 @@ def place_values(source: onnx.ModelProto, runtime: onnx.ModelProto,
     typed = {v.name for v in [*g.input, *g.output, *g.value_info]}
     g.value_info.extend(helper.make_tensor_value_info(t, types[t], None)
                         for t in _all_tensors(final) if t not in typed and t in types)
-    missing = [n for n in wanted if n not in placed]
+    missing = [n for n in asked if n not in placed]
     if missing:
         log.info("%d site(s) not in the graph onnxruntime runs (e.g. %r): their faults run "
                  "on the source graph's segments", len(missing), missing[0])

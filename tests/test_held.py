@@ -200,3 +200,52 @@ def test_held_refuses_a_fault_outside_the_weight() -> None:
     with pytest.raises(EnpheephError, match=r"outside its shape \[16, 3, 3, 3\]"):
         held.run(_data(4), fs)
     assert all(v.tobytes() == held._golden_values[k].tobytes() for k, v in held.values.items())
+
+
+def _mlp_reading(w_op: str) -> onnx.ModelProto:
+    """``y1 = x @ f(W)``, ``y2 = x @ W`` with ``f`` a constant-folded op on the weight."""
+    rng = np.random.default_rng(8)
+    w = numpy_helper.from_array(rng.uniform(0.1, 1.0, (4, 3)).astype(np.float32), "W")
+    extra = [numpy_helper.from_array(np.float32(-0.5), "lo"),
+             numpy_helper.from_array(np.float32(0.5), "hi")]
+    ins = ["W", "lo", "hi"] if w_op == "Clip" else ["W"]
+    g = h.make_graph([h.make_node(w_op, ins, ["fw"]), h.make_node("MatMul", ["x", "fw"], ["y1"]),
+                      h.make_node("MatMul", ["x", "W"], ["y2"])], "fold",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                     [h.make_tensor_value_info("y1", TensorProto.FLOAT, ["N", 3]),
+                      h.make_tensor_value_info("y2", TensorProto.FLOAT, ["N", 3])],
+                     [w, *extra])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m
+
+
+@pytest.mark.parametrize("op", ["Abs", "Relu", "Clip"])
+def test_held_refuses_a_weight_folded_through_another_op(op: str) -> None:
+    """Review: the folded ``Abs(W)`` of a positive weight equals its probe codes, and a
+    saturating ``Clip(W)`` does not change between probes; the fault on ``W`` would miss
+    (or wrongly hit) the folded constant. Refused."""
+    m = _mlp_reading(op)
+    sites = [s for s in discover_sites(m) if s.name == "W"]
+    with pytest.raises(EnpheephError, match=rf"'W' is read by {op}.*constants only"):
+        HeldWeights(m, sites)
+
+
+def test_held_runs_whole_where_no_cut_has_tensors() -> None:
+    """Review: an output produced before the first weight reader leaves no tensor to
+    cache; the trial runs whole (it crashed in the golden cache)."""
+    rng = np.random.default_rng(9)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3)).astype(np.float32), "W")
+    g = h.make_graph([h.make_node("Neg", ["x"], ["early"]),
+                      h.make_node("MatMul", ["x", "W"], ["y"])], "two",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                     [h.make_tensor_value_info("early", TensorProto.FLOAT, ["N", 4]),
+                      h.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], [w])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    x = {"x": rng.standard_normal((5, 4)).astype(np.float32)}
+    held = HeldWeights(m, [s for s in discover_sites(m) if s.name == "W"])
+    f = [Fault("W", (1, 2), FaultModel.BIT_FLIP, (30,))]
+    got = held.run(x, FaultSet.from_faults(f))["y"]
+    want = held.session.run(None, {**x, **_held_values(inject(m, f).model, set(held.values))})
+    assert got.tobytes() == want[1].tobytes()

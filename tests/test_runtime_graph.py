@@ -108,3 +108,33 @@ def test_cli_activation_campaign_at_all_reports_the_runtime_graph(tmp_path) -> N
     res = json.loads(r.stdout)
     assert res["golden_deviation"] == 0.0
     assert res["suffix"]["runtime_graph_sites"] > 0 and res["suffix"]["boundaries"] > 0
+
+
+def test_coinciding_tensors_are_placed_nowhere() -> None:
+    """Review: after a freshly initialised BatchNormalization (identity) the convolution's
+    output and the BN's have the same values, and onnxruntime keeps one tensor; a
+    LeakyReLU of positive pre-activations equals its input. Neither site is placed (the
+    source graph's segments serve them), so no fault lands on the other's tensor."""
+    rng = np.random.default_rng(6)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "w")
+    one, zero = np.ones(16, np.float32), np.zeros(16, np.float32)
+    bn = [onnx.numpy_helper.from_array(a, n) for a, n in ((one, "s"), (zero, "b"),
+                                                          (zero, "mu"), (one, "var"))]
+    g = h.make_graph(
+        [h.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+         h.make_node("BatchNormalization", ["c", "s", "b", "mu", "var"], ["bn"],
+                     epsilon=0.0),
+         h.make_node("Relu", ["bn"], ["y"])], "bn",
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16, 8, 8])], [w, *bn])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    x = {"x": rng.standard_normal((4, 3, 8, 8)).astype(np.float32)}
+    sites = _values(m)
+    _, placed = place_values(m, optimize_offline(m, "cpu", None), sites, x, "cpu", None)
+    assert "c" not in placed and "bn" not in placed
+    e = FaultEngine(m, sites, optimization=Optimization.ALL)
+    f = [Fault("c", (1, 2, 3, 4), FaultModel.BIT_FLIP, (31,))]
+    want = make_session(inject(m, f).model, "cpu",
+                        session_options(optimization=Optimization.ALL)).run(None, x)[0]
+    assert e.run(x, f)["y"].tobytes() == want.tobytes()

@@ -464,12 +464,14 @@ def _kinds(kinds: str | None, target: str | None) -> tuple[Any, ...]:
         return ({"weights": SiteKind.WEIGHT, "activations": SiteKind.ACTIVATION,
                  "inputs": SiteKind.INPUT}[target],)
     out = []
-    for k in (kinds or "weight").split(","):
-        k = k.strip().rstrip("s") if k.strip().endswith("s") and k.strip() != "s" else k.strip()
+    for given in (kinds or "weight").split(","):
+        k = given.strip()
+        k = k[:-1] if k.endswith("s") and k[:-1] in {m.value for m in SiteKind} else k
         try:
             out.append(SiteKind(k))
         except ValueError:
-            raise EnpheephError(f"unknown site kind {k!r}: use weight, activation, input"
+            raise EnpheephError(f"unknown site kind {given.strip()!r}: use weight, activation, "
+                                "input"
                                 ) from None
     return tuple(out)
 
@@ -578,7 +580,8 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 
     _refuse_overwrite(out, model, data_path)
     cfg = _build_config(model, **opts)
-    data = load_dataset(data_path, input_names(load_model(model)), require_labels=False)
+    data = load_dataset(data_path, input_names(load_model(model)), require_labels=False,
+                        allow_nonfinite=True)  # (only the sample count is used)
     p = plan_campaign(model, cfg, len(data))
     p.save(out)
     _summary(True, f"plan: {len(p.trials)} trials, {p.faults} faults -> {out}")
@@ -616,14 +619,18 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
                    "reproducible from the seed either way).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only on a terminal].")
+@click.option("--allow-nonfinite-inputs", is_flag=True,
+              help="Accept NaN/Inf in the data (refused by default: those inputs' outputs "
+                   "would count as DUE without any fault).")
 @provider_option
 @optimization_option
 @batch_option
 @json_option
 def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
              resume: bool, fail_above: tuple[str, ...], suffix: bool, cache_mb: float,
-             store_faults: str, progress: bool | None, provider: str, optimization: str,
-             batch_size: int, as_json: bool, **opts: Any) -> None:
+             store_faults: str, progress: bool | None, allow_nonfinite_inputs: bool,
+             provider: str, optimization: str, batch_size: int, as_json: bool,
+             **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
 
     A golden run, then trials of sampled faults (a fixed count, or Poisson at each fault
@@ -662,7 +669,8 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
                                     store_faults=store_faults, **opts),
                       suffix=suffix, cache_mb=cache_mb,
                       optimization=optimization)  # type: ignore[arg-type]
-    data = load_dataset(data_path, input_names(load_model(model)))
+    data = load_dataset(data_path, input_names(load_model(model)),
+                        allow_nonfinite=allow_nonfinite_inputs)
 
     def _terminate(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

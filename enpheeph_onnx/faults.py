@@ -214,6 +214,40 @@ def _parse_number(v: Any) -> float:
         raise EnpheephError(f"fault value must be a number, got {v!r}") from None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def parse_json(text: str | bytes, where: str) -> Any:
+    """``text`` as JSON, strictly: a key given twice in one object is an error (``json``
+    keeps the last one silently), and so is nesting too deep for the parser.
+
+    Raises:
+        EnpheephError: invalid JSON, a duplicate key, too deep, or not UTF-8.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise EnpheephError(f"{where}: key {e.args[0]!r} appears twice in one object; keep "
+                            "one") from None
+    except RecursionError:
+        raise EnpheephError(f"{where} is nested too deeply to be a plan") from None
+    except UnicodeDecodeError:
+        raise EnpheephError(f"{where} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise EnpheephError(f"{where} is not valid JSON: {e.msg} at line {e.lineno}"
+                            ) from None
+
+
 def format_bits(bits: Sequence[int]) -> str:
     """``(0, 1, 2, 7)`` -> ``"0-2,7"``."""
     parts: list[str] = []
@@ -246,6 +280,9 @@ def parse_bits(text: str) -> tuple[int, ...]:
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise EnpheephError(f"bit range {part!r} is reversed: write it low-high")
+        if hi > 63:
+            raise EnpheephError(f"bit {hi} does not exist: elements have at most 64 bits "
+                                "(0-63)")
         out.update(range(lo, hi + 1))
     return tuple(sorted(out))
 
@@ -350,10 +387,7 @@ class FaultPlan:
             raise EnpheephError(f"plan {p} is neither a JSON fault plan nor a binary (.npz) "
                                 "one; write one with FaultPlan.dumps() or FaultSet.save_npz()"
                                 ) from None
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise EnpheephError(f"plan {p} is not valid JSON: {e.msg} at line {e.lineno}") from None
+        obj = parse_json(text, f"plan {p}")
         if isinstance(obj, dict) and obj.get("format") == "enpheeph-onnx campaign plan":
             raise EnpheephError(f"{p} is a campaign plan: replay it with 'campaign --plan'; "
                                 "'inject --plan' takes a fault plan {\"faults\": [...]}")

@@ -155,7 +155,19 @@ def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise EnpheephError(f"data file not found: {p}")
     try:
         with np.load(p, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            out = {}
+            for k in z.files:
+                try:
+                    out[k] = z[k]
+                except ValueError as e:
+                    if "pickle" in str(e).lower():
+                        raise EnpheephError(
+                            f"{p}: array {k!r} holds Python objects (a pickle), which are "
+                            "never loaded (they can run code); save numeric arrays") from None
+                    raise
+            return out
+    except EnpheephError:
+        raise
     except Exception as e:
         raise EnpheephError(f"{p} is not a readable .npz file ({type(e).__name__})") from None
 

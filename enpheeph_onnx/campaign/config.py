@@ -217,8 +217,19 @@ class CampaignConfig:
             raise EnpheephError("campaign bits must be a non-empty list of positions >= 0")
         if self.faults_per_trial < 0:
             raise EnpheephError("--faults-per-trial must be >= 0")
+        if self.faults_per_trial > MAX_FAULTS_PER_TRIAL:
+            raise EnpheephError(
+                f"--faults-per-trial {self.faults_per_trial:,} is more than "
+                f"{MAX_FAULTS_PER_TRIAL:,} (each fault takes ~50 bytes while a trial runs); "
+                "use fewer faults per trial")
+        if len(self.rates) > MAX_LEVELS:
+            raise EnpheephError(f"{len(self.rates):,} fault-rate levels: at most {MAX_LEVELS:,}"
+                                "; use fewer points per decade")
         if self.trials < 1:
             raise EnpheephError("--trials must be >= 1")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise EnpheephError(f"--seed {self.seed}: give an integer >= 0 (numpy "
+                                "SeedSequence entropy)")
         if self.batch_size < 1:
             raise EnpheephError("--batch-size must be >= 1")
         if not self.selection.kinds:
@@ -296,6 +307,14 @@ class CampaignConfig:
         return d
 
 
+MAX_FAULTS_PER_TRIAL = 100_000_000
+"""Faults one trial may draw (fixed count, or expected count at a fault rate): a trial's
+faults live in memory as columns of ~50 bytes each."""
+
+MAX_LEVELS = 10_000
+"""Fault-rate levels one campaign may have."""
+
+
 def parse_rates(text: str) -> tuple[float, ...]:
     """Parse ``1e-7,1e-6,1e-5`` or a log grid ``START:STOP:POINTS_PER_DECADE``.
 
@@ -316,6 +335,10 @@ def parse_rates(text: str) -> tuple[float, ...]:
                 )
             lo, hi = math.log10(start), math.log10(stop)
             n = math.floor((hi - lo) * per + 1e-9) + 1
+            if n > MAX_LEVELS:
+                raise EnpheephError(
+                    f"fault-rate grid {text!r} yields {n:,} levels: at most {MAX_LEVELS:,}; "
+                    "use fewer points per decade")
             return tuple(float(f"{10 ** (lo + i / per):.6g}") for i in range(n))
         return tuple(float(x) for x in text.split(",") if x.strip())
     except EnpheephError:

@@ -33,12 +33,13 @@ def input_names(model: onnx.ModelProto) -> list[str]:
 
 
 def load_dataset(path: str | os.PathLike[str], names: list[str],
-                 require_labels: bool = True) -> Dataset:
+                 require_labels: bool = True, allow_nonfinite: bool = False) -> Dataset:
     """Read an ``.npz`` with one array per model input (keyed by name; samples along axis 0,
     rank-0 arrays for rank-0 inputs, shared by every sample) and ``labels``.
 
     Raises:
-        EnpheephError: missing file, missing input or labels, inconsistent lengths.
+        EnpheephError: missing file, missing input or labels, inconsistent lengths, a
+            negative label, NaN or Inf in a float input (unless ``allow_nonfinite``).
     """
     arrays = load_npz(path)
     missing = [n for n in names if n not in arrays]
@@ -67,6 +68,15 @@ def load_dataset(path: str | os.PathLike[str], names: list[str],
         labels = labels.astype(np.int64)
     if not next(iter(lengths)):
         raise EnpheephError(f"data {path} holds no samples")
+    if labels is not None and len(labels) and labels.min() < 0:
+        raise EnpheephError(f"data {path}: label {int(labels.min())} is negative; labels are "
+                            "class numbers 0, 1, ...")
+    if not allow_nonfinite:
+        for k, a in inputs.items():
+            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+                raise EnpheephError(
+                    f"data {path}: input {k!r} holds NaN or Inf (its outputs would count as "
+                    "DUE without any fault); clean the data or pass --allow-nonfinite-inputs")
     return Dataset(inputs, labels)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EnpheephError
-from ..faults import Fault
+from ..faults import Fault, parse_json
 from ..faultset import FaultSet
 from ..model import ModelSource, atomic_path, load_model, model_sha256
 from ..sites import discover_sites
@@ -100,11 +100,7 @@ class CampaignPlan:
             raise EnpheephError(f"cannot read campaign plan {p}: {e.strerror}") from None
         if raw[:2] == b"PK":
             return cls._load_binary(p, raw)
-        try:
-            d = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EnpheephError(f"campaign plan {p} is neither a binary (.npz) plan nor valid "
-                                f"JSON ({e})") from None
+        d = parse_json(raw, f"campaign plan {p} (neither a binary .npz plan nor JSON)")
         if isinstance(d, dict) and d.get("format") == FORMAT and d.get("version") != 1:
             raise EnpheephError(f"{p}: campaign plan version {d.get('version')!r} is not one "
                                 "this version reads (1); write it again with "

@@ -292,6 +292,16 @@ class _Run:
             raise
         self.providers = tuple(self.engine.providers)
         labels = self.data.labels
+        if labels is not None and len(labels):
+            out = self.golden_out[self.output]
+            classes = int(np.prod(out.shape[1:])) if out.ndim > 1 else 1
+            if labels.max() >= classes:
+                if self.store:
+                    self.store.close()
+                raise EnpheephError(
+                    f"label {int(labels.max())} is out of range: output {self.output!r} has "
+                    f"{classes} classes (0-{classes - 1}); check the labels, or pick the "
+                    "classifier output with --output")
         self.golden_acc = None if labels is None else float(
             np.mean(correct(self.golden_out[self.output], labels)))
         if self.deviation != 0.0:

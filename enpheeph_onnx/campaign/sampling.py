@@ -37,7 +37,7 @@ from ..faults import FaultModel, format_bits
 from ..faultset import CODE_OF, FaultSet, bits_mask
 from ..sites import FaultSite, SiteKind
 from ..stats import sample_size
-from .config import CampaignConfig, CountMode, parse_steps
+from .config import MAX_FAULTS_PER_TRIAL, CampaignConfig, CountMode, parse_steps
 
 
 def allowed_elements(model: onnx.ModelProto, sites: list[FaultSite], mode: str
@@ -267,6 +267,13 @@ class Sampler:
             self.strata, self.populations = list(strata), pops
         self.population = self.populations[0].population if not cfg.stratify else sum(
             p.population for p in self.populations)
+        biggest = max(p.population for p in self.populations) * (
+            self.samples if cfg.per_sample else 1)
+        for rate in cfg.rates:
+            if rate * biggest > MAX_FAULTS_PER_TRIAL:
+                raise EnpheephError(
+                    f"fault rate {rate:g} draws ~{rate * biggest:,.0f} faults per trial from "
+                    f"{biggest:,} elements: more than {MAX_FAULTS_PER_TRIAL:,}; use lower rates")
 
     @property
     def trials_per_level(self) -> int:

@@ -46,6 +46,11 @@ def load_model(src: ModelSource) -> onnx.ModelProto:
             raise EnpheephError(f"model file not found: {path}")
         try:
             model = onnx.load(str(path), load_external_data=True)
+        except onnx.checker.ValidationError as e:  # external data outside the model's folder
+            first = str(e).strip().splitlines()[0] if str(e).strip() else "invalid"
+            raise EnpheephError(
+                f"{path}: external data refused ({first}); keep external data files as "
+                "plain files in the model's folder") from None
         except (DecodeError, RuntimeError, ValueError, OSError) as e:
             raise EnpheephError(
                 f"{path} is not a readable ONNX model ({type(e).__name__}: "

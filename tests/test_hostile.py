@@ -99,3 +99,33 @@ def test_nonfinite_data_runs_when_allowed(work: Path, monkeypatch: pytest.Monkey
     assert code == 0, err
     res = json.loads(out)
     assert res["golden_accuracy"] < 1.0  # the Inf input's output is no correct answer
+
+
+@pytest.mark.parametrize("where", ["../secret.bin", "ABSOLUTE", "link.bin"])
+def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, where: str) -> None:
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    w = nh.from_array(np.ones((4, 4), np.float32), "W")
+    g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], [w])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, sub / "m.onnx", save_as_external_data=True, location="w.bin",
+              size_threshold=0)
+    if where == "link.bin":
+        (sub / "link.bin").symlink_to(secret)
+    loc = str(secret) if where == "ABSOLUTE" else where
+    mm = onnx.load(sub / "m.onnx", load_external_data=False)
+    for e in mm.graph.initializer[0].external_data:
+        if e.key == "location":
+            e.value = loc
+    onnx.save(mm, sub / "evil.onnx")
+    assert_user_error(*invoke("sites", sub / "evil.onnx"), "external data refused")

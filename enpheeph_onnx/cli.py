@@ -203,25 +203,41 @@ def _shape_text(shape: tuple[Any, ...]) -> str:
 @click.option("--kind", "kinds", multiple=True,
               type=click.Choice(["weight", "activation", "input"]),
               help="Only sites of this kind (repeatable).")
-def sites(model: Path, as_json: bool, kinds: tuple[str, ...]) -> None:
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path),
+              help="Inputs (.npz) to measure the tensors whose shape ONNX cannot infer on "
+                   "(their first batch); without it they are listed with shape '?'.")
+def sites(model: Path, as_json: bool, kinds: tuple[str, ...], data_path: Path | None) -> None:
     """List the fault sites of MODEL: weights, activations and inputs."""
     from .model import load_model
-    from .sites import discover_sites
+    from .runtime import batch_of, load_npz
+    from .sites import discover_sites, unresolved_tensors, with_measured_shapes
 
-    found = [s for s in discover_sites(load_model(model)) if not kinds or s.kind.value in kinds]
+    proto = load_model(model)
+    if data_path is not None:
+        proto = with_measured_shapes(proto, batch_of(load_npz(data_path), 0, 512))
+    found = [s for s in discover_sites(proto) if not kinds or s.kind.value in kinds]
+    unknown = [] if kinds and "activation" not in kinds else unresolved_tensors(proto)
     if as_json:
-        click.echo(json.dumps([s.to_json() for s in found], indent=1))
+        click.echo(json.dumps([*(s.to_json() for s in found),
+                               *({"name": n, "kind": "activation", "shape": "?",
+                                  "dtype": "?", "unresolved": True} for n in unknown)],
+                              indent=1))
         return
     rows = [[s.name, s.kind.value, s.op_type, s.dtype, str(s.bits), _shape_text(s.shape),
              "?" if s.elements is None else str(s.elements),
              "" if s.sparsity is None else f"{s.sparsity:.3f}", _site_notes(s)]
             for s in found]
+    rows += [[n, "activation", "?", "?", "?", "?", "?", "",
+              "shape not inferable: give --data to measure it"] for n in unknown]
     click.echo(_table(rows, ["name", "kind", "op", "dtype", "bits", "shape", "elements",
                              "sparsity", "notes"]))
     n_w = sum(s.kind.value == "weight" for s in found)
     params = sum(s.elements or 0 for s in found if s.kind.value == "weight")
     click.echo(f"{len(found)} sites: {n_w} weights ({params} parameters), "
-               f"{len(found) - n_w} activations/inputs", err=True)
+               f"{len(found) - n_w} activations/inputs"
+               + (f", {len(unknown)} tensor(s) of unknown shape (not sites without --data)"
+                  if unknown else ""), err=True)
 
 
 @main.command()

@@ -153,18 +153,100 @@ def _weight_site(name: str, source: str, tensor: onnx.TensorProto, consumers: li
                      tuple(int(x) for x in arr.shape), d.name, d.bits, int(arr.size), zeros)
 
 
-def discover_sites(model: onnx.ModelProto) -> list[FaultSite]:
+def unresolved_tensors(model: onnx.ModelProto) -> list[str]:
+    """Main-graph tensors (node outputs) whose type or shape ONNX shape inference cannot
+    give (outputs of ``com.microsoft`` or ``ai.onnx.ml`` ops, of ``Loop``, anything after
+    them): sites only once measured (:func:`measure_tensors`)."""
+    g = infer_shapes(model).graph
+    typed = {vi.name for vi in [*g.input, *g.value_info, *g.output]
+             if vi.type.tensor_type.elem_type and _shape_of(vi) is not None}
+    return [o for n in g.node if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx"))
+            for o in n.output if o and o not in typed]
+
+
+def measure_tensors(model: onnx.ModelProto, names: list[str],
+                    sample: dict[str, np.ndarray]) -> dict[str, tuple[np.dtype, tuple[Dim, ...]]]:
+    """dtype and shape of the tensors ``names``, measured by running ``model`` with them as
+    outputs on ``sample`` (one batch of the data) and on its first sample alone: a dimension
+    that follows the batch becomes the symbolic ``"batch"``. Tensors onnxruntime cannot
+    hand back (sequences, maps) are left out.
+
+    Raises:
+        EnpheephError: onnxruntime cannot run the model on ``sample``.
+    """
+    from .runtime import batch_of, make_session, run_session, sample_count, session_options
+    from .suffix import exposed
+
+    if not names:
+        return {}
+    sess = make_session(exposed(model, names), "cpu", session_options())
+    wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
+    feeds = {i.name: sample[i.name] for i in sess.get_inputs() if i.name in sample}
+    n = sample_count(feeds)
+    try:
+        full = run_session(sess, wanted, feeds)
+    except EnpheephError:  # e.g. a model with a fixed batch of 1: one sample, static dims
+        feeds, n = batch_of(feeds, 0, 1), 1
+        full = run_session(sess, wanted, feeds)
+    one = run_session(sess, wanted, batch_of(feeds, 0, 1)) if n > 1 else full
+    out: dict[str, tuple[np.dtype, tuple[Dim, ...]]] = {}
+    for name, a, b in zip(wanted, full, one, strict=True):
+        if not isinstance(a, np.ndarray):
+            continue
+        dims: tuple[Dim, ...] = tuple(
+            "batch" if n > 1 and i == 0 and da == n and db == 1 else int(da)
+            for i, (da, db) in enumerate(zip(a.shape, np.shape(b), strict=False)))
+        if len(dims) == a.ndim:
+            out[name] = (a.dtype, dims)
+    return out
+
+
+def with_measured_shapes(model: onnx.ModelProto, sample: dict[str, np.ndarray]
+                         ) -> onnx.ModelProto:
+    """``model`` with ``value_info`` for the tensors shape inference cannot type, measured
+    on ``sample`` (:func:`measure_tensors`), so that every later step (sites, segment
+    extraction, fault feeds) knows them; ``model`` itself when there are none.
+
+    Raises:
+        EnpheephError: onnxruntime cannot run the model on ``sample``.
+    """
+    measured = measure_tensors(model, unresolved_tensors(model), sample)
+    if not measured:
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    known = {v.name for v in m.graph.value_info}
+    m.graph.value_info.extend(
+        onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dt),
+                                           list(dims))
+        for name, (dt, dims) in measured.items() if name not in known)
+    return m
+
+
+def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None = None
+                   ) -> list[FaultSite]:
     """All fault sites of ``model``'s main graph: weights, then inputs, then activations in
     graph order.
 
     Weights are read from initializers and ``Constant`` nodes (``value`` attribute);
-    activation and input shapes come from ONNX shape inference (symbolic dims kept).
+    activation and input shapes come from ONNX shape inference (symbolic dims kept). A
+    tensor inference cannot type (:func:`unresolved_tensors`) is a site when ``sample`` (a
+    batch of model inputs) is given, with the dtype and shape measured on it
+    (:func:`measure_tensors`); without it, it is left out (``sites`` lists it as ``?``).
+
+    Raises:
+        EnpheephError: onnxruntime cannot run the model on ``sample``.
     """
     inferred = infer_shapes(model)
     g = inferred.graph
     infos: dict[str, onnx.ValueInfoProto] = {}
     for vi in [*g.input, *g.value_info, *g.output]:
         infos.setdefault(vi.name, vi)
+    measured = {} if sample is None else measure_tensors(
+        model, unresolved_tensors(model), sample)
+    for name, (dt, dims) in measured.items():
+        infos[name] = onnx.helper.make_tensor_value_info(
+            name, onnx.helper.np_dtype_to_tensor_dtype(dt), list(dims))
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in g.node:
         for i in n.input:

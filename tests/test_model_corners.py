@@ -182,3 +182,57 @@ def test_a_faulty_run_that_onnxruntime_aborts_is_a_due(tmp_path: Path) -> None:
     res = json.loads(r.stdout)
     assert [t["due"] for t in res["trials"]] == [4, 4]
     assert res["mean_accuracy"] == 0.0 and res["golden_accuracy"] == 1.0
+
+
+def _gelu_model() -> onnx.ModelProto:
+    """``y = Relu(com.microsoft.Gelu(x @ W))``: ONNX shape inference knows nothing after the
+    contrib op, so ``g`` has no inferred type or shape."""
+    w = onnx.numpy_helper.from_array(
+        np.random.default_rng(5).standard_normal((4, 6)).astype(np.float32), "W")
+    g = h.make_graph(
+        [h.make_node("MatMul", ["x", "W"], ["mm"]),
+         h.make_node("Gelu", ["mm"], ["g"], domain="com.microsoft"),
+         h.make_node("Relu", ["g"], ["y"])], "gelu",
+        [h.make_tensor_value_info("x", F, ["N", 4])],
+        [h.make_tensor_value_info("y", F, ["N", 6])], [w])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17),
+                                       h.make_opsetid("com.microsoft", 1)])
+    m.ir_version = 9
+    return m
+
+
+def test_tensors_of_unknown_shape_are_measured_on_the_data(tmp_path: Path) -> None:
+    m = _gelu_model()
+    path = tmp_path / "gelu.onnx"
+    onnx.save(m, path)
+    np.savez(tmp_path / "x.npz", x=X)
+    r = CliRunner().invoke(main, ["sites", str(path), "--json"])
+    listed = {d["name"]: d for d in json.loads(r.stdout)}
+    assert listed["g"]["shape"] == "?" and listed["g"]["unresolved"]
+    r = CliRunner().invoke(main, ["sites", str(path), "--json", "--data",
+                                  str(tmp_path / "x.npz")])
+    listed = {d["name"]: d for d in json.loads(r.stdout)}
+    assert listed["g"]["shape"] == ["batch", 6] and listed["g"]["dtype"] == "float32"
+    # a campaign measures them too, and faults on them are exact
+    labels = np.argmax(make_session(m).run(None, {"x": X})[0], 1)
+    np.savez(tmp_path / "d.npz", x=X, labels=labels)
+    r = CliRunner().invoke(main, ["campaign", str(path), "--data", str(tmp_path / "d.npz"),
+                                  "--kinds", "activation", "--sites", "g", "--trials", "3",
+                                  "--json", "--no-progress", "--seed", "1"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert all(t["n_faults"] == 1 for t in res["trials"])
+    from enpheeph_onnx.sites import with_measured_shapes
+
+    mm = with_measured_shapes(m, {"x": X[:5]})
+    e = FaultEngine(mm, [s for s in discover_sites(mm) if s.name == "g"])
+    f = [Fault("g", (7, 2), FaultModel.BIT_FLIP, (30,))]
+    gelu = make_session(exposed_model(m, "g")).run(["g"], {"x": X})[0]
+    gelu.view(np.uint32)[7, 2] ^= np.uint32(1 << 30)
+    assert e.run({"x": X}, f, batch_size=4)["y"].tobytes() == np.maximum(gelu, 0).tobytes()
+
+
+def exposed_model(m: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    from enpheeph_onnx.suffix import exposed
+
+    return exposed(m, [name])

@@ -26,8 +26,8 @@ from ..errors import EnpheephError, RunFailure
 from ..faultset import FaultSet
 from ..model import ModelSource, load_model, model_sha256
 from ..rewrite import validate_fault_set
-from ..runtime import check_feeds, fixed_batch, option_entries, session_options
-from ..sites import FaultSite, discover_sites, site_map
+from ..runtime import batch_of, check_feeds, fixed_batch, option_entries, session_options
+from ..sites import FaultSite, discover_sites, site_map, with_measured_shapes
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
 from .config import CampaignConfig
@@ -236,6 +236,11 @@ class _Run:
         self.model, self.data, self.db, self.resume = model, data, db, resume
         self.proto = load_model(model)
         self.sha = model_sha256(model)
+        # tensors shape inference cannot type (com.microsoft, ai.onnx.ml, Loop outputs):
+        # measured on the first batch, so they are sites too
+        n = len(data)
+        first = batch_of(data.inputs, 0, min(n, config.batch_size))
+        self.proto = with_measured_shapes(self.proto, first)
         self.all_sites = discover_sites(self.proto)
         self.config, self.sites, self.source = _source(self.proto, self.sha, self.all_sites,
                                                        config, plan, len(data))

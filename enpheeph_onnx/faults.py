@@ -268,7 +268,17 @@ def parse_bits(text: str) -> tuple[int, ...]:
     """Parse a bit list such as ``"30"``, ``"23,24"``, ``"0-7,31"``.
 
     Raises:
-        EnpheephError: malformed text or a reversed range.
+        EnpheephError: malformed text, a reversed range, or a bit beyond 63.
+    """
+    return parse_ranges(text, 63)
+
+
+def parse_ranges(text: str, highest: int | None = None) -> tuple[int, ...]:
+    """Parse a list of numbers and ranges (``"3"``, ``"1,4"``, ``"0-7,31"``), each at most
+    ``highest`` (checked before anything is expanded).
+
+    Raises:
+        EnpheephError: malformed text, a reversed range, a number beyond ``highest``.
     """
     out: set[int] = set()
     for part in text.split(","):
@@ -280,9 +290,11 @@ def parse_bits(text: str) -> tuple[int, ...]:
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
             raise EnpheephError(f"bit range {part!r} is reversed: write it low-high")
-        if hi > 63:
+        if highest == 63 and hi > 63:
             raise EnpheephError(f"bit {hi} does not exist: elements have at most 64 bits "
                                 "(0-63)")
+        if highest is not None and hi > highest:
+            raise EnpheephError(f"{hi} in {text!r} is beyond the largest allowed, {highest}")
         out.update(range(lo, hi + 1))
     return tuple(sorted(out))
 

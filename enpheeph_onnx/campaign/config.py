@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EnpheephError
-from ..faults import FaultModel, format_bits, parse_bits
+from ..faults import FaultModel, format_bits, parse_bits, parse_ranges
 from ..runtime import Optimization, Provider
 from ..sites import FaultSite, SiteKind
 
@@ -359,7 +359,7 @@ def parse_steps(text: str) -> tuple[int, ...] | None:
     if t in ("all", "*"):
         return None
     try:
-        return parse_bits(t)
+        return parse_ranges(t, 1_000_000)
     except EnpheephError:
         raise EnpheephError(f"malformed time steps {text!r}: use '3', '3-5', '1,4' or 'all'"
                             ) from None

@@ -40,7 +40,7 @@ from .chain import ChainUnavailable, ValueChain, apply_in_place, batch_rows
 from .errors import EnpheephError
 from .faults import Fault
 from .faultset import FaultSet, fold
-from .held import HeldWeights
+from .held import HeldWeights, weight_constants
 from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
 from .rewrite import FAULT_DOMAIN
 from .runtime import (
@@ -178,21 +178,9 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
     if value_sites:
         m = ensure_opset(m)
     clamp_ir_version(m)
-    g = m.graph
     weight_names = {s.name for s in sites if s.kind is SiteKind.WEIGHT}
-    # Constant-node weights become initializers, so they can be overridden.
-    keep_nodes = []
-    for n in g.node:
-        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and n.output[0] in weight_names:
-            t = onnx.TensorProto()
-            t.CopyFrom(next(a.t for a in n.attribute if a.name == "value"))
-            t.name = n.output[0]
-            g.initializer.append(t)
-        else:
-            keep_nodes.append(n)
-    if len(keep_nodes) != len(g.node):
-        del g.node[:]
-        g.node.extend(keep_nodes)
+    m = weight_constants(m, weight_names)  # so that Constant-node weights can be overridden
+    g = m.graph
     listed = {i.name for i in g.input}
     for t in g.initializer:
         if t.name in weight_names and t.name not in listed:

@@ -851,10 +851,11 @@ class FaultEngine:
                          ) -> float:
         """How far this engine's golden outputs for ``data`` lie from a plain onnxruntime
         session of the unmodified model at the same optimization level: the largest
-        absolute difference over every output element (0.0 where they are bit-identical,
-        as they are at ``EXTENDED`` and for activation/input campaigns; at ``ALL`` a
-        weight campaign's fed weights are not pre-packed, see
-        :meth:`enpheeph_onnx.held.HeldWeights.deviation`)."""
+        absolute difference over every output element (0.0 where they are bit-identical).
+        Non-zero where the campaign's graph has other fusion boundaries than the model's:
+        at ``EXTENDED``, overridable weights that onnxruntime would otherwise fold (a
+        ``BatchNormalization`` into the ``Conv`` before it); at ``ALL``, fed weights that
+        are not pre-packed (:meth:`enpheeph_onnx.held.HeldWeights.deviation`)."""
         if self._held is not None:
             return self._held.deviation(data, batch_size)
         rc = self.runtime_chain(data, batch_size)
@@ -866,7 +867,8 @@ class FaultEngine:
                 self._runtime_chain = None
                 return 0.0
             return deviation(ref, self.source, data, batch_size, self.provider, self.threads)
-        return 0.0
+        return deviation(self.run(data, FaultSet.empty(), batch_size), self.source, data,
+                         batch_size, self.provider, self.threads, self.optimization)
 
 
 SUFFIX_WORTH = 0.7

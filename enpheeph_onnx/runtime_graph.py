@@ -301,12 +301,13 @@ def place_values(source: onnx.ModelProto, runtime: onnx.ModelProto,
 
 def deviation(outputs: Mapping[str, np.ndarray], source: onnx.ModelProto,
               data: Mapping[str, np.ndarray], batch_size: int | None, provider: Provider,
-              threads: int | None) -> float:
+              threads: int | None, optimization: Optimization = Optimization.ALL) -> float:
     """The largest absolute difference, over every element of ``outputs`` (a campaign's
-    golden outputs for ``data``), from a default onnxruntime session of the unmodified
-    ``source`` at ``ORT_ENABLE_ALL`` with pre-packing, run in the same batches (0.0:
-    bit-identical up to signed zeros; ``nan`` where only one of them is NaN)."""
-    sess = make_session(source, provider, base_options(threads, Optimization.ALL))
+    golden outputs for ``data``), from a plain onnxruntime session of the unmodified
+    ``source`` at ``optimization`` (``ALL``: a default session, with pre-packing), run in
+    the same batches (0.0: bit-identical up to signed zeros; ``nan`` where only one of them
+    is NaN)."""
+    sess = make_session(source, provider, base_options(threads, optimization))
     inputs = {i.name for i in sess.get_inputs()}
     n = sample_count(data)
     step = batch_size or n

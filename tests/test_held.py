@@ -249,3 +249,19 @@ def test_held_runs_whole_where_no_cut_has_tensors() -> None:
     got = held.run(x, FaultSet.from_faults(f))["y"]
     want = held.session.run(None, {**x, **_held_values(inject(m, f).model, set(held.values))})
     assert got.tobytes() == want[1].tobytes()
+
+
+def test_golden_deviation_is_measured_at_extended_too() -> None:
+    """Issue 9 (a): at EXTENDED a weight campaign makes weights overridable, which keeps
+    onnxruntime from folding a BatchNormalization into the Conv; the campaign's golden
+    then differs from the model's, and that difference is measured (0 without BN)."""
+    x = _data(8)
+    for bn in (False, True):
+        m = _cnn(bn=bn)
+        sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
+        e = FaultEngine(m, sites)
+        plain = make_session(m).run(None, x)[0]
+        got = e.run(x, [])["logits"]
+        dev = e.golden_deviation(x)
+        assert dev == pytest.approx(float(np.abs(got - plain).max()), abs=0)
+        assert (dev > 0) == bn

@@ -310,10 +310,11 @@ class _Run:
         self.golden_acc = None if labels is None else float(
             np.mean(correct(self.golden_out[self.output], labels)))
         if self.deviation != 0.0:
-            log.warning("the campaign's golden outputs differ from a default onnxruntime "
-                        "session of the unmodified model by up to %.3g (a weight fed to "
-                        "onnxruntime is not pre-packed); trials are judged against the "
-                        "campaign's own golden run", self.deviation)
+            log.warning("the campaign's golden outputs differ from a plain onnxruntime "
+                        "session of the unmodified model by up to %.3g (its overridable or "
+                        "fed weights keep onnxruntime from folding or pre-packing them); "
+                        "trials are judged against the campaign's own golden run",
+                        self.deviation)
         if self.db is not None and self.created:
             self.meta["providers"] = self.engine.providers
             self.meta["golden_deviation"] = self.deviation

@@ -59,7 +59,8 @@ def load_model(src: ModelSource) -> onnx.ModelProto:
             ) from None
     if not model.HasField("graph") or not model.graph.node:
         raise EnpheephError(f"{where} is not an ONNX model: it holds no graph nodes")
-    model = drop_stale_value_info(merge_opset_imports(model, where), where)
+    model = hoist_subgraph_weights(drop_stale_value_info(merge_opset_imports(model, where),
+                                                         where))
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -154,6 +155,105 @@ def drop_stale_value_info(model: onnx.ModelProto, where: str = "the model") -> o
     keep = [v for v in m.graph.value_info if v.name not in set(stale)]
     del m.graph.value_info[:]
     m.graph.value_info.extend(keep)
+    return m
+
+
+def _bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    out = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append((a.name, a.g))
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend((f"{a.name}{i}", g) for i, g in enumerate(a.graphs))
+    return out
+
+
+def _rename_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
+    """Reads of ``renamed`` tensors in ``graph``'s nodes and nested bodies point to the new
+    names; a nested body defining such a name itself shadows it."""
+    for n in graph.node:
+        for k, name in enumerate(n.input):
+            if name in renamed:
+                n.input[k] = renamed[name]
+        for _, body in _bodies(n):
+            own = ({i.name for i in body.input} | {t.name for t in body.initializer}
+                   | {o for m in body.node for o in m.output})
+            live = {k: v for k, v in renamed.items() if k not in own}
+            if live:
+                _rename_reads(body, live)
+    for o in graph.output:
+        if o.name in renamed:  # a body output that is the weight itself
+            graph.node.append(onnx.helper.make_node("Identity", [renamed[o.name]], [o.name]))
+
+
+def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the weights of its ``If``/``Loop``/``Scan`` bodies (initializers and
+    ``Constant`` nodes there, at any depth) moved to the main graph under path names,
+    ``<node>/<attribute>/<name>`` (e.g. ``If_0/then_branch/W``); the bodies read them from
+    the outer scope, which computes the same (ONNX IR spec: a body may read any tensor of
+    an enclosing scope). So they are fault sites like any weight: listed, injected, fed
+    in campaigns. ``model`` itself when no body holds a weight.
+    """
+    def has_weights(g: onnx.GraphProto) -> bool:
+        return any(bool(b.initializer) or any(x.op_type == "Constant" for x in b.node)
+                   or has_weights(b) for n in g.node for _, b in _bodies(n))
+
+    if not has_weights(model.graph):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    taken = ({t.name for t in m.graph.initializer} | {i.name for i in m.graph.input}
+             | {o for n in m.graph.node for o in n.output})
+    hoisted: list[onnx.TensorProto] = []
+
+    def unique(name: str) -> str:
+        out, k = name, 1
+        while out in taken:
+            out, k = f"{name}_{k}", k + 1
+        taken.add(out)
+        return out
+
+    def visit(g: onnx.GraphProto, prefix: str) -> None:
+        for i, n in enumerate(g.node):
+            label = n.name or f"{n.op_type}_{i}"
+            for attr, body in _bodies(n):
+                path = f"{prefix}{label}/{attr}/"
+                renamed: dict[str, str] = {}
+                formal = {v.name for v in body.input}  # positional: they stay
+                stay = [t for t in body.initializer if t.name in formal]
+                for t in body.initializer:
+                    if t.name in formal:
+                        continue
+                    new = unique(path + t.name)
+                    renamed[t.name] = new
+                    c = onnx.TensorProto()
+                    c.CopyFrom(t)
+                    c.name = new
+                    hoisted.append(c)
+                keep = []
+                for x in body.node:
+                    value = next((a.t for a in x.attribute if a.name == "value"), None)
+                    if x.op_type == "Constant" and x.domain in ("", "ai.onnx") and value:
+                        new = unique(path + x.output[0])
+                        renamed[x.output[0]] = new
+                        c = onnx.TensorProto()
+                        c.CopyFrom(value)
+                        c.name = new
+                        hoisted.append(c)
+                    else:
+                        keep.append(x)
+                del body.initializer[:]
+                body.initializer.extend(stay)
+                del body.node[:]
+                body.node.extend(keep)
+                if renamed:
+                    _rename_reads(body, renamed)
+                visit(body, path)
+
+    visit(m.graph, "")
+    m.graph.initializer.extend(hoisted)
+    log.info("%d weight(s) of If/Loop/Scan bodies moved to the main graph (e.g. %r)",
+             len(hoisted), hoisted[0].name if hoisted else "")
     return m
 
 

@@ -248,10 +248,18 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
         infos[name] = onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(dt), list(dims))
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
-    for n in g.node:
-        for i in n.input:
-            if i:
-                consumers[i].append(n)
+
+    def readers(nodes: Sequence[onnx.NodeProto]) -> None:  # bodies read outer tensors too
+        for n in nodes:
+            for i in n.input:
+                if i:
+                    consumers[i].append(n)
+            for a in n.attribute:
+                for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                             a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                    readers(body.node)
+
+    readers(g.node)
 
     sites: list[FaultSite] = []
     seen: set[str] = set()

@@ -135,3 +135,55 @@ def test_ir3_initializers_stay_constants_after_the_upgrade() -> None:
         f = [Fault(kind, (0, 0, 0, 0), FaultModel.BIT_FLIP, (3,))]
         assert e.run(x, f)["y"].tobytes() == make_session(inject(m, f).model).run(
             None, x)[0].tobytes()
+
+
+def _if_with_body_weights() -> onnx.ModelProto:
+    """``y = If(c, then: x @ W1 (a body initializer), else: x * k (a body Constant))``."""
+    rng = np.random.default_rng(2)
+    w1 = onnx.numpy_helper.from_array(rng.standard_normal((4, 4)).astype(np.float32), "W1")
+    k = onnx.numpy_helper.from_array(np.full((1, 4), 1.5, np.float32), "k")
+    then = h.make_graph([h.make_node("MatMul", ["x", "W1"], ["t"])], "then", [],
+                        [h.make_tensor_value_info("t", F, None)], [w1])
+    other = h.make_graph([h.make_node("Constant", [], ["k"], value=k),
+                          h.make_node("Mul", ["x", "k"], ["e"])], "else", [],
+                         [h.make_tensor_value_info("e", F, None)])
+    g = h.make_graph([h.make_node("If", ["cond"], ["y"], name="gate", then_branch=then,
+                                  else_branch=other)], "body_weights",
+                     [h.make_tensor_value_info("x", F, ["N", 4]),
+                      h.make_tensor_value_info("cond", TensorProto.BOOL, [1])],
+                     [h.make_tensor_value_info("y", F, ["N", 4])])
+    return _model(g)
+
+
+def test_weights_inside_bodies_are_sites_and_can_be_faulted() -> None:
+    """Issue 9: weights of If/Loop/Scan bodies were no sites. They are listed under path
+    names and faulted by inject and by campaigns, exactly (numpy reference)."""
+    from enpheeph_onnx.model import load_model
+
+    m = load_model(_if_with_body_weights())
+    sites = {s.name: s for s in discover_sites(m)}
+    assert {"gate/then_branch/W1", "gate/else_branch/k"} <= set(sites)
+    then = next(a.g for a in _if_with_body_weights().graph.node[0].attribute
+                if a.name == "then_branch")
+    w1 = onnx.numpy_helper.to_array(then.initializer[0])
+    f = [Fault("gate/then_branch/W1", (2, 3), FaultModel.BIT_FLIP, (30,))]
+    bad = w1.copy()
+    bad.view(np.uint32)[2, 3] ^= np.uint32(1 << 30)
+    feeds = {"x": X, "cond": np.array([True])}
+    want = (X @ bad).astype(np.float32)
+    got = make_session(inject(m, f).model).run(None, feeds)[0]
+    # the faulty weight (bit 30 flipped: its exponent moves by 128) reaches the product
+    assert np.allclose(got, want, rtol=1e-5) and not np.allclose(got, X @ w1, rtol=1e-3)
+    e = FaultEngine(m, [sites["gate/then_branch/W1"], sites["gate/else_branch/k"]])
+    assert e.run(feeds, f)["y"].tobytes() == got.tobytes()
+    fk = [Fault("gate/else_branch/k", (0, 1), FaultModel.STUCK_AT_1, (31,))]
+    feeds["cond"] = np.array([False])
+    want = X * np.array([[1.5, -1.5, 1.5, 1.5]], np.float32)
+    assert make_session(inject(m, fk).model).run(None, feeds)[0].tobytes() == want.tobytes()
+    assert e.run(feeds, fk)["y"].tobytes() == want.tobytes()
+    # an empty plan computes what the source model computes
+    src = make_session(_if_with_body_weights())
+    for c in (True, False):
+        feeds["cond"] = np.array([c])
+        assert make_session(inject(m, []).model).run(None, feeds)[0].tobytes() == src.run(
+            None, feeds)[0].tobytes()

@@ -19,7 +19,7 @@ from enpheeph_onnx.store import ResultStore
 from .conftest import DATA, MODEL
 
 ARGS = ["campaign", str(MODEL), "--data", str(DATA), "--fault-rate", "1e-7:1e-1:2",
-        "--trials", "100", "--seed", "5", "--no-progress"]
+        "--trials", "500", "--seed", "5", "--no-progress"]
 
 
 def _table(db: Path) -> dict[str, object]:
@@ -35,6 +35,19 @@ def _table(db: Path) -> dict[str, object]:
             "first_faults": list(t.first_faults), "faults": faults}
 
 
+def _done(db: Path) -> int:
+    """Trials stored so far (read while a campaign may be writing: WAL journal)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM trial").fetchone()[0])
+    except sqlite3.Error:  # the schema is not written yet
+        return 0
+
+
 def _cli(*extra: str) -> list[str]:
     return [sys.executable, "-m", "enpheeph_onnx", *ARGS, *extra]
 
@@ -46,21 +59,22 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
     subprocess.run(_cli("--db", str(whole)), check=True, capture_output=True, timeout=300)
     db = tmp_path / "killed.sqlite"
     rng = np.random.default_rng(0)
-    kills, progress = 0, []
+    kills, progress = 0, [0]
     while kills < 5:
         p = subprocess.Popen(_cli("--db", str(db), "--resume"), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL, start_new_session=True)
-        time.sleep(float(rng.uniform(1.2, 2.6)))  # start-up takes ~1.5 s, trials ~3 s
+        # wait until this run has stored a trial, then kill at a random moment after it
+        deadline = time.monotonic() + 60
+        while p.poll() is None and time.monotonic() < deadline and _done(db) <= progress[-1]:
+            time.sleep(0.02)
+        time.sleep(float(rng.uniform(0.0, 0.4)))
         if p.poll() is not None:
             break  # it finished first
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         kills += 1
-        if db.exists():
-            store = ResultStore.open(db)
-            progress.append(len(store.done_trials()))
-            store.close()
-    assert kills == 5 and progress and max(progress) > 0, progress
+        progress.append(_done(db))
+    assert kills == 5 and progress == sorted(progress) and progress[-1] > 0, progress
     subprocess.run(_cli("--db", str(db), "--resume"), check=True, capture_output=True,
                    timeout=300)
     assert _table(db) == _table(whole)

@@ -41,7 +41,7 @@ from .errors import EnpheephError
 from .faults import Fault
 from .faultset import FaultSet, fold
 from .held import HeldWeights, weight_constants
-from .model import TARGET_OPSET, clamp_ir_version, ensure_opset
+from .model import TARGET_OPSET, clamp_ir_version, ensure_opset, rename_outer_reads
 from .rewrite import FAULT_DOMAIN
 from .runtime import (
     Optimization,
@@ -277,29 +277,6 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
             m.opset_import.append(helper.make_opsetid(FAULT_DOMAIN, 1))
     onnx.checker.check_model(m)
     return m, ports
-
-
-def rename_outer_reads(body: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
-    """Point the reads of outer-scope tensors ``renamed`` (old name -> new) inside ``body``
-    and its nested bodies to their new names, in place; a name the body defines itself
-    (input, initializer, node output) shadows the outer one (ONNX IR spec, "Names
-    Within a Graph": nested scopes)."""
-    own = ({i.name for i in body.input} | {t.name for t in body.initializer}
-           | {o for n in body.node for o in n.output})
-    live = {k: v for k, v in renamed.items() if k not in own}
-    if not live:
-        return
-    for n in body.node:
-        for k, name in enumerate(n.input):
-            if name in live:
-                n.input[k] = live[name]
-        for a in n.attribute:
-            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
-                        a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
-                rename_outer_reads(sub, live)
-    for o in body.output:
-        if o.name in live:  # a body output passing the outer tensor through
-            body.node.append(helper.make_node("Identity", [live[o.name]], [o.name]))
 
 
 @dataclass

@@ -176,14 +176,22 @@ def _rename_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
             if name in renamed:
                 n.input[k] = renamed[name]
         for _, body in _bodies(n):
-            own = ({i.name for i in body.input} | {t.name for t in body.initializer}
-                   | {o for m in body.node for o in m.output})
-            live = {k: v for k, v in renamed.items() if k not in own}
-            if live:
-                _rename_reads(body, live)
+            rename_outer_reads(body, renamed)
     for o in graph.output:
-        if o.name in renamed:  # a body output that is the weight itself
+        if o.name in renamed:  # a body output passing the renamed tensor through
             graph.node.append(onnx.helper.make_node("Identity", [renamed[o.name]], [o.name]))
+
+
+def rename_outer_reads(body: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
+    """Point the reads of outer-scope tensors ``renamed`` (old name -> new) inside ``body``
+    and its nested bodies to their new names, in place; a name the body defines itself
+    (input, initializer, node output) shadows the outer one (ONNX IR spec, "Names
+    Within a Graph": nested scopes)."""
+    own = ({i.name for i in body.input} | {t.name for t in body.initializer}
+           | {o for m in body.node for o in m.output})
+    live = {k: v for k, v in renamed.items() if k not in own}
+    if live:
+        _rename_reads(body, live)
 
 
 def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -245,9 +245,13 @@ def sites(model: Path, as_json: bool, kinds: tuple[str, ...], data_path: Path | 
 @click.option("-o", "--output", "out", required=True,
               type=click.Path(dir_okay=False, path_type=Path), help="Faulty model to write.")
 @fault_options
+@click.option("--data", "data_path", type=click.Path(exists=True, dir_okay=False,
+                                                     path_type=Path),
+              help="Inputs (.npz) to measure the tensors whose shape ONNX cannot infer on, "
+                   "so that they can be faulted (as campaigns do).")
 @json_option
 def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path | None,
-           as_json: bool) -> None:
+           data_path: Path | None, as_json: bool) -> None:
     """Write a faulty copy of MODEL that runs in stock onnxruntime.
 
     Weight faults perturb the stored tensors; activation and input faults insert fault
@@ -257,9 +261,14 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
 
     if not fault_exprs and plan_path is None:
         raise EnpheephError("no faults given: add --fault EXPR or --plan PLAN.json")
-    _refuse_overwrite(out, model, plan_path)
+    _refuse_overwrite(out, model, plan_path, data_path)
     plan = _plan(fault_exprs, plan_path)
-    res = do_inject(model, plan)
+    sample = None
+    if data_path is not None:
+        from .runtime import batch_of, load_npz
+
+        sample = batch_of(load_npz(data_path), 0, 512)
+    res = do_inject(model, plan, sample)
     res.save(out)
     if as_json:
         click.echo(json.dumps({
@@ -382,6 +391,8 @@ def _load_toml_config(ctx: click.Context, param: click.Parameter, value: Path | 
         data = tomllib.loads(Path(value).read_text())
     except OSError as e:
         raise EnpheephError(f"cannot read config {value}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise EnpheephError(f"config {value} is not UTF-8 text (TOML)") from None
     except tomllib.TOMLDecodeError as e:
         raise EnpheephError(f"config {value} is not valid TOML: {e}") from None
     data = data.get("campaign", data)

@@ -107,7 +107,11 @@ class FaultSet:
         index = np.zeros((k, rank), np.int64)
         for r, f in enumerate(faults):
             if f.index:
-                index[r, :len(f.index)] = [-1 if i is None else i for i in f.index]
+                try:
+                    index[r, :len(f.index)] = [-1 if i is None else i for i in f.index]
+                except OverflowError:
+                    raise EnpheephError(f"fault index {list(f.index)} on {f.site!r} is beyond "
+                                        "any tensor (coordinates are 64-bit)") from None
         if any(b > 63 for f in faults for b in f.bits):
             raise EnpheephError("a fault bit beyond 63 does not exist in any element type")
         masks = np.array([sum(1 << b for b in f.bits) for f in faults], dtype=np.uint64)

@@ -221,16 +221,20 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
         taken.add(out)
         return out
 
-    def visit(g: onnx.GraphProto, prefix: str) -> None:
+    def visit(g: onnx.GraphProto, prefix: str, outer: set[str]) -> None:
+        scope = outer | {t.name for t in g.initializer} | {v.name for v in g.input} | {
+            o for n in g.node for o in n.output}
         for i, n in enumerate(g.node):
             label = n.name or f"{n.op_type}_{i}"
             for attr, body in _bodies(n):
                 path = f"{prefix}{label}/{attr}/"
                 renamed: dict[str, str] = {}
                 formal = {v.name for v in body.input}  # positional: they stay
-                stay = [t for t in body.initializer if t.name in formal]
+                # a body initializer named like a tensor of an enclosing scope: onnxruntime
+                # reads the outer one (measured), so it stays, as it is, and is no site
+                stay = [t for t in body.initializer if t.name in formal or t.name in scope]
                 for t in body.initializer:
-                    if t.name in formal:
+                    if t.name in formal or t.name in scope:
                         continue
                     new = unique(path + t.name)
                     renamed[t.name] = new
@@ -241,7 +245,8 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
                 keep = []
                 for x in body.node:
                     value = next((a.t for a in x.attribute if a.name == "value"), None)
-                    if x.op_type == "Constant" and x.domain in ("", "ai.onnx") and value:
+                    if (x.op_type == "Constant" and x.domain in ("", "ai.onnx") and value
+                            and x.output[0] not in scope):
                         new = unique(path + x.output[0])
                         renamed[x.output[0]] = new
                         c = onnx.TensorProto()
@@ -256,9 +261,9 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
                 body.node.extend(keep)
                 if renamed:
                     _rename_reads(body, renamed)
-                visit(body, path)
+                visit(body, path, scope)
 
-    visit(m.graph, "")
+    visit(m.graph, "", set())
     m.graph.initializer.extend(hoisted)
     log.info("%d weight(s) of If/Loop/Scan bodies moved to the main graph (e.g. %r)",
              len(hoisted), hoisted[0].name if hoisted else "")

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ from .sites import (
     expand_state_addresses,
     lookup_site,
     site_map,
+    with_measured_shapes,
 )
 
 log = logging.getLogger(__name__)
@@ -475,8 +476,8 @@ PROVENANCE_FAULTS = 1000
 count and the sha256 of their binary encoding (``enpheeph.faults_sha256``)."""
 
 
-def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault]
-           ) -> InjectionResult:
+def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault],
+           sample: Mapping[str, np.ndarray] | None = None) -> InjectionResult:
     """Declare faults, get a faulty model.
 
     Args:
@@ -484,6 +485,9 @@ def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault]
         faults: a :class:`FaultPlan`, :class:`~enpheeph_onnx.faultset.FaultSet` (columns:
             millions of faults) or faults, applied in order; empty gives a model whose
             outputs are bit-identical to the source's.
+        sample: a batch of model inputs, to measure the tensors whose shape ONNX cannot
+            infer so they can be faulted too
+            (:func:`enpheeph_onnx.sites.with_measured_shapes`).
 
     Returns:
         :class:`InjectionResult` with the faulty ``ModelProto`` (IR <= 13, opset <= 26,
@@ -504,6 +508,8 @@ def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault]
     sha = model_sha256(model)
     work = onnx.ModelProto()
     work.CopyFrom(source)
+    if sample is not None:
+        work = with_measured_shapes(work, dict(sample))
     found = discover_sites(work)
     sites = site_map(found)
     given: FaultPlan | FaultSet

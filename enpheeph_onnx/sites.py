@@ -16,6 +16,7 @@ subgraphs (``If``/``Loop``/``Scan`` bodies) are not visited.
 from __future__ import annotations
 
 import enum
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -160,6 +161,9 @@ def unresolved_tensors(model: onnx.ModelProto) -> list[str]:
     g = infer_shapes(model).graph
     typed = {vi.name for vi in [*g.input, *g.value_info, *g.output]
              if vi.type.tensor_type.elem_type and _shape_of(vi) is not None}
+    for p in model.metadata_props:  # measured already (with_measured_shapes)
+        if p.key == MEASURED_KEY:
+            typed |= set(json.loads(p.value))
     return [o for n in g.node if not (n.op_type == "Constant" and n.domain in ("", "ai.onnx"))
             for o in n.output if o and o not in typed]
 
@@ -216,11 +220,24 @@ def with_measured_shapes(model: onnx.ModelProto, sample: dict[str, np.ndarray]
     m = onnx.ModelProto()
     m.CopyFrom(model)
     known = {v.name for v in m.graph.value_info}
+    # the graph gets the element types only: declared shapes would be what onnxruntime
+    # plans memory by, and equal symbolic shapes on an ai.onnx.ml op's input and output
+    # made it compute other numbers (review, measured); the shapes go to the metadata
     m.graph.value_info.extend(
         onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(dt),
-                                           list(dims))
-        for name, (dt, dims) in measured.items() if name not in known)
+                                           None)
+        for name, (dt, _) in measured.items() if name not in known)
+    entry = onnx.StringStringEntryProto(key=MEASURED_KEY, value=json.dumps(
+        {name: list(dims) for name, (_, dims) in measured.items()}))
+    kept = [p for p in m.metadata_props if p.key != MEASURED_KEY]
+    del m.metadata_props[:]
+    m.metadata_props.extend([*kept, entry])
     return m
+
+
+MEASURED_KEY = "enpheeph.measured_shapes"
+"""Model metadata entry (JSON ``{tensor: shape}``) with the shapes
+:func:`with_measured_shapes` measured."""
 
 
 def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None = None
@@ -247,6 +264,13 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
     for name, (dt, dims) in measured.items():
         infos[name] = onnx.helper.make_tensor_value_info(
             name, onnx.helper.np_dtype_to_tensor_dtype(dt), list(dims))
+    for p in model.metadata_props:  # shapes measured earlier (with_measured_shapes)
+        if p.key == MEASURED_KEY:
+            for name, dims in json.loads(p.value).items():
+                vi = infos.get(name)
+                if vi is not None and vi.type.tensor_type.elem_type and _shape_of(vi) is None:
+                    infos[name] = onnx.helper.make_tensor_value_info(
+                        name, vi.type.tensor_type.elem_type, dims)
     consumers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
 
     def readers(nodes: Sequence[onnx.NodeProto]) -> None:  # bodies read outer tensors too
@@ -445,6 +469,10 @@ def lookup_site(sites: dict[str, FaultSite], name: str,
     site = sites.get(name)
     if site is None and model is not None:
         other = tensor_types(model).get(name)
+        if other is not None and name in unresolved_tensors(model):
+            raise EnpheephError(
+                f"tensor {name!r} has no shape ONNX can infer, so it is no site yet: give "
+                "the data (--data IN.npz) to measure it on")
         if other is not None:
             from .bits import BY_NAME
 

@@ -129,3 +129,17 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path: Path, where
             e.value = loc
     onnx.save(mm, sub / "evil.onnx")
     assert_user_error(*invoke("sites", sub / "evil.onnx"), "external data refused")
+
+
+def test_a_huge_index_and_a_binary_config_are_user_errors(work: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    monkeypatch.chdir(work)
+    (work / "bad.toml").write_bytes(b"\xff\xfe trials = 3")
+    before = _files(work)
+    assert_user_error(*invoke("inject", "m.onnx", "-o", "o.onnx", "--fault",
+                              "conv1.weight[99999999999999999999999,0,0,0]:bitflip:3"),
+                      "beyond any tensor")
+    assert_user_error(*invoke("campaign", "m.onnx", "--data", "d.npz", "--config",
+                              "bad.toml", "--db", "o.sqlite"), "not UTF-8")
+    assert _files(work) == before

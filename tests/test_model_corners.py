@@ -236,3 +236,42 @@ def exposed_model(m: onnx.ModelProto, name: str) -> onnx.ModelProto:
     from enpheeph_onnx.suffix import exposed
 
     return exposed(m, [name])
+
+
+def test_measured_shapes_do_not_change_what_onnxruntime_computes(tmp_path: Path) -> None:
+    """Review: declared equal symbolic shapes on an ai.onnx.ml Normalizer's input and output
+    made onnxruntime compute other numbers, so the campaign's golden accuracy was 0.56
+    where the model scores 1.0; measured shapes are kept out of the graph."""
+    rng = np.random.default_rng(0)
+    w1 = onnx.numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "W1")
+    w2 = onnx.numpy_helper.from_array(rng.normal(size=(3, 5)).astype(np.float32), "W2")
+    sc = onnx.numpy_helper.from_array(np.array(3.0, np.float32), "sc")
+    g = h.make_graph(
+        [h.make_node("MatMul", ["x", "W1"], ["h1"]),
+         h.make_node("FusedMatMul", ["h1", "W2"], ["h2"], domain="com.microsoft", transB=1),
+         h.make_node("Normalizer", ["h2"], ["n1"], domain="ai.onnx.ml", norm="L2"),
+         h.make_node("Mul", ["n1", "sc"], ["y"])], "fn",
+        [h.make_tensor_value_info("x", F, ["N", 4])],
+        [h.make_tensor_value_info("y", F, ["N", 3])], [w1, w2, sc])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17),
+                                       h.make_opsetid("com.microsoft", 1),
+                                       h.make_opsetid("ai.onnx.ml", 3)])
+    m.ir_version = 8
+    path = tmp_path / "fn.onnx"
+    onnx.save(m, path)
+    x = rng.normal(size=(25, 4)).astype(np.float32)
+    y = make_session(m).run(None, {"x": x})[0]
+    np.savez(tmp_path / "d.npz", x=x, labels=y.argmax(1))
+    r = CliRunner().invoke(main, ["campaign", str(path), "--data", str(tmp_path / "d.npz"),
+                                  "--kinds", "activation", "--trials", "2", "--json",
+                                  "--no-progress"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["golden_accuracy"] == 1.0 and res["golden_deviation"] == 0.0
+    # and the measured tensors can be faulted by inject given the data
+    out = tmp_path / "f.onnx"
+    r = CliRunner().invoke(main, ["inject", str(path), "-o", str(out), "--data",
+                                  str(tmp_path / "d.npz"), "--fault", "n1[0,1]:bitflip:31"])
+    assert r.exit_code == 0, r.output
+    got = make_session(onnx.load(out)).run(None, {"x": x})[0]
+    assert got[0, 1] == -y[0, 1] and np.array_equal(got[1:], y[1:])

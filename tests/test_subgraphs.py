@@ -187,3 +187,31 @@ def test_weights_inside_bodies_are_sites_and_can_be_faulted() -> None:
         feeds["cond"] = np.array([c])
         assert make_session(inject(m, []).model).run(None, feeds)[0].tobytes() == src.run(
             None, feeds)[0].tobytes()
+
+
+def test_a_body_initializer_named_like_an_outer_tensor_stays_in_its_body() -> None:
+    """Review: onnxruntime reads the outer ``W`` where a body holds an initializer of the
+    same name; moving the body's ``W`` out (renamed) changed what the empty plan computes.
+    It stays where it is and is no site."""
+    from enpheeph_onnx.model import load_model
+
+    outer = onnx.numpy_helper.from_array(np.array([0.5, 0.25, 2.0, 1.0], np.float32), "W")
+    inner = onnx.numpy_helper.from_array(np.array([1.0, 2.0, 3.0, 4.0], np.float32), "W")
+    then = h.make_graph([h.make_node("Mul", ["a", "W"], ["t"])], "then", [],
+                        [h.make_tensor_value_info("t", F, None)], [inner])
+    other = h.make_graph([h.make_node("Identity", ["a"], ["e"])], "else", [],
+                         [h.make_tensor_value_info("e", F, None)])
+    g = h.make_graph([h.make_node("Mul", ["x", "W"], ["a"]),
+                      h.make_node("If", ["cond"], ["y"], name="if0", then_branch=then,
+                                  else_branch=other)], "clash",
+                     [h.make_tensor_value_info("x", F, ["N", 4]),
+                      h.make_tensor_value_info("cond", TensorProto.BOOL, [1])],
+                     [h.make_tensor_value_info("y", F, ["N", 4])], [outer])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    feeds = {"x": X, "cond": np.array([True])}
+    want = make_session(m).run(None, feeds)[0]
+    loaded = load_model(m)
+    assert "if0/then_branch/W" not in {s.name for s in discover_sites(loaded)}
+    assert make_session(inject(loaded, []).model).run(None, feeds)[0].tobytes() == \
+        want.tobytes()

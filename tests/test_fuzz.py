@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from enpheeph_onnx.campaign import CampaignPlan, load_dataset
@@ -20,7 +20,9 @@ from enpheeph_onnx.errors import EnpheephError
 from enpheeph_onnx.faults import Fault, FaultModel, FaultPlan, parse_bits, parse_fault
 from enpheeph_onnx.runtime import load_npz
 
-FAST = settings(max_examples=150, deadline=None,
+# derandomized: the same examples on every run (CI stays reproducible); raise
+# max_examples locally to search further
+FAST = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 
 names = st.text(st.characters(whitelist_categories=("Ll", "Lu", "Nd"),
@@ -59,6 +61,8 @@ def test_any_text_is_a_fault_or_a_user_error(text: str) -> None:
 
 @FAST
 @given(st.text(max_size=30))
+@example("NAN")  # found by hypothesis: parse_rates returned (nan,)
+@example("inf:1:2")
 def test_any_bit_list_or_rate_is_parsed_or_refused(text: str) -> None:
     for parse in (parse_bits, parse_rates):
         try:

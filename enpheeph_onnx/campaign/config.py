@@ -328,7 +328,8 @@ def parse_rates(text: str) -> tuple[float, ...]:
             if len(parts) != 3:
                 raise ValueError
             start, stop, per = float(parts[0]), float(parts[1]), float(parts[2])
-            if start <= 0 or stop <= 0 or per <= 0 or stop < start:
+            if not all(math.isfinite(v) for v in (start, stop, per)) or (
+                    start <= 0 or stop <= 0 or per <= 0 or stop < start):
                 raise EnpheephError(
                     f"fault-rate grid {text!r} yields no rate: use START:STOP:POINTS with "
                     "0 < START <= STOP and POINTS (per decade) > 0, e.g. 1e-7:1e-1:2"
@@ -340,7 +341,11 @@ def parse_rates(text: str) -> tuple[float, ...]:
                     f"fault-rate grid {text!r} yields {n:,} levels: at most {MAX_LEVELS:,}; "
                     "use fewer points per decade")
             return tuple(float(f"{10 ** (lo + i / per):.6g}") for i in range(n))
-        return tuple(float(x) for x in text.split(",") if x.strip())
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+        if not all(math.isfinite(r) for r in rates):
+            raise EnpheephError(f"fault rate {text!r} is not a finite number: use e.g. "
+                                "'1e-7,1e-6' or a grid '1e-7:1e-1:2'")
+        return rates
     except EnpheephError:
         raise
     except ValueError:

@@ -49,6 +49,7 @@ import onnx.utils
 from .bits import BY_NAME
 from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
+from .model import has_subgraphs
 from .runtime import Provider, batch_of, join_batches, make_session, run_session, sample_count
 from .runtime_graph import Placement
 from .sites import FaultSite, SiteKind
@@ -193,8 +194,7 @@ class ValueChain:
                  provider: Provider, options: Any, cache_mb: float = 512.0,
                  placement: Mapping[str, Placement] | None = None) -> None:
         g = model.graph
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for n in g.node for a in n.attribute):
+        if has_subgraphs(g):
             raise ChainUnavailable("the graph has subgraphs")
         self.model = model
         self.provider = provider

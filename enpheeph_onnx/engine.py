@@ -41,7 +41,13 @@ from .errors import EnpheephError
 from .faults import Fault
 from .faultset import FaultSet, fold
 from .held import HeldWeights, weight_constants
-from .model import TARGET_OPSET, clamp_ir_version, ensure_opset, rename_outer_reads
+from .model import (
+    TARGET_OPSET,
+    clamp_ir_version,
+    ensure_opset,
+    has_subgraphs,
+    rename_outer_reads,
+)
 from .rewrite import FAULT_DOMAIN
 from .runtime import (
     Optimization,
@@ -54,7 +60,7 @@ from .runtime import (
     sample_count,
     session_options,
 )
-from .runtime_graph import check_runtime, deviation, optimize_offline, place_values, runtime_options
+from .runtime_graph import deviation, optimize_offline, place_values, runtime_options
 from .sites import FaultSite, SiteKind, infer_shapes
 from .suffix import GoldenCache, crossing_tensors, exposed, feeds_of, site_positions, suffix_model
 
@@ -419,8 +425,9 @@ class FaultEngine:
                 self.optimization is Optimization.ALL):
             self._runtime_tried = True
             try:
+                if has_subgraphs(self.source.graph):  # before the costly placement
+                    raise ChainUnavailable("the graph has subgraphs")
                 runtime = optimize_offline(self.source, self.provider, self.threads)
-                check_runtime(runtime)
                 first = batch_of(data, 0, batch_size or sample_count(data))
                 model, placed = place_values(self.source, runtime, self._value_sites, first,
                                              self.provider, self.threads)
@@ -824,15 +831,17 @@ class FaultEngine:
         ``--optimization all``)."""
         return sorted(self._verified if self._held is None else self._held.verified)
 
-    def golden_deviation(self, data: Mapping[str, np.ndarray], batch_size: int | None = None
-                         ) -> float:
+    def golden_deviation(self, data: Mapping[str, np.ndarray], batch_size: int | None = None,
+                         golden: Mapping[str, np.ndarray] | None = None) -> float:
         """How far this engine's golden outputs for ``data`` lie from a plain onnxruntime
         session of the unmodified model at the same optimization level: the largest
         absolute difference over every output element (0.0 where they are bit-identical).
         Non-zero where the campaign's graph has other fusion boundaries than the model's:
         at ``EXTENDED``, overridable weights that onnxruntime would otherwise fold (a
         ``BatchNormalization`` into the ``Conv`` before it); at ``ALL``, fed weights that
-        are not pre-packed (:meth:`enpheeph_onnx.held.HeldWeights.deviation`)."""
+        are not pre-packed (:meth:`enpheeph_onnx.held.HeldWeights.deviation`).
+        ``golden``: what :meth:`run` gave for ``data`` without faults, if the caller has it
+        (saves a golden pass)."""
         if self._held is not None:
             return self._held.deviation(data, batch_size)
         rc = self.runtime_chain(data, batch_size)
@@ -844,8 +853,9 @@ class FaultEngine:
                 self._runtime_chain = None
                 return 0.0
             return deviation(ref, self.source, data, batch_size, self.provider, self.threads)
-        return deviation(self.run(data, FaultSet.empty(), batch_size), self.source, data,
-                         batch_size, self.provider, self.threads, self.optimization)
+        ref = self.run(data, FaultSet.empty(), batch_size) if golden is None else golden
+        return deviation(ref, self.source, data, batch_size, self.provider, self.threads,
+                         self.optimization)
 
 
 SUFFIX_WORTH = 0.7

@@ -53,6 +53,7 @@ from onnx import helper, numpy_helper
 from .bits import BY_NAME
 from .errors import EnpheephError
 from .faultset import BIT_FLIP, FaultSet, fold
+from .model import has_subgraphs
 from .runtime import Provider, batch_of, join_batches, make_session, run_session, sample_count
 from .runtime_graph import deviation, optimize_offline, runtime_options
 from .sites import FaultSite, SiteKind
@@ -304,8 +305,7 @@ class HeldWeights:
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
                  provider: Provider = "cpu", threads: int | None = None, suffix: bool = True,
                  cache_mb: float = 512.0) -> None:
-        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for n in model.graph.node for a in n.attribute):
+        if has_subgraphs(model.graph):
             raise EnpheephError("--optimization all serves weight faults only on models "
                                 "without If/Loop/Scan subgraphs; use --optimization extended")
         self.sites = {s.name: s for s in sites if s.kind is SiteKind.WEIGHT}

@@ -158,6 +158,13 @@ def drop_stale_value_info(model: onnx.ModelProto, where: str = "the model") -> o
     return m
 
 
+def has_subgraphs(graph: onnx.GraphProto) -> bool:
+    """Whether a node of ``graph`` has an ``If``/``Loop``/``Scan`` body (a graph attribute):
+    such a body may read any outer tensor, so the graph cannot be cut into segments."""
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in graph.node for a in n.attribute)
+
+
 def _bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
     out = []
     for a in node.attribute:

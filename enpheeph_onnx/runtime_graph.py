@@ -34,7 +34,6 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from .errors import EnpheephError
 from .runtime import (
     Optimization,
     Provider,
@@ -331,13 +330,5 @@ def deviation(outputs: Mapping[str, np.ndarray], source: onnx.ModelProto,
     return worst
 
 
-def check_runtime(model: onnx.ModelProto) -> None:
-    """Raise :class:`EnpheephError` where the runtime graph cannot be cut into segments
-    (subgraphs)."""
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in model.graph.node for a in n.attribute):
-        raise EnpheephError("the runtime graph has subgraphs")
-
-
-__all__ = ["BLOCKS", "NCHWC_DOMAIN", "Placement", "check_runtime", "deviation", "optimize_offline",
+__all__ = ["BLOCKS", "NCHWC_DOMAIN", "Placement", "deviation", "optimize_offline",
            "place_values", "runtime_options", "unfuse"]

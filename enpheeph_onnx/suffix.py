@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import onnx.utils
 
+from .model import has_subgraphs
 from .sites import FaultSite, SiteKind
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,7 @@ def crossing_tensors(model: onnx.ModelProto, start: int) -> list[str] | None:
     docstring)."""
     g = model.graph
     nodes = list(g.node)
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in nodes for a in n.attribute):
+    if has_subgraphs(g):
         return None
     inits = {t.name for t in g.initializer}
     before = {o for n in nodes[:start] for o in n.output} | {

@@ -290,7 +290,8 @@ class _Run:
                          "ignored", fixed, cfg.batch_size)
                 cfg = self.config = replace(cfg, batch_size=fixed)
             self.golden_out = self.engine.run(self.feeds, FaultSet.empty(), cfg.batch_size)
-            self.deviation = self.engine.golden_deviation(self.feeds, cfg.batch_size)
+            self.deviation = self.engine.golden_deviation(self.feeds, cfg.batch_size,
+                                                          self.golden_out)
         except BaseException:
             if self.store:
                 self.store.close()

@@ -46,6 +46,7 @@ from .model import (
     clamp_ir_version,
     ensure_opset,
     has_subgraphs,
+    name_body_tensors,
     rename_outer_reads,
 )
 from .rewrite import FAULT_DOMAIN
@@ -255,28 +256,36 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
         out = f"enpheeph/{s.name}/out"
         new_nodes.extend(fault_nodes(s, s.name, out))
         renamed[s.name] = out
-    for n in g.node:
-        for k, name in enumerate(n.input):
-            if name in renamed:
-                n.input[k] = renamed[name]
-        if renamed:
-            for a in n.attribute:  # bodies reading a faulted graph input from outer scope
+
+    def splice(graph: onnx.GraphProto, new_nodes: list[onnx.NodeProto],
+               main: bool = True) -> None:
+        """Fault nodes after the producers of the sites in ``graph`` and in its bodies (a
+        body's fault inputs are main-graph inputs, read from the outer scope)."""
+        for n in graph.node:
+            for k, name in enumerate(n.input):
+                if main and name in renamed:
+                    n.input[k] = renamed[name]
+            for a in n.attribute:
                 for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
                              a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
-                    rename_outer_reads(body, renamed)
-        extra = []
-        for k, name in enumerate(n.output):
-            if name in by_producer:
-                pre = f"enpheeph/{name}/in"
-                n.output[k] = pre
-                extra.extend(fault_nodes(by_producer[name][0], pre, name))
-        new_nodes.append(n)
-        new_nodes.extend(extra)
-    del g.node[:]
-    g.node.extend(new_nodes)
-    vi = [v for v in g.value_info if v.name not in by_producer]
-    del g.value_info[:]
-    g.value_info.extend(vi)
+                    if renamed:  # bodies reading a faulted graph input from outer scope
+                        rename_outer_reads(body, renamed)
+                    splice(body, [], main=False)
+            extra = []
+            for k, name in enumerate(n.output):
+                if name in by_producer:
+                    pre = f"enpheeph/{name}/in"
+                    n.output[k] = pre
+                    extra.extend(fault_nodes(by_producer[name][0], pre, name))
+            new_nodes.append(n)
+            new_nodes.extend(extra)
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        vi = [v for v in graph.value_info if v.name not in by_producer]
+        del graph.value_info[:]
+        graph.value_info.extend(vi)
+
+    splice(g, new_nodes)
     if funcs:
         m.functions.extend(funcs.values())
         if not any(o.domain == FAULT_DOMAIN for o in m.opset_import):
@@ -339,6 +348,7 @@ class FaultEngine:
                  max_variants: int = 16, suffix: bool = True, cache_mb: float = 512.0,
                  suffix_worth: float | None = None,
                  optimization: Optimization = Optimization.EXTENDED) -> None:
+        model = name_body_tensors(model)  # body activations under their site names
         held = Optimization(optimization) is Optimization.ALL and any(
             s.kind is SiteKind.WEIGHT for s in sites)
         if held and any(s.kind is not SiteKind.WEIGHT for s in sites):
@@ -559,7 +569,7 @@ class FaultEngine:
                         dim.dim_value = int(n)
             inferred = infer_shapes(m).graph
             shapes = {}
-            for v in [*inferred.input, *inferred.value_info, *inferred.output]:
+            for v in _value_infos(inferred):
                 dims = v.type.tensor_type.shape.dim
                 if all(d.HasField("dim_value") for d in dims):
                     shapes[v.name] = tuple(int(d.dim_value) for d in dims)
@@ -867,10 +877,30 @@ class _NoCache(Exception):
     """No golden cache can be built (too big, or tensors numpy cannot hold)."""
 
 
+def _value_infos(g: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
+    """The typed tensors of ``g`` and of its bodies, at any depth (main graph first)."""
+    out = [*g.input, *g.value_info, *g.output]
+    for n in g.node:
+        for a in n.attribute:
+            for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                         a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                out.extend(_value_infos(body))
+    return out
+
+
 def _tensor_names(model: onnx.ModelProto) -> set[str]:
-    g = model.graph
-    return ({i.name for i in g.input} | {t.name for t in g.initializer}
-            | {o for n in g.node for o in n.output})
+    """Inputs, initializers and node outputs of ``model``, those of its bodies included."""
+    def names(g: onnx.GraphProto) -> set[str]:
+        out = ({i.name for i in g.input} | {t.name for t in g.initializer}
+               | {o for n in g.node for o in n.output})
+        for n in g.node:
+            for a in n.attribute:
+                for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
+                             a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
+                    out |= names(body)
+        return out
+
+    return names(model.graph)
 
 
 def as_fault_set(faults: FaultSet | Iterable[Fault]) -> FaultSet:

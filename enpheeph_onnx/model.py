@@ -59,8 +59,8 @@ def load_model(src: ModelSource) -> onnx.ModelProto:
             ) from None
     if not model.HasField("graph") or not model.graph.node:
         raise EnpheephError(f"{where} is not an ONNX model: it holds no graph nodes")
-    model = hoist_subgraph_weights(drop_stale_value_info(merge_opset_imports(model, where),
-                                                         where))
+    model = name_body_tensors(hoist_subgraph_weights(
+        drop_stale_value_info(merge_opset_imports(model, where), where)))
     try:
         onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
@@ -274,6 +274,65 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     m.graph.initializer.extend(hoisted)
     log.info("%d weight(s) of If/Loop/Scan bodies moved to the main graph (e.g. %r)",
              len(hoisted), hoisted[0].name if hoisted else "")
+    return m
+
+
+def name_body_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every tensor computed inside an ``If``/``Loop``/``Scan`` body (at any
+    depth) renamed to its path name, ``<node>/<attribute>/<name>`` (e.g.
+    ``gate/then_branch/t``), the names :func:`hoist_subgraph_weights` gives body weights:
+    unique across the model, so a body activation is a fault site addressed by its tensor
+    name. Body outputs are positional (ONNX IR spec, "Graphs": an ``If``/``Loop``/``Scan``
+    binds them by position), reads inside the body and its nested bodies follow the new
+    names, so the model computes what it computed. Idempotent; ``model`` itself when it
+    has no body.
+    """
+    if not has_subgraphs(model.graph):
+        return model
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    taken: set[str] = set()
+
+    def collect(g: onnx.GraphProto) -> None:
+        taken.update(t.name for t in g.initializer)
+        taken.update(v.name for v in g.input)
+        for n in g.node:
+            taken.update(n.output)
+            for _, b in _bodies(n):
+                collect(b)
+
+    collect(m.graph)
+
+    def visit(g: onnx.GraphProto, prefix: str) -> None:
+        for i, n in enumerate(g.node):
+            label = n.name or f"{n.op_type}_{i}"
+            for attr, body in _bodies(n):
+                path = f"{prefix}{label}/{attr}/"
+                renamed: dict[str, str] = {}
+                formal = {v.name for v in body.input} | {t.name for t in body.initializer}
+                for x in body.node:
+                    for k, o in enumerate(x.output):
+                        if not o or o.startswith(path) or o in formal:
+                            continue
+                        new, j = path + o, 1
+                        while new in taken:
+                            new, j = f"{path}{o}_{j}", j + 1
+                        taken.add(new)
+                        renamed[o] = new
+                        x.output[k] = new
+                if renamed:
+                    for x in body.node:
+                        for k, name in enumerate(x.input):
+                            if name in renamed:
+                                x.input[k] = renamed[name]
+                        for _, nested in _bodies(x):
+                            rename_outer_reads(nested, renamed)
+                    for v in [*body.output, *body.value_info]:
+                        if v.name in renamed:
+                            v.name = renamed[v.name]
+                visit(body, path)
+
+    visit(m.graph, "")
     return m
 
 

@@ -397,14 +397,29 @@ def insert_fault_nodes(
     b = _Builder(graph)
     taken = set(tensors) | {n.name for n in graph.nodes}
     original = list(graph.nodes)
-    position = {id(n): i for i, n in enumerate(original)}
-    after: dict[int, list[gs.Node]] = {}  # node position (-1: the start) -> chains after it
+    bodies = list(_subgraphs(original))
+    # the graph computing each tensor of a body (body sites: path-named, see
+    # enpheeph_onnx.model.name_body_tensors), with that graph's nodes before any insertion
+    owner_of: dict[str, gs.Graph] = {}
+    for sub in bodies:
+        for n in sub.nodes:
+            for t in n.outputs:
+                owner_of.setdefault(t.name, sub)
+    originals = {id(graph): original, **{id(sub): list(sub.nodes) for sub in bodies}}
+    # per graph: node position (-1: the start) -> the chains after it
+    after: dict[int, dict[int, list[gs.Node]]] = {}
     for name, rows in by_site:
         site = sites[name]
-        x = tensors[name]
-        first_new = len(graph.nodes)
+        owner = graph if name in tensors else owner_of.get(name)
+        if owner is None:
+            raise EnpheephError(f"fault site {name!r} is not a tensor of the model")
+        x = tensors[name] if owner is graph else next(
+            t for n in owner.nodes for t in n.outputs if t.name == name)
+        b.graph = owner
+        first_new = len(owner.nodes)
+        position = {id(n): i for i, n in enumerate(originals[id(owner)])}
         producer = position.get(id(x.inputs[0]), -1) if x.inputs else -1
-        consumers = [n for n in graph.nodes if any(t is x for t in n.inputs)]
+        consumers = [n for n in owner.nodes if any(t is x for t in n.inputs)]
         # a site faulted before (re-injection) gets the next free generation of names
         gen = 0
         while any(t.startswith(_prefix(name, gen) + "/") for t in taken):
@@ -428,27 +443,38 @@ def insert_fault_nodes(
             cur.name = f"{base}/out"
         cur.dtype = x.dtype
         cur.shape = x.shape
+        chain = owner.nodes[first_new:]
+        taken.update(t.name for c in chain for t in c.outputs)
         for node in consumers:
             for k, t in enumerate(node.inputs):
                 if t is x:
                     node.inputs[k] = cur
-        graph.outputs[:] = [cur if t is x else t for t in graph.outputs]
+        owner.outputs[:] = [cur if t is x else t for t in owner.outputs]
         # If/Loop/Scan bodies that read the site from the outer scope see the faulty value
         # too (graphsurgeon shares outer tensors by object; a body's own tensor of the same
         # name is another object, so shadowing is respected)
-        for sub in _subgraphs(original):
+        inserted = {id(c) for c in chain}
+        for sub in bodies:
+            if sub is owner:
+                continue
             for node in sub.nodes:
+                if id(node) in inserted:
+                    continue
                 for k, t in enumerate(node.inputs):
                     if t is x:
                         node.inputs[k] = cur
             sub.outputs[:] = [cur if t is x else t for t in sub.outputs]
-        after.setdefault(producer, []).extend(graph.nodes[first_new:])
+        after.setdefault(id(owner), {}).setdefault(producer, []).extend(chain)
+    b.graph = graph
     # Each site's chain goes right after the node producing the site (graph inputs: first),
     # in the order it was built (topological): the source graph is sorted (onnx.checker), so
     # the result is, without graphsurgeon's recursive toposort (which overflows the Python
     # stack on the long chains of thousands of fault runs).
-    graph.nodes[:] = after.get(-1, []) + [m for i, n in enumerate(original)
-                                          for m in (n, *after.get(i, []))]
+    for g in [graph, *bodies]:
+        chains = after.get(id(g))
+        if chains:
+            g.nodes[:] = chains.get(-1, []) + [m for i, n in enumerate(originals[id(g)])
+                                               for m in (n, *chains.get(i, []))]
     out = gs.export_onnx(graph, do_type_check=False)
     # graphsurgeon resets model-level fields: restore them.
     del out.opset_import[:]

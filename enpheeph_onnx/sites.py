@@ -9,8 +9,11 @@ Three kinds (:class:`SiteKind`):
 * **input** — a graph input that is not an initializer.
 
 Only tensors whose element type faults can hit (:data:`enpheeph_onnx.bits.SUPPORTED`) are
-sites; ``int64`` shape/index tensors and ``bool`` tensors are not. Nodes inside control-flow
-subgraphs (``If``/``Loop``/``Scan`` bodies) are not visited.
+sites; ``int64`` shape/index tensors and ``bool`` tensors are not. Weights and activations of
+control-flow bodies (``If``/``Loop``/``Scan``) are sites under path names,
+``<node>/<attribute>/<name>`` (:func:`enpheeph_onnx.model.hoist_subgraph_weights`,
+:func:`enpheeph_onnx.model.name_body_tensors`); a fault on an activation of a ``Loop`` or
+``Scan`` body hits it at every iteration.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class FaultSite:
         name: tensor name in the graph (may contain ``/``, ``.``, ``:``).
         kind: weight, activation or input.
         source: where it lives: ``"initializer"``, ``"constant"`` (a ``Constant`` node's
-            value), ``"graph_input"`` or ``"node_output"``.
+            value), ``"graph_input"``, ``"node_output"`` or ``"body_output"`` (a node output
+            inside an ``If``/``Loop``/``Scan`` body).
         op_type: the producing op for activations, the consuming op(s) (comma-joined,
             sorted) for weights and inputs.
         node: the producing node's name (activations, constants) or the first consumer's.
@@ -254,6 +258,9 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
     Raises:
         EnpheephError: onnxruntime cannot run the model on ``sample``.
     """
+    from .model import name_body_tensors
+
+    model = name_body_tensors(model)  # body tensors under their path names
     inferred = infer_shapes(model)
     g = inferred.graph
     infos: dict[str, onnx.ValueInfoProto] = {}
@@ -326,6 +333,27 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
         for o in n.output:
             if o:
                 value_site(o, SiteKind.ACTIVATION, "node_output", n.op_type, n.name)
+
+    def body_sites(nodes: Sequence[onnx.NodeProto], prefix: str) -> None:
+        for i, n in enumerate(nodes):
+            for a in n.attribute:
+                bodies = ([(a.name, a.g)] if a.type == onnx.AttributeProto.GRAPH else
+                          [(f"{a.name}{k}", b) for k, b in enumerate(a.graphs)]
+                          if a.type == onnx.AttributeProto.GRAPHS else [])
+                for attr, body in bodies:
+                    path = f"{prefix}{n.name or f'{n.op_type}_{i}'}/{attr}/"
+                    for vi in [*body.value_info, *body.output]:
+                        infos.setdefault(vi.name, vi)
+                    for x in body.node:
+                        if x.op_type == "Constant" and x.domain in ("", "ai.onnx"):
+                            continue
+                        for o in x.output:
+                            if o.startswith(path):  # computed in the body (path-named)
+                                value_site(o, SiteKind.ACTIVATION, "body_output", x.op_type,
+                                           x.name)
+                    body_sites(body.node, path)
+
+    body_sites(g.node, "")
     return _annotate(model, sites)
 
 

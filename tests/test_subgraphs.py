@@ -215,3 +215,108 @@ def test_a_body_initializer_named_like_an_outer_tensor_stays_in_its_body() -> No
     assert "if0/then_branch/W" not in {s.name for s in discover_sites(loaded)}
     assert make_session(inject(loaded, []).model).run(None, feeds)[0].tobytes() == \
         want.tobytes()
+
+
+def _loop_with_body_shapes() -> onnx.ModelProto:
+    """``a = Relu(x)``; 3 iterations of ``s = v + a; v = s * 0.5`` in a Loop body whose
+    state has a declared shape, so that ONNX infers the body tensors' shapes."""
+    body = h.make_graph(
+        [h.make_node("Add", ["v_in", "a"], ["s"], name="acc"),
+         h.make_node("Mul", ["s", "half"], ["v_out"], name="halve"),
+         h.make_node("Identity", ["c_in"], ["c_out"])], "body",
+        [h.make_tensor_value_info("i", TensorProto.INT64, []),
+         h.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_in", F, ["N", 4])],
+        [h.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_out", F, ["N", 4])],
+        [onnx.numpy_helper.from_array(np.array([0.5], np.float32), "half")])
+    g = h.make_graph(
+        [h.make_node("Relu", ["x"], ["a"]),
+         h.make_node("Mul", ["x", "zero"], ["v0"]),
+         h.make_node("Loop", ["trips", "true", "v0"], ["y"], name="steps", body=body)],
+        "loop", [h.make_tensor_value_info("x", F, ["N", 4])],
+        [h.make_tensor_value_info("y", F, ["N", 4])],
+        [onnx.numpy_helper.from_array(np.array(3, np.int64), "trips"),
+         onnx.numpy_helper.from_array(np.array(True), "true"),
+         onnx.numpy_helper.from_array(np.zeros(1, np.float32), "zero")])
+    return _model(g)
+
+
+@pytest.mark.parametrize("cond", [True, False])
+def test_activations_inside_if_bodies_are_sites_and_can_be_faulted(cond: bool) -> None:
+    """Issue 9: activations of If/Loop/Scan bodies were no sites. They are listed under
+    path names; inject and campaigns fault them exactly (numpy reference); a fault in the
+    branch not taken is masked."""
+    from enpheeph_onnx.model import load_model
+
+    m = load_model(_if_model(cond))
+    sites = {s.name: s for s in discover_sites(m)}
+    body = {n: s for n, s in sites.items() if s.source == "body_output"}
+    assert set(body) == {"If_1/then_branch/ax", "If_1/then_branch/t", "If_1/else_branch/e"}
+    assert all(s.shape == ("N", 4) and s.dtype == "float32" for s in body.values())
+    f = [Fault("If_1/then_branch/ax", (1, 2), FaultModel.BIT_FLIP, (30,))]
+    a = np.maximum(X, 0)
+    if cond:
+        want = _flip(a * X, (1, 2), 30) + a
+    else:
+        want = -a
+    got = make_session(inject(m, f).model).run(None, {"x": X})[0]
+    assert got.tobytes() == want.tobytes()
+    e = FaultEngine(m, list(sites.values()))
+    assert e.run({"x": X}, f)["y"].tobytes() == want.tobytes()
+    # a whole-batch fault (*) on the else branch's output
+    fe = [Fault("If_1/else_branch/e", (None, 0), FaultModel.STUCK_AT_0, (31,))]
+    want = a * X + a if cond else np.where(np.arange(4) == 0, a, -a).astype(np.float32)
+    assert cond or want[0, 0] == 1.5  # the sign bit cleared: -1.5 became 1.5
+    got = make_session(inject(m, fe).model).run(None, {"x": X})[0]
+    assert got.tobytes() == want.tobytes()
+    assert e.run({"x": X}, fe)["y"].tobytes() == want.tobytes()
+
+
+def test_activations_inside_loop_bodies_are_faulted_at_every_iteration() -> None:
+    """A fault on a Loop body's tensor hits it in every iteration (the numpy reference
+    runs the loop)."""
+    from enpheeph_onnx.model import load_model
+
+    m = load_model(_loop_with_body_shapes())
+    sites = {s.name: s for s in discover_sites(m)}
+    assert {"steps/body/s", "steps/body/v_out"} <= set(sites)
+    assert sites["steps/body/s"].shape == ("N", 4) and sites["steps/body/s"].op_type == "Add"
+    f = [Fault("steps/body/s", (0, 3), FaultModel.BIT_FLIP, (23,))]
+    a, v = np.maximum(X, 0), np.zeros_like(X)
+    for _ in range(3):
+        v = _flip(v + a, (0, 3), 23) * np.float32(0.5)
+    got = make_session(inject(m, f).model).run(None, {"x": X})[0]
+    assert got.tobytes() == v.tobytes()
+    e = FaultEngine(m, [sites["steps/body/s"], sites["a"]])
+    assert e.run({"x": X}, f)["y"].tobytes() == v.tobytes()
+    assert e.run({"x": X})["y"].tobytes() == make_session(m).run(None, {"x": X})[0].tobytes()
+
+
+def test_body_tensor_names_are_stable_and_unique() -> None:
+    """Body tensors are renamed to path names once (loading twice changes nothing), and a
+    body tensor named like an outer one gets a name of its own."""
+    from enpheeph_onnx.model import load_model, name_body_tensors
+
+    m = load_model(_loop_with_body_shapes())
+    assert name_body_tensors(m).SerializeToString() == m.SerializeToString()
+    assert load_model(m).SerializeToString() == m.SerializeToString()
+    then = h.make_graph([h.make_node("Neg", ["x"], ["a"])], "then", [],
+                        [h.make_tensor_value_info("a", F, None)])
+    other = h.make_graph([h.make_node("Abs", ["x"], ["a"])], "else", [],
+                         [h.make_tensor_value_info("a", F, None)])
+    g = h.make_graph([h.make_node("Relu", ["x"], ["g/then_branch/a"]),
+                      h.make_node("If", ["c"], ["y"], name="g", then_branch=then,
+                                  else_branch=other),
+                      h.make_node("Add", ["y", "g/then_branch/a"], ["z"])], "clash",
+                     [h.make_tensor_value_info("x", F, ["N", 4]),
+                      h.make_tensor_value_info("c", TensorProto.BOOL, [1])],
+                     [h.make_tensor_value_info("z", F, ["N", 4])])
+    src = _model(g)
+    m = load_model(src)
+    names = {s.name for s in discover_sites(m)}
+    assert {"g/then_branch/a", "g/then_branch/a_1", "g/else_branch/a"} <= names
+    for c in (True, False):
+        feeds = {"x": X, "c": np.array([c])}
+        assert make_session(m).run(None, feeds)[0].tobytes() == make_session(src).run(
+            None, feeds)[0].tobytes()

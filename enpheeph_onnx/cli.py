@@ -27,7 +27,30 @@ log = logging.getLogger("enpheeph_onnx")
 
 
 class _Group(click.Group):
-    """Turns :class:`EnpheephError` into a one-line message and exit code 2."""
+    """Turns :class:`EnpheephError` and click's usage errors into a one-line message and
+    exit code 2 (click would print the usage block and a hint over three lines)."""
+
+    def main(self, args: Any = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as e:  # no command: the help
+            click.echo(e.format_message(), err=True)
+            sys.exit(2)
+        except click.UsageError as e:  # bad option, missing argument, bad value
+            where = e.ctx.command_path if e.ctx is not None else "enpheeph-onnx"
+            click.echo(f"Error: {e.format_message()} (see '{where} --help')", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -67,6 +90,12 @@ def provider_option(f: Callable[..., Any]) -> Callable[..., Any]:
                         show_default=True,
                         help="onnxruntime execution provider; cuda is verified, never a "
                              "silent CPU fallback.")(f)
+
+
+def nonfinite_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--allow-nonfinite-inputs", is_flag=True,
+                        help="Accept NaN/Inf in the data (refused by default: those inputs' "
+                             "outputs would count as DUE without any fault).")(f)
 
 
 def optimization_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -211,18 +240,25 @@ def sites(model: Path, as_json: bool, kinds: tuple[str, ...], data_path: Path | 
     """List the fault sites of MODEL: weights, activations and inputs."""
     from .model import load_model
     from .runtime import batch_of, load_npz
-    from .sites import discover_sites, unresolved_tensors, with_measured_shapes
+    from .sites import (
+        discover_sites,
+        unresolved_body_tensors,
+        unresolved_tensors,
+        with_measured_shapes,
+    )
 
     proto = load_model(model)
     if data_path is not None:
         proto = with_measured_shapes(proto, batch_of(load_npz(data_path), 0, 512))
     found = [s for s in discover_sites(proto) if not kinds or s.kind.value in kinds]
-    unknown = [] if kinds and "activation" not in kinds else unresolved_tensors(proto)
+    acts = not kinds or "activation" in kinds
+    unknown = unresolved_tensors(proto) if acts else []
+    in_body = unresolved_body_tensors(proto) if acts else []
     if as_json:
         click.echo(json.dumps([*(s.to_json() for s in found),
                                *({"name": n, "kind": "activation", "shape": "?",
-                                  "dtype": "?", "unresolved": True} for n in unknown)],
-                              indent=1))
+                                  "dtype": "?", "unresolved": True}
+                                 for n in [*unknown, *in_body])], indent=1))
         return
     rows = [[s.name, s.kind.value, s.op_type, s.dtype, str(s.bits), _shape_text(s.shape),
              "?" if s.elements is None else str(s.elements),
@@ -230,6 +266,8 @@ def sites(model: Path, as_json: bool, kinds: tuple[str, ...], data_path: Path | 
             for s in found]
     rows += [[n, "activation", "?", "?", "?", "?", "?", "",
               "shape not inferable: give --data to measure it"] for n in unknown]
+    rows += [[n, "activation", "?", "?", "?", "?", "?", "",
+              "shape not inferable inside a body: no site"] for n in in_body]
     click.echo(_table(rows, ["name", "kind", "op", "dtype", "bits", "shape", "elements",
                              "sparsity", "notes"]))
     n_w = sum(s.kind.value == "weight" for s in found)
@@ -237,7 +275,9 @@ def sites(model: Path, as_json: bool, kinds: tuple[str, ...], data_path: Path | 
     click.echo(f"{len(found)} sites: {n_w} weights ({params} parameters), "
                f"{len(found) - n_w} activations/inputs"
                + (f", {len(unknown)} tensor(s) of unknown shape (not sites without --data)"
-                  if unknown else ""), err=True)
+                  if unknown else "")
+               + (f", {len(in_body)} body tensor(s) of unknown shape (no sites)"
+                  if in_body else ""), err=True)
 
 
 @main.command()
@@ -296,12 +336,14 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
 @click.option("--compare", "other", type=click.Path(dir_okay=False, path_type=Path),
               help="Also run this model; print per output the max abs difference and the "
                    "top-1 agreement.")
+@nonfinite_option
 @provider_option
 @optimization_option
 @batch_option
 @json_option
-def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, provider: str,
-        optimization: str, batch_size: int, as_json: bool) -> None:
+def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None,
+        allow_nonfinite_inputs: bool, provider: str, optimization: str, batch_size: int,
+        as_json: bool) -> None:
     """Run MODEL in onnxruntime on the arrays of an .npz file."""
     from .model import atomic_path, load_model
     from .runtime import (
@@ -322,6 +364,10 @@ def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None, pr
     proto = load_model(model)
     sess = make_session(proto, provider, so)  # type: ignore[arg-type]
     feeds = check_feeds(sess, arrays, str(inputs_path))
+    if not allow_nonfinite_inputs:
+        from .campaign.data import refuse_nonfinite
+
+        refuse_nonfinite(feeds, inputs_path)
     n = sample_count(feeds)
     fixed = fixed_batch(sess)
     if fixed is not None:  # the model takes batches of exactly that size
@@ -646,9 +692,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
                    "reproducible from the seed either way).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only on a terminal].")
-@click.option("--allow-nonfinite-inputs", is_flag=True,
-              help="Accept NaN/Inf in the data (refused by default: those inputs' outputs "
-                   "would count as DUE without any fault).")
+@nonfinite_option
 @provider_option
 @optimization_option
 @batch_option

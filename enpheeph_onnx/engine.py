@@ -49,7 +49,7 @@ from .model import (
     name_body_tensors,
     rename_outer_reads,
 )
-from .rewrite import FAULT_DOMAIN
+from .rewrite import FAULT_DOMAIN, perturb_weights
 from .runtime import (
     Optimization,
     Provider,
@@ -381,6 +381,9 @@ class FaultEngine:
         self._weight_sites = [s for s in sites if s.kind is SiteKind.WEIGHT]
         self._value_sites = [s for s in sites if s.kind is not SiteKind.WEIGHT]
         self._full = frozenset(s.name for s in self._value_sites)
+        # whether trials need sessions instrumented at exactly their hit sites
+        # (:meth:`_check_exact`); None: not measured yet
+        self._exact: bool | None = None if self._full else False
         self._variants: OrderedDict[tuple[int, frozenset[str]], _Variant] = OrderedDict()
         self._seen: dict[frozenset[str], int] = {}  # sightings of each hit set
         self._ref_data: Mapping[str, np.ndarray] | None = None
@@ -405,6 +408,13 @@ class FaultEngine:
         # at ALL: a chain on the graph onnxruntime runs (built from the first data)
         self._runtime_chain: ValueChain | None = None
         self._runtime_tried = False
+        self._chain_checked = False  # the source chain's golden run equals the model's
+        # weights kept constant, faulted by a session per trial (:meth:`_check_weights`);
+        # None: not measured yet
+        self._baked: frozenset[str] | None = None if self._held is None else frozenset()
+        self._baked_refs: dict[tuple[frozenset[str], int, int | None],
+                               dict[str, np.ndarray]] = {}
+        self._last_baked: tuple[FaultSet, dict[str, np.ndarray]] | None = None
         self._last: tuple[FaultSet, ValueChain] | None = None  # which chain served a trial
 
     def chain(self) -> ValueChain | None:
@@ -468,6 +478,19 @@ class FaultEngine:
                 else:
                     self._chain = None
                 continue
+            if which == "source" and not self._chain_checked:
+                self._chain_checked = True
+                whole = self._run(self._variant((0, frozenset())), data, FaultSet.empty(),
+                                  batch_size)
+                cut = c.reference(data, batch_size)
+                if any(whole[n].tobytes() != cut[n].tobytes() for n in whole):
+                    # the cuts keep onnxruntime from fusing across them (a Conv and its
+                    # BatchNormalization, float16 computed in float32): trials would not
+                    # equal inject + run of the same faults
+                    log.info("segment chain abandoned: its golden outputs differ from the "
+                             "whole model's (onnxruntime fuses across the cuts)")
+                    self._chain = None
+                    continue
             yield c
 
     def _variant(self, key: tuple[int, frozenset[str]]) -> _Variant:
@@ -488,6 +511,10 @@ class FaultEngine:
             self._variants[key] = v
             log.debug("built a session from node %d instrumented at %d site(s)", start,
                       len(hit))
+            if self._exact:  # sessions per hit set, the least recently used ones go
+                spare = [k for k in self._variants if k[1] and k != key]
+                for k in spare[:max(0, len(spare) + 1 - self.max_variants)]:
+                    del self._variants[k]
         self._variants.move_to_end(key)
         return v
 
@@ -522,7 +549,7 @@ class FaultEngine:
         start = self._start(faults)
         if start and (start, hit) in self._variants:
             return (start, hit)
-        if not hit or (0, hit) in self._variants:
+        if not hit or (0, hit) in self._variants or self._exact:
             base = (0, hit)
         else:
             if sighting:
@@ -571,7 +598,8 @@ class FaultEngine:
             shapes = {}
             for v in _value_infos(inferred):
                 dims = v.type.tensor_type.shape.dim
-                if all(d.HasField("dim_value") for d in dims):
+                if v.type.tensor_type.HasField("shape") and all(
+                        d.HasField("dim_value") for d in dims):
                     shapes[v.name] = tuple(int(d.dim_value) for d in dims)
             self._shape_cache[key] = shapes
         return self._shape_cache[key]
@@ -620,6 +648,9 @@ class FaultEngine:
             if len(sparse) and shapes is None:
                 shapes = self._concrete_shapes(batch)
             shape = shapes.get(name) if shapes is not None else None
+            if shape is None and site.shape and site.shape[0] == "batch" and all(
+                    isinstance(d, int) for d in site.shape[1:]):
+                shape = (n, *site.shape[1:])  # measured on the data: only the batch varies
             idx, a, o, x = _site_feed(fs, sparse, shape, p)
             feeds[p.indices], feeds[p.and_], feeds[p.or_], feeds[p.xor] = idx, a, o, x
             if p.broadcast is not None:
@@ -660,6 +691,10 @@ class FaultEngine:
         self._check_sites(fs)
         if self._held is not None:
             return self._held.run(data, fs, batch_size)
+        if self._baked is None:
+            self._check_weights(data, batch_size)
+        if self._baked and fs.hit_sites() & self._baked:
+            return self._run_baked(data, fs, batch_size)
         for c in self._chains(fs, data, batch_size):
             out = c.run(data, fs, batch_size)
             if out is not None:
@@ -672,10 +707,103 @@ class FaultEngine:
                         "layout choices, so its outputs can differ from inject + run of the "
                         "same faults (in the last bits, or entirely where a NaN meets a "
                         "pooling kernel); --optimization extended has no such difference")
+        if self._exact is None and fs.hit_sites() & self._full:
+            self._check_exact(data, batch_size)
         key = self._key(fs)
         if key[0] and key[0] not in self._verified:
             key = self._verify(key, data, batch_size, fs)
         return self._run(self._variant(key), data, fs, batch_size)
+
+    def _adhoc(self, model: onnx.ModelProto, sites: Sequence[FaultSite]) -> _Variant:
+        """A session of ``model`` instrumented at ``sites``, not kept among the variants."""
+        m, ports = instrument(model, sites)
+        sess = make_session(m, self.provider, self.options)
+        fed = [*sess.get_inputs(), *sess.get_overridable_initializers()]
+        return _Variant(m, sess, ports, inputs=frozenset(i.name for i in fed))
+
+    def _check_weights(self, data: Mapping[str, np.ndarray], batch_size: int | None) -> None:
+        """Find the weights onnxruntime computes with differently once they are
+        overridable (it folds constant weights: a ``BatchNormalization`` into the ``Conv``
+        before it, a ``MatMul`` and ``Add`` into a ``Gemm``, a decomposed ``LayerNorm``
+        into one kernel), once, on the first data: the golden run with every weight
+        overridable is compared bit for bit with the unmodified model's, and where they
+        differ, each weight alone. Those weights stay constants: a trial hitting one runs
+        on a session of the model with the faults written into its initializers, as
+        ``inject`` writes them (:meth:`_run_baked`), so that it equals ``inject`` + ``run``
+        bit for bit; the others are fed as before."""
+        self._baked = frozenset()
+        if not self._weight_sites:
+            return
+        empty = FaultSet.empty()
+        plain = self._run(self._adhoc(self.source, []), data, empty, batch_size)
+
+        def same(v: _Variant) -> bool:
+            out = self._run(v, data, empty, batch_size)
+            return all(out[n].tobytes() == plain[n].tobytes() for n in plain)
+
+        if same(self._variant((0, frozenset()))):
+            return
+        self._baked = frozenset(s.name for s in self._weight_sites
+                                if not same(self._adhoc(self.source, [s])))
+        log.info("%d weight(s) onnxruntime folds (e.g. %r) stay constants: a trial hitting "
+                 "one builds a session with its faults written in", len(self._baked),
+                 min(self._baked, default=""))
+        self._weight_sites = [s for s in self._weight_sites if s.name not in self._baked]
+        self._variants.clear()
+        base = self._variant((0, frozenset()))
+        self.model, self.session = base.model, base.session
+
+    def _run_baked(self, data: Mapping[str, np.ndarray], fs: FaultSet,
+                   batch_size: int | None) -> dict[str, np.ndarray]:
+        """A trial hitting a weight onnxruntime folds (:meth:`_check_weights`): the hit
+        weights written into a copy of the model (:func:`enpheeph_onnx.rewrite.perturb_weights`,
+        what ``inject`` does), activation/input faults fed at their sites; its reference
+        is the same instrumentation without faults (:meth:`reference`)."""
+        m = onnx.ModelProto()
+        m.CopyFrom(self.source)
+        weights = np.array([n in self.sites and self.sites[n].kind is SiteKind.WEIGHT
+                            for n in fs.sites] + [False])
+        perturb_weights(m, self.sites, fs.take(np.flatnonzero(weights[fs.site])))
+        hit = fs.hit_sites()
+        values = [s for s in self._value_sites if s.name in hit]
+        out = self._run(self._adhoc(m, values), data, fs, batch_size)
+        key = (frozenset(s.name for s in values), id(data), batch_size)
+        if key not in self._baked_refs:
+            self._baked_refs.clear()  # the last data's references only
+            self._baked_refs[key] = self._run(self._adhoc(self.source, values), data,
+                                              FaultSet.empty(), batch_size)
+        self._last_baked = (fs, self._baked_refs[key])
+        return out
+
+    @property
+    def folded_weights(self) -> frozenset[str]:
+        """The weight sites onnxruntime folds into other constants when they are not
+        overridable, kept constant and faulted by a session per trial
+        (:meth:`_check_weights`); empty until the first run."""
+        return self._baked or frozenset()
+
+    @property
+    def exact_sessions(self) -> bool:
+        """Whether fault nodes at every site were measured to change the golden run, so
+        that each trial runs on a session instrumented at its hit sites only
+        (:meth:`_check_exact`); False until a trial with activation/input faults ran."""
+        return bool(self._exact)
+
+    def _check_exact(self, data: Mapping[str, np.ndarray], batch_size: int | None) -> None:
+        """Whether fault nodes at every site leave the golden run bit-identical (once, on
+        the first data with a fault on an activation or input). Where they do not (float16
+        on onnxruntime's CPU provider computes in float32 between the casts it inserts,
+        and a fault node rounds its tensor to float16), each trial runs on a session
+        instrumented at exactly its hit sites, the fusion boundaries ``inject`` gives the
+        same faults, so that a trial equals ``inject`` + ``run`` bit for bit."""
+        plain = self._run(self._variant((0, frozenset())), data, FaultSet.empty(), batch_size)
+        every = self._run(self._variant((0, self._full)), data, FaultSet.empty(), batch_size)
+        self._exact = any(plain[n].tobytes() != every[n].tobytes() for n in plain)
+        if self._exact:
+            log.info("fault nodes at every site change the golden outputs (e.g. float16 "
+                     "computed in float32 between onnxruntime's casts): each trial runs on "
+                     "a session instrumented at its hit sites only")
+            del self._variants[(0, self._full)]
 
     def _verify(self, key: tuple[int, frozenset[str]], data: Mapping[str, np.ndarray],
                 batch_size: int | None, fs: FaultSet) -> tuple[int, frozenset[str]]:
@@ -727,6 +855,8 @@ class FaultEngine:
         fs = as_fault_set(faults)
         if self._held is not None:
             return self._held.reference(data, batch_size)
+        if self._last_baked is not None and self._last_baked[0] is fs:
+            return self._last_baked[1]
         if self._last is not None and self._last[0] is fs:
             return self._last[1].reference(data, batch_size)
         for c in (self._runtime_chain, self._chain):

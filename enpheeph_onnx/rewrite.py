@@ -312,6 +312,16 @@ def _run_masks(fs: FaultSet, rows: np.ndarray, codes: np.ndarray, shape: tuple[o
     return masks
 
 
+def _is_identity(model: FaultModel, masks: list[np.ndarray], d: DType) -> bool:
+    """Whether a fault node with ``masks`` (:func:`_run_masks`) leaves every bit as it is:
+    XOR/OR with zeros, AND with ones (a value fault always writes)."""
+    if model is FaultModel.VALUE:
+        return False
+    m = masks[0].view(d.container) if not d.is_float else masks[0]
+    want = d.container.type(d.all_ones) if model is FaultModel.STUCK_AT_0 else 0
+    return bool(np.all(m == want))
+
+
 class _Builder:
     """Inserts fault nodes into a graphsurgeon graph with deterministic names."""
 
@@ -415,6 +425,17 @@ def insert_fault_nodes(
             raise EnpheephError(f"fault site {name!r} is not a tensor of the model")
         x = tensors[name] if owner is graph else next(
             t for n in owner.nodes for t in n.outputs if t.name == name)
+        codes = _pattern_codes(fs.index[rows, :len(site.shape)], site.shape)
+        d = BY_NAME[site.dtype]
+        runs = []
+        for start, end in _runs(fs.model[rows], codes):
+            run_rows = rows[start:end]
+            fmodel = MODEL_CODES[int(fs.model[run_rows[0]])]
+            masks = _run_masks(fs, run_rows, codes[start], site.shape, d)
+            if not _is_identity(fmodel, masks, d):  # e.g. a bit flipped twice: no node,
+                runs.append((codes[start], fmodel, masks))  # so no rounding (float16)
+        if not runs:
+            continue
         b.graph = owner
         first_new = len(owner.nodes)
         position = {id(n): i for i, n in enumerate(originals[id(owner)])}
@@ -428,15 +449,9 @@ def insert_fault_nodes(
         if site.kind is SiteKind.ACTIVATION:
             x.name = f"{base}/in"
         cur: gs.Tensor = x
-        codes = _pattern_codes(fs.index[rows, :len(site.shape)], site.shape)
-        d = BY_NAME[site.dtype]
-        for n, (start, end) in enumerate(_runs(fs.model[rows], codes)):
-            run_rows = rows[start:end]
-            pattern = codes[start]
+        for n, (pattern, fmodel, masks) in enumerate(runs):
             dyn = [(axis, int(c)) for axis, c in enumerate(pattern.tolist()) if c >= 0]
-            masks = _run_masks(fs, run_rows, pattern, site.shape, d)
-            cur = b.fault(cur, f"{base}/{n}", MODEL_CODES[int(fs.model[run_rows[0]])], masks,
-                          dyn, site)
+            cur = b.fault(cur, f"{base}/{n}", fmodel, masks, dyn, site)
         if site.kind is SiteKind.ACTIVATION:
             cur.name = name
         else:

@@ -172,6 +172,35 @@ def unresolved_tensors(model: onnx.ModelProto) -> list[str]:
             for o in n.output if o and o not in typed]
 
 
+def unresolved_body_tensors(model: onnx.ModelProto) -> list[str]:
+    """Tensors computed inside ``If``/``Loop``/``Scan`` bodies (under their path names,
+    :func:`enpheeph_onnx.model.name_body_tensors`) whose type or shape ONNX shape inference
+    cannot give (a ``Loop`` state declared without a shape, anything after it): listed by
+    ``sites`` with shape ``?``, but no sites, since onnxruntime cannot hand a body's tensor
+    back to measure it."""
+    from .model import _bodies, name_body_tensors
+
+    out: list[str] = []
+
+    def visit(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            for _, body in _bodies(n):
+                typed = {vi.name: vi for vi in [*body.value_info, *body.output]}
+                for x in body.node:
+                    if x.op_type == "Constant" and x.domain in ("", "ai.onnx"):
+                        continue
+                    for o in x.output:
+                        vi = typed.get(o)
+                        elem = vi.type.tensor_type.elem_type if vi is not None else 0
+                        if o and (not elem or _shape_of(vi) is None) and (
+                                not elem or dtype_for_onnx(elem) is not None):
+                            out.append(o)
+                visit(body)
+
+    visit(infer_shapes(name_body_tensors(model)).graph)
+    return out
+
+
 def measure_tensors(model: onnx.ModelProto, names: list[str],
                     sample: dict[str, np.ndarray]) -> dict[str, tuple[np.dtype, tuple[Dim, ...]]]:
     """dtype and shape of the tensors ``names``, measured by running ``model`` with them as

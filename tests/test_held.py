@@ -251,17 +251,27 @@ def test_held_runs_whole_where_no_cut_has_tensors() -> None:
     assert got.tobytes() == want[1].tobytes()
 
 
-def test_golden_deviation_is_measured_at_extended_too() -> None:
-    """Issue 9 (a): at EXTENDED a weight campaign makes weights overridable, which keeps
-    onnxruntime from folding a BatchNormalization into the Conv; the campaign's golden
-    then differs from the model's, and that difference is measured (0 without BN)."""
+def test_folded_weights_stay_constants_at_extended() -> None:
+    """Issue 9 (a): at EXTENDED a fed weight keeps onnxruntime from folding a
+    BatchNormalization into the Conv, so the campaign's golden run differed from the
+    model's and a trial from inject + run. The engine measures which weights are folded;
+    those stay constants (a trial hitting one runs on a session with its faults written
+    in), so the golden run is the model's and every trial equals inject + run."""
     x = _data(8)
     for bn in (False, True):
         m = _cnn(bn=bn)
         sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
         e = FaultEngine(m, sites)
         plain = make_session(m).run(None, x)[0]
-        got = e.run(x, [])["logits"]
-        dev = e.golden_deviation(x)
-        assert dev == pytest.approx(float(np.abs(got - plain).max()), abs=0)
-        assert (dev > 0) == bn
+        assert e.run(x, [])["logits"].tobytes() == plain.tobytes()
+        assert e.golden_deviation(x) == 0.0
+        folded = {"c1.w", "c1.b", "bn.s", "bn.b", "bn.m", "bn.v"}
+        assert folded <= e.folded_weights if bn else not e.folded_weights & folded
+        for site, idx in (("c1.w", (3, 1, 2, 0)), ("c2.w", (5, 7, 1, 1)),
+                          ("fc.w", (17, 4))):
+            f = FaultSet.from_faults([Fault(site, idx, FaultModel.BIT_FLIP, (27,))])
+            want = make_session(inject(m, f).model).run(None, x)[0]
+            assert e.run(x, f)["logits"].tobytes() == want.tobytes(), site
+            assert want.tobytes() != plain.tobytes()
+            # judged against the golden run of the same fusions: the model's own
+            assert e.reference(x, f)["logits"].tobytes() == plain.tobytes()

@@ -78,6 +78,15 @@ CASES = [
      "also an input"),
     ("plan onto the model", ["plan", "m.onnx", "--data", "d.npz", "-o", "m.onnx"],
      "also an input"),
+    ("inf in run's inputs", ["run", "m.onnx", "--inputs", "inf.npz", "-o", "o.npz"],
+     "--allow-nonfinite-inputs"),
+    ("unknown option", ["campaign", "m.onnx", "--data", "d.npz", "--trails", "3"],
+     "Did you mean one of: '--stratify', '--trials'"),
+    ("missing argument", ["inject", "-o", "o.onnx"], "Missing argument 'MODEL'"),
+    ("bad choice", ["sites", "m.onnx", "--kind", "bogus"], "'bogus' is not one of"),
+    ("not a number", ["campaign", "m.onnx", "--data", "d.npz", "--trials", "many",
+                      "--db", "o.sqlite"], "'many' is not a valid integer"),
+    ("unknown command", ["campaing", "m.onnx"], "No such command 'campaing'"),
 ]
 
 

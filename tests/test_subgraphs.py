@@ -256,10 +256,7 @@ def test_activations_inside_if_bodies_are_sites_and_can_be_faulted(cond: bool) -
     assert all(s.shape == ("N", 4) and s.dtype == "float32" for s in body.values())
     f = [Fault("If_1/then_branch/ax", (1, 2), FaultModel.BIT_FLIP, (30,))]
     a = np.maximum(X, 0)
-    if cond:
-        want = _flip(a * X, (1, 2), 30) + a
-    else:
-        want = -a
+    want = _flip(a * X, (1, 2), 30) + a if cond else -a
     got = make_session(inject(m, f).model).run(None, {"x": X})[0]
     assert got.tobytes() == want.tobytes()
     e = FaultEngine(m, list(sites.values()))
@@ -320,3 +317,20 @@ def test_body_tensor_names_are_stable_and_unique() -> None:
         feeds = {"x": X, "c": np.array([c])}
         assert make_session(m).run(None, feeds)[0].tobytes() == make_session(src).run(
             None, feeds)[0].tobytes()
+
+
+def test_body_tensors_of_unknown_shape_are_listed_not_dropped(tmp_path) -> None:
+    """A Loop state declared without a shape leaves its body tensors untyped: `sites`
+    lists them with shape '?' (no site: a body's tensor cannot be measured)."""
+    from enpheeph_onnx.sites import unresolved_body_tensors
+
+    from .helpers import invoke
+
+    m = _loop_model()
+    assert unresolved_body_tensors(m) == ["Loop_2/body/v_out"]
+    assert unresolved_body_tensors(_loop_with_body_shapes()) == []
+    onnx.save(m, tmp_path / "loop.onnx")
+    code, out, err = invoke("sites", str(tmp_path / "loop.onnx"))
+    assert code == 0, err
+    row = next(ln for ln in out.splitlines() if ln.startswith("Loop_2/body/v_out"))
+    assert "no site" in row and "1 body tensor(s) of unknown shape" in err

@@ -72,12 +72,21 @@ def load_dataset(path: str | os.PathLike[str], names: list[str],
         raise EnpheephError(f"data {path}: label {int(labels.min())} is negative; labels are "
                             "class numbers 0, 1, ...")
     if not allow_nonfinite:
-        for k, a in inputs.items():
-            if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
-                raise EnpheephError(
-                    f"data {path}: input {k!r} holds NaN or Inf (its outputs would count as "
-                    "DUE without any fault); clean the data or pass --allow-nonfinite-inputs")
+        refuse_nonfinite(inputs, path)
     return Dataset(inputs, labels)
+
+
+def refuse_nonfinite(inputs: dict[str, np.ndarray], path: str | os.PathLike[str]) -> None:
+    """Refuse NaN or Inf in float inputs (their outputs are DUEs without any fault).
+
+    Raises:
+        EnpheephError: naming the input and ``--allow-nonfinite-inputs``.
+    """
+    for k, a in inputs.items():
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            raise EnpheephError(
+                f"data {path}: input {k!r} holds NaN or Inf (its outputs would count as "
+                "DUE without any fault); clean the data or pass --allow-nonfinite-inputs")
 
 
 def data_sha256(data: Dataset) -> str:
@@ -93,4 +102,4 @@ def data_sha256(data: Dataset) -> str:
     return h.hexdigest()
 
 
-__all__ = ["Dataset", "data_sha256", "input_names", "load_dataset"]
+__all__ = ["Dataset", "data_sha256", "input_names", "load_dataset", "refuse_nonfinite"]

@@ -336,7 +336,11 @@ class FaultEngine:
 
     Raises:
         EnpheephError: ``ALL`` with weight and activation/input sites together, or with
-            weights the runtime does not hold as stored (:func:`enpheeph_onnx.held.locate`).
+            weights that cannot be probed (:func:`enpheeph_onnx.held.locate`: dtype, size,
+            a value-dependent fusion). Weights onnxruntime folds into other constants (a
+            ``Conv`` and its ``BatchNormalization``) stay constants at either level: a
+            trial hitting one runs on a session of the model with its faults written in,
+            as ``inject`` writes them (:attr:`folded_weights`).
 
     Sessions are keyed by (first node of the suffix, instrumented sites). The golden
     references and the suffix cache are kept for the last ``data`` object (by identity):
@@ -390,7 +394,8 @@ class FaultEngine:
         self._ref_batch: int | None = None
         self._weights: dict[str, np.ndarray] = {}
         if held:
-            self._held = HeldWeights(model, sites, provider, threads, suffix, cache_mb)
+            self._held = HeldWeights(model, sites, provider, threads, suffix, cache_mb,
+                                     folded="bake")
             self.model, self.session = self._held.model, self._held.session
         else:
             base = self._variant((0, frozenset()))
@@ -411,7 +416,8 @@ class FaultEngine:
         self._chain_checked = False  # the source chain's golden run equals the model's
         # weights kept constant, faulted by a session per trial (:meth:`_check_weights`);
         # None: not measured yet
-        self._baked: frozenset[str] | None = None if self._held is None else frozenset()
+        self._baked: frozenset[str] | None = (
+            None if self._held is None else self._held.folded)
         self._baked_refs: dict[tuple[frozenset[str], int, int | None],
                                dict[str, np.ndarray]] = {}
         self._last_baked: tuple[FaultSet, dict[str, np.ndarray]] | None = None
@@ -689,12 +695,12 @@ class FaultEngine:
         """
         fs = as_fault_set(faults)
         self._check_sites(fs)
-        if self._held is not None:
-            return self._held.run(data, fs, batch_size)
         if self._baked is None:
             self._check_weights(data, batch_size)
         if self._baked and fs.hit_sites() & self._baked:
             return self._run_baked(data, fs, batch_size)
+        if self._held is not None:
+            return self._held.run(data, fs, batch_size)
         for c in self._chains(fs, data, batch_size):
             out = c.run(data, fs, batch_size)
             if out is not None:
@@ -853,10 +859,10 @@ class FaultEngine:
         after :meth:`run`): the reference to classify that run's outputs against. Cached
         per session for the last ``data`` object."""
         fs = as_fault_set(faults)
-        if self._held is not None:
-            return self._held.reference(data, batch_size)
         if self._last_baked is not None and self._last_baked[0] is fs:
             return self._last_baked[1]
+        if self._held is not None:
+            return self._held.reference(data, batch_size)
         if self._last is not None and self._last[0] is fs:
             return self._last[1].reference(data, batch_size)
         for c in (self._runtime_chain, self._chain):
@@ -977,9 +983,9 @@ class FaultEngine:
         session of the unmodified model at the same optimization level: the largest
         absolute difference over every output element (0.0 where they are bit-identical).
         Non-zero where the campaign's graph has other fusion boundaries than the model's:
-        at ``EXTENDED``, overridable weights that onnxruntime would otherwise fold (a
-        ``BatchNormalization`` into the ``Conv`` before it); at ``ALL``, fed weights that
-        are not pre-packed (:meth:`enpheeph_onnx.held.HeldWeights.deviation`).
+        at ``ALL``, fed weights that are not pre-packed
+        (:meth:`enpheeph_onnx.held.HeldWeights.deviation`). (Weights onnxruntime would
+        fold stay constants, :attr:`folded_weights`, so at ``EXTENDED`` it is 0.)
         ``golden``: what :meth:`run` gave for ``data`` without faults, if the caller has it
         (saves a golden pass)."""
         if self._held is not None:

@@ -17,10 +17,12 @@ of the stored weights (:mod:`enpheeph_onnx.engine`) runs at ``ORT_ENABLE_EXTENDE
    zero padding. An
    initializer that changes between the probes but is not such a copy is *derived* from
    targeted weights (e.g. ``Conv`` + ``BatchNormalization`` folding scales the filters):
-   those weights are refused, never faulted in the wrong place; so is a weight read by a
-   node on constants only that computes with it (``Abs(w)``, ``Mul(w, c)``: folded into a
-   new constant). The runtime graph's values at the located positions are checked to equal
-   the stored weight bit for bit;
+   those weights are never faulted in the wrong place; neither is a weight read by a node
+   on constants only that computes with it (``Abs(w)``, ``Mul(w, c)``: folded into a new
+   constant). Such weights are :class:`UnheldWeight`: refused, or (``folded="bake"``, what
+   the campaign engine asks for) left to a session per trial of the model with their
+   faults written into its initializers, as ``inject`` writes them. The runtime graph's
+   values at the located positions are checked to equal the stored weight bit for bit;
 3. runs trials on the runtime graph with the held weights as graph inputs (fed from numpy
    arrays that the faults change in place, bit flips by ``np.bitwise_xor.at``, and that are
    restored from a golden copy after the run), with suffix re-execution on the runtime
@@ -35,8 +37,9 @@ measured: up to 3.3e-6 on a 16384-input layer). The campaign's golden run is thi
 own, so no trial shows that difference as an SDC; :meth:`HeldWeights.deviation` measures it
 against the unmodified model and the campaign reports it.
 
-Float32 and float64 weights only (a code must be exact in the weight's dtype; a float32
-weight of more than 2^24 elements cannot be coded); the model must have no subgraphs.
+Float32 and float64 weights only are held in place (a code must be exact in the weight's
+dtype; a float32 weight of more than 2^24 elements cannot be coded), on models without
+subgraphs; other weights are unheld (baked by the engine, see above).
 """
 
 from __future__ import annotations
@@ -102,6 +105,14 @@ def weight_constants(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto
     return m
 
 
+class UnheldWeight(EnpheephError):
+    """A targeted weight this module cannot serve in place: onnxruntime does not hold it as
+    stored (folded into another constant, transformed, held only in part), or it cannot be
+    probed (not float32/float64, too many elements, a fusion that depends on its values).
+    :class:`HeldWeights` with ``folded="bake"`` leaves such weights to the caller instead
+    of refusing them."""
+
+
 _LAYOUT = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity"}
 """Ops that move a constant's elements without changing them (folded into a copy the
 probe locates)."""
@@ -136,7 +147,7 @@ def _refuse_folded(model: onnx.ModelProto, weights: set[str]) -> None:
                     const.update(n.output)
                     todo.extend(n.output)
                     continue
-                raise EnpheephError(
+                raise UnheldWeight(
                     f"--optimization all: weight {w!r} is read by {n.op_type} "
                     f"{n.name or n.output[0]!r} on constants only, which onnxruntime folds "
                     "into a new constant that a fault on the stored weight would not reach; "
@@ -153,7 +164,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
     :func:`optimize_offline` graph), found with a coded probe (module docstring).
 
     Raises:
-        EnpheephError: a weight that cannot be coded (dtype, size), that the runtime graph
+        UnheldWeight: a weight that cannot be coded (dtype, size), that the runtime graph
             does not hold as a copy of its stored bits (folded or transformed), or a probe
             whose optimized graph differs in structure from the runtime graph.
     """
@@ -166,13 +177,13 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
         stored[s.name] = arr
         dt = arr.dtype
         if dt not in _CODE_LIMIT:
-            raise EnpheephError(
+            raise UnheldWeight(
                 f"--optimization all cannot locate weight {s.name!r} ({dt.name}) in the "
                 "graph onnxruntime runs: only float32/float64 weights can be probed; use "
                 "--optimization extended")
         off = offsets.get(dt, 0)
         if off + arr.size >= _CODE_LIMIT[dt]:
-            raise EnpheephError(
+            raise UnheldWeight(
                 f"--optimization all cannot locate weight {s.name!r}: its {dt.name} codes "
                 f"would pass {_CODE_LIMIT[dt]:,} (too many weight elements to probe at once); "
                 "target fewer weights (--sites) or use --optimization extended")
@@ -197,7 +208,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
 
     fwd, rev = coded(False), coded(True)
     if not _structure(fwd) == _structure(rev) == _structure(runtime):
-        raise EnpheephError(
+        raise UnheldWeight(
             "--optimization all: onnxruntime optimizes the model differently when its weights "
             "change (a value-dependent fusion), so the weights it holds cannot be located; "
             "use --optimization extended")
@@ -214,7 +225,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
         held = bits(numpy_helper.to_array(real[tensor]).reshape(-1))
         src = bits(stored[name].reshape(-1))
         if not np.array_equal(held if positions is None else held[positions], src):
-            raise EnpheephError(
+            raise UnheldWeight(
                 f"--optimization all: onnxruntime holds weight {name!r} transformed in "
                 f"{tensor!r}, so a fault on its stored bits has no single place in the "
                 "running graph; use --optimization extended")
@@ -256,7 +267,7 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
             mine = which == k
             e = elem[mine].astype(np.int64)
             if len(e) != size_k or not (np.bincount(e, minlength=size_k) == 1).all():
-                raise EnpheephError(
+                raise UnheldWeight(
                     f"--optimization all: onnxruntime holds only part of weight {name!r} in "
                     f"{t.name!r}, so its faults cannot be placed; use --optimization extended")
             positions = np.empty(size_k, np.int64)
@@ -265,17 +276,37 @@ def locate(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[Fau
             add(name, t.name, None if same else positions)
     for name, found in copies.items():
         if not found:
-            raise EnpheephError(
+            raise UnheldWeight(
                 f"--optimization all: weight {name!r} is not held by onnxruntime as stored "
                 f"(folded into {', '.join(derived) or 'other constants'}, e.g. Conv + "
                 "BatchNormalization), so its faults cannot be placed; use --optimization "
                 "extended or leave it out (--sites)")
     if derived:
-        raise EnpheephError(
+        raise UnheldWeight(
             f"--optimization all: onnxruntime folds targeted weights into {derived[0]!r} as "
             "well as holding them as stored, so a fault would miss that copy; use "
             "--optimization extended")
     return {name: tuple(c) for name, c in copies.items()}
+
+
+def locate_held(model: onnx.ModelProto, runtime: onnx.ModelProto, sites: Sequence[FaultSite],
+                provider: Provider, threads: int | None
+                ) -> tuple[dict[str, tuple[HeldCopy, ...]], frozenset[str]]:
+    """:func:`locate` for the weights onnxruntime holds as stored, and the names of the
+    others (:class:`UnheldWeight`: folded, transformed, not probeable): probed all at once,
+    and where that fails, one by one (then the held ones together again)."""
+    try:
+        return locate(model, runtime, sites, provider, threads), frozenset()
+    except UnheldWeight:
+        pass
+    held, folded = [], set()
+    for s in sites:
+        try:
+            locate(model, runtime, [s], provider, threads)
+            held.append(s)
+        except UnheldWeight:
+            folded.add(s.name)
+    return (locate(model, runtime, held, provider, threads) if held else {}), frozenset(folded)
 
 
 @dataclass
@@ -297,37 +328,55 @@ class HeldWeights:
         suffix: run trials from the first node reading a faulted weight.
         cache_mb: the most memory the golden tensors of the cuts may hold (beyond it,
             whole runs serve).
+        folded: ``"refuse"``: a weight this module cannot serve in place raises
+            :class:`UnheldWeight`; ``"bake"``: such weights (every weight of a model with
+            subgraphs) are left out, listed in :attr:`folded`, for the caller to serve with
+            a session per trial that has their faults written in.
 
     Raises:
-        EnpheephError: see :func:`locate`; a model with subgraphs.
+        UnheldWeight: with ``folded="refuse"``: see :func:`locate`; a model with subgraphs.
     """
 
     def __init__(self, model: onnx.ModelProto, sites: Sequence[FaultSite],
                  provider: Provider = "cpu", threads: int | None = None, suffix: bool = True,
-                 cache_mb: float = 512.0) -> None:
-        if has_subgraphs(model.graph):
-            raise EnpheephError("--optimization all serves weight faults only on models "
-                                "without If/Loop/Scan subgraphs; use --optimization extended")
+                 cache_mb: float = 512.0, folded: str = "refuse") -> None:
         self.sites = {s.name: s for s in sites if s.kind is SiteKind.WEIGHT}
+        bodies = has_subgraphs(model.graph)
+        if bodies and folded != "bake":
+            raise UnheldWeight("--optimization all serves weight faults in place only on "
+                               "models without If/Loop/Scan subgraphs; use --optimization "
+                               "extended")
         self.source = weight_constants(model, set(self.sites))
         self.provider = provider
         self.threads = threads
         self.suffix = suffix
         self.cache_mb = cache_mb
         runtime = optimize_offline(self.source, provider, threads)
-        self.copies = locate(self.source, runtime, list(self.sites.values()), provider,
-                             threads)
+        self.folded: frozenset[str] = frozenset()
+        if folded == "bake" and bodies:  # a body may read any of them: none held
+            self.copies, self.folded = {}, frozenset(self.sites)
+        elif folded == "bake":  # the caller serves the weights onnxruntime folds
+            self.copies, self.folded = locate_held(self.source, runtime,
+                                                   list(self.sites.values()), provider,
+                                                   threads)
+            for name in self.folded:
+                del self.sites[name]
+        else:
+            self.copies = locate(self.source, runtime, list(self.sites.values()), provider,
+                                 threads)
         held = {c.tensor for cs in self.copies.values() for c in cs}
         g = runtime.graph
         self.values: dict[str, np.ndarray] = {}
         self._golden_values: dict[str, np.ndarray] = {}  # restores the faulted elements
         keep = []
+        listed = {i.name for i in g.input}  # IR 3 lists every initializer as an input
         for t in g.initializer:
             if t.name in held:
                 self.values[t.name] = numpy_helper.to_array(t).copy()
                 self._golden_values[t.name] = self.values[t.name].copy()
-                g.input.append(helper.make_tensor_value_info(t.name, t.data_type,
-                                                             list(t.dims)))
+                if t.name not in listed:
+                    g.input.append(helper.make_tensor_value_info(t.name, t.data_type,
+                                                                 list(t.dims)))
             else:
                 keep.append(t)
         del g.initializer[:]
@@ -378,7 +427,8 @@ class HeldWeights:
                                     f"{list(shape)} (a fault is never dropped)")
             flips = bool((fs.model[rows] == BIT_FLIP).all()) and bool((idx >= 0).all())
             if flips:
-                lin = np.ravel_multi_index(tuple(idx.T), shape)
+                lin = (np.ravel_multi_index(tuple(idx.T), shape) if shape
+                       else np.zeros(len(rows), np.int64))  # a scalar weight
                 m = masks.astype(d.container)
             else:
                 lin, a, o, x = fold(fs, rows, shape, d)

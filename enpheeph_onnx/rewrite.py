@@ -397,7 +397,8 @@ def insert_fault_nodes(
     fs = faults if isinstance(faults, FaultSet) else FaultSet.from_faults(faults)
     if not len(fs):
         return model, []
-    fed = np.array([sites[n].kind is not SiteKind.WEIGHT for n in fs.sites] + [False])
+    fed = np.array([n in sites and sites[n].kind is not SiteKind.WEIGHT  # (unused names)
+                    for n in fs.sites] + [False])
     fs = fs.take(np.flatnonzero(fed[fs.site]))
     if not len(fs):
         return model, []
@@ -568,7 +569,8 @@ def inject(model: ModelSource, faults: FaultPlan | FaultSet | Iterable[Fault],
             for name in fs.sites:
                 lookup_site(sites, name, work)  # unknown sites: the usual hints
             validate_fault_set(sites, fs)
-    kinds = np.array([sites[n].kind is not SiteKind.WEIGHT for n in fs.sites] + [False])
+    kinds = np.array([n in sites and sites[n].kind is not SiteKind.WEIGHT  # (unused names)
+                      for n in fs.sites] + [False])
     value_rows = np.flatnonzero(kinds[fs.site]) if len(fs) else np.zeros(0, np.int64)
     converted = None
     if len(value_rows):

@@ -39,7 +39,7 @@ from enpheeph_onnx.campaign.outcomes import classify
 from enpheeph_onnx.engine import FaultEngine
 from enpheeph_onnx.faults import Fault, FaultModel
 from enpheeph_onnx.model import load_model
-from enpheeph_onnx.runtime import session_options
+from enpheeph_onnx.runtime import Optimization, session_options
 from enpheeph_onnx.sites import with_measured_shapes
 from enpheeph_onnx.store import ResultStore
 
@@ -89,10 +89,12 @@ def fixed_batch(model: onnx.ModelProto) -> bool:
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], default: bool = False,
-        one_by_one: bool = False) -> dict[str, np.ndarray]:
+        one_by_one: bool = False, optimization: Optimization = Optimization.EXTENDED
+        ) -> dict[str, np.ndarray]:
     """Outputs of a plain onnxruntime CPU session (default or the project's session
-    options); ``one_by_one``: sample by sample, concatenated (fixed batch of 1)."""
-    opts = ort.SessionOptions() if default else session_options()
+    options at ``optimization``); ``one_by_one``: sample by sample, concatenated (fixed
+    batch of 1)."""
+    opts = ort.SessionOptions() if default else session_options(optimization=optimization)
     sess = ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
@@ -362,3 +364,34 @@ def test_campaign_trials_equal_inject_and_run(name: str, kind: SiteKind,
                 assert_same(ref, golden, "the golden run")
             seen += 1
     assert seen == 4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weight_campaigns_at_optimization_all(name: str, store_dir: Path) -> None:
+    """At ``--optimization all`` every model's weight campaign runs: weights onnxruntime
+    holds as stored are faulted in place in its optimized graph (equal to inject + run up
+    to pre-packing, a few ulp), every other weight (folded, int8, float16, in a body) by a
+    session per trial with its faults written in, equal to inject + run bit for bit."""
+    cm = built(name)
+    path = saved(name, store_dir)
+    one = fixed_batch(cm.model)
+    batch = 1 if one else len(next(v for v in cm.feeds.values() if v.ndim))
+    cfg = CampaignConfig(faults_per_trial=2, trials=3, seed=5, batch_size=batch,
+                         optimization=Optimization.ALL)
+    db = store_dir / f"{name}-all.db"
+    db.unlink(missing_ok=True)
+    run_campaign(path, Dataset(cm.feeds), cfg, db, progress=False)
+    proto = load_model(path)
+    engine = FaultEngine(proto, [s for s in discover_sites(proto) if s.kind is SiteKind.WEIGHT],
+                         optimization=Optimization.ALL)
+    with ResultStore.open(db) as store:
+        for trial, fs in store.fault_sets():
+            want = run(inject(path, fs).model, cm.feeds, one_by_one=one,
+                       optimization=Optimization.ALL)
+            got = engine.run(cm.feeds, fs, batch)
+            if fs.hit_sites() & engine.folded_weights:
+                assert_same(got, want, f"baked trial {trial}")
+            else:
+                for k in want:
+                    assert np.allclose(got[k], want[k], rtol=1e-4, atol=1e-5,
+                                       equal_nan=True), f"held trial {trial}: {k}"

@@ -143,15 +143,37 @@ def test_held_deviation_is_the_difference_from_the_deployed_session() -> None:
     assert held.deviation(x) == pytest.approx(float(np.abs(ref - plain).max()), abs=0)
 
 
-def test_held_refuses_weights_folded_by_onnxruntime() -> None:
+def test_weights_folded_by_onnxruntime_are_baked_at_all() -> None:
     """Conv + BatchNormalization: onnxruntime scales the filters, so the stored bits of
-    ``c1.w`` do not exist in the running graph; refused, never faulted elsewhere."""
+    ``c1.w`` do not exist in the running graph. HeldWeights refuses them by default; the
+    engine leaves them constants and runs a trial hitting one on a session of the model
+    with its faults written in, so that it equals inject + run at ``all``, bit for bit."""
     m = _cnn(bn=True)
     sites = [s for s in discover_sites(m) if s.kind is SiteKind.WEIGHT]
     with pytest.raises(EnpheephError, match=r"c1\.w.*--optimization extended"):
         HeldWeights(m, sites)
     keep = [s for s in sites if s.name.startswith(("c2", "fc"))]
     HeldWeights(m, keep)  # the weights it holds as stored are served
+    held = HeldWeights(m, sites, folded="bake")
+    assert {"c1.w", "c1.b", "bn.s", "bn.v"} <= held.folded
+    assert not held.folded & {"c2.w", "fc.w"}
+    e = FaultEngine(m, sites, optimization=Optimization.ALL)
+    assert e.folded_weights == held.folded
+    x = _data(6)
+    opts = session_options(optimization=Optimization.ALL)
+    plain = make_session(m, "cpu", opts).run(None, x)[0]
+    for faults in ([Fault("c1.w", (2, 1, 0, 2), FaultModel.BIT_FLIP, (27,))],
+                   [Fault("bn.v", (4,), FaultModel.STUCK_AT_1, (29,)),
+                    Fault("fc.w", (3, 7), FaultModel.BIT_FLIP, (30,))],
+                   [Fault("c2.w", (1, 2, 2, 0), FaultModel.BIT_FLIP, (28,))]):
+        fs = FaultSet.from_faults(faults)
+        want = make_session(inject(m, fs).model, "cpu", opts).run(None, x)[0]
+        assert want.tobytes() != plain.tobytes()
+        assert e.run(x, fs)["logits"].tobytes() == want.tobytes(), faults
+    # a baked trial is judged against the model's own golden run
+    fs = FaultSet.from_faults([Fault("c1.w", (0, 0, 0, 0), FaultModel.BIT_FLIP, (3,))])
+    e.run(x, fs)
+    assert e.reference(x, fs)["logits"].tobytes() == plain.tobytes()
 
 
 def test_held_refuses_mixed_kinds_and_other_dtypes() -> None:
@@ -229,6 +251,16 @@ def test_held_refuses_a_weight_folded_through_another_op(op: str) -> None:
     sites = [s for s in discover_sites(m) if s.name == "W"]
     with pytest.raises(EnpheephError, match=rf"'W' is read by {op}.*constants only"):
         HeldWeights(m, sites)
+    # the engine bakes it: the fault reaches both readers, as inject + run computes
+    e = FaultEngine(m, sites, optimization=Optimization.ALL)
+    assert e.folded_weights == {"W"}
+    x = {"x": np.random.default_rng(3).standard_normal((5, 4)).astype(np.float32)}
+    f = [Fault("W", (2, 1), FaultModel.BIT_FLIP, (31,))]
+    sess = make_session(inject(m, f).model, "cpu",
+                        session_options(optimization=Optimization.ALL))
+    want = dict(zip(["y1", "y2"], sess.run(None, x), strict=True))
+    got = e.run(x, f)
+    assert all(got[k].tobytes() == want[k].tobytes() for k in want)
 
 
 def test_held_runs_whole_where_no_cut_has_tensors() -> None:

@@ -312,10 +312,9 @@ class _Run:
             np.mean(correct(self.golden_out[self.output], labels)))
         if self.deviation != 0.0:
             log.warning("the campaign's golden outputs differ from a plain onnxruntime "
-                        "session of the unmodified model by up to %.3g (its overridable or "
-                        "fed weights keep onnxruntime from folding or pre-packing them); "
-                        "trials are judged against the campaign's own golden run",
-                        self.deviation)
+                        "session of the unmodified model by up to %.3g (at --optimization "
+                        "all its fed weights are not pre-packed); trials are judged against "
+                        "the campaign's own golden run", self.deviation)
         if self.db is not None and self.created:
             self.meta["providers"] = self.engine.providers
             self.meta["golden_deviation"] = self.deviation

@@ -402,6 +402,21 @@ def ensure_opset(model: onnx.ModelProto, opset: int = TARGET_OPSET) -> onnx.Mode
     return converted
 
 
+def require_folder(folder: Path, what: str) -> None:
+    """Refuse a destination folder that is missing, a file, or not writable.
+
+    Raises:
+        EnpheephError: naming ``what`` (e.g. ``"output folder"``) and the fix.
+    """
+    if folder.is_dir():
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise EnpheephError(f"{what} {folder} is not writable: choose another path")
+        return
+    if folder.exists():
+        raise EnpheephError(f"{what} {folder} is a file, not a folder: choose another path")
+    raise EnpheephError(f"{what} {folder} does not exist: create it first")
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it onto ``dest``.
@@ -410,12 +425,14 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
     interrupted or failed write never leaves a partial output file.
 
     Raises:
-        EnpheephError: the destination folder does not exist.
+        EnpheephError: the destination folder is missing, a file or not writable.
     """
     dest = Path(dest)
-    if not dest.parent.is_dir():
-        raise EnpheephError(f"output folder {dest.parent} does not exist: create it first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    require_folder(dest.parent, "output folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as e:
+        raise EnpheephError(f"cannot write in {dest.parent}: {e.strerror or e}") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)

@@ -229,10 +229,9 @@ def _prepare_out_dir(out_dir: str | os.PathLike[str]) -> Path:
         if not out.is_dir():
             raise EnpheephError(f"report folder {out} exists and is not a folder")
         return out
-    if not out.parent.is_dir():
-        raise EnpheephError(
-            f"cannot create report folder {out}: its parent {out.parent} does not exist"
-        )
+    from .model import require_folder
+
+    require_folder(out.parent, f"parent folder of report folder {out}:")
     try:
         out.mkdir()
     except OSError as e:

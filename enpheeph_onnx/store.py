@@ -204,8 +204,9 @@ class ResultStore:
                 f"results database {p} already exists: continue it with --resume, or choose "
                 "another --db path"
             )
-        if not p.parent.is_dir():
-            raise EnpheephError(f"folder {p.parent} of --db does not exist: create it first")
+        from .model import require_folder
+
+        require_folder(p.parent, "folder of --db")
         conn = sqlite3.connect(p)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")

@@ -87,6 +87,12 @@ CASES = [
     ("not a number", ["campaign", "m.onnx", "--data", "d.npz", "--trials", "many",
                       "--db", "o.sqlite"], "'many' is not a valid integer"),
     ("unknown command", ["campaing", "m.onnx"], "No such command 'campaing'"),
+    ("output under a file", ["inject", "m.onnx", "-o", "d.npz/o.onnx", "--fault",
+                             f"{ACT}:bitflip:3"], "d.npz is a file, not a folder"),
+    ("database under a file", ["campaign", "m.onnx", "--data", "d.npz", "--trials", "1",
+                               "--db", "d.npz/r.sqlite"], "d.npz is a file, not a folder"),
+    ("output folder missing", ["run", "m.onnx", "--inputs", "d.npz", "-o", "no/o.npz"],
+     "no does not exist: create it first"),
 ]
 
 

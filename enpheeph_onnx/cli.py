@@ -693,6 +693,15 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only on a terminal].")
 @nonfinite_option
+@click.option("--backend", type=click.Choice(["serial", "local", "ray"]), default="serial",
+              show_default=True,
+              help="Where trials run: this process, --workers local processes, or Ray "
+                   "actors (pip install 'enpheeph-onnx[ray]'); the results are the same.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes / Ray actors [default: the cores / the cluster's CPUs].")
+@click.option("--address", default=None,
+              help="Ray cluster to join (what 'ray start --head' prints, or 'auto') "
+                   "[default: start a local one].")
 @provider_option
 @optimization_option
 @batch_option
@@ -700,6 +709,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
              resume: bool, fail_above: tuple[str, ...], suffix: bool, cache_mb: float,
              store_faults: str, progress: bool | None, allow_nonfinite_inputs: bool,
+             backend: str, workers: int | None, address: str | None,
              provider: str, optimization: str, batch_size: int, as_json: bool,
              **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
@@ -710,8 +720,12 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
     PASSED/FAILED line.
     """
     from .campaign import CampaignPlan, input_names, load_dataset, run_campaign
+    from .campaign.backends import Backend, BackendKind
     from .model import load_model
 
+    spread = Backend(BackendKind(backend), workers, address)
+    if workers is not None and spread.kind is BackendKind.SERIAL:
+        raise EnpheephError("--workers needs --backend local or --backend ray")
     _refuse_overwrite(db, model, data_path, plan_path, what="--db")
     if resume and db is None:
         raise EnpheephError("--resume needs --db RESULTS.sqlite")
@@ -749,7 +763,7 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
     previous = signal.signal(signal.SIGTERM, _terminate)  # SIGTERM: keep finished trials
     try:
         res = run_campaign(model, data, cfg, db, resume=resume, plan=cp, gates=gates,
-                           progress=progress)
+                           progress=progress, backend=spread)
     except KeyboardInterrupt:
         click.echo(f"interrupted: finished trials are kept in {db}; continue with --resume"
                    if db else "interrupted", err=True)

@@ -16,6 +16,7 @@ loss) loses at most the uncommitted batch, which ``--resume`` recomputes. Schema
           first_faults TEXT, seconds REAL)
     fault_set(trial INTEGER PRIMARY KEY, layout TEXT, data BLOB)
     outcome_set(trial INTEGER PRIMARY KEY, outcome BLOB, correct BLOB)
+    worker(trial INTEGER PRIMARY KEY, name TEXT)    -- who ran it: driver, host:pid, ray:...
 
 ``fault_set`` holds a trial's faults as columns (:meth:`FaultSet.encode`: site id, one
 column per index dimension shifted by one so that 0 is ``*``, model, bit, value — each in
@@ -57,7 +58,12 @@ CREATE TABLE IF NOT EXISTS fault_set (
     trial INTEGER PRIMARY KEY, layout TEXT NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS outcome_set (
     trial INTEGER PRIMARY KEY, outcome BLOB NOT NULL, correct BLOB);
+CREATE TABLE IF NOT EXISTS worker (trial INTEGER PRIMARY KEY, name TEXT NOT NULL);
 """
+WORKER_TABLE = ("CREATE TABLE IF NOT EXISTS worker "
+                "(trial INTEGER PRIMARY KEY, name TEXT NOT NULL)")
+"""Which worker ran each trial (``driver`` for the serial backend); created on first write
+in databases from before it existed, so they stay readable and resumable."""
 OUTCOMES = ("masked", "tolerable_sdc", "critical_sdc", "due")
 TRIAL_COLUMNS = ("trial", "level", "rate", "stratum_layer", "stratum_bit", "accuracy",
                  "samples", "masked", "tolerable_sdc", "critical_sdc", "due", "n_faults",
@@ -188,6 +194,7 @@ class ResultStore:
         self.conn = conn
         self.store_faults = store_faults
         self._pending: list[TrialRecord] = []
+        self._workers: list[str] = []
         self._ids: dict[str, int] | None = None
 
     @classmethod
@@ -269,9 +276,11 @@ class ResultStore:
     def done_trials(self) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT trial FROM trial")}
 
-    def add(self, rec: TrialRecord) -> None:
-        """Queue a trial; it is written at the next :meth:`flush`."""
+    def add(self, rec: TrialRecord, worker: str = "driver") -> None:
+        """Queue a trial (and the name of the worker that ran it); it is written at the
+        next :meth:`flush`."""
         self._pending.append(rec)
+        self._workers.append(worker)
 
     def flush(self) -> None:
         """Commit the queued trials, each with its faults and outcomes, in one transaction."""
@@ -289,12 +298,25 @@ class ResultStore:
                 [(r.trial, r.outcomes.astype(np.uint8).tobytes(),
                   None if r.correct is None else np.packbits(r.correct).tobytes())
                  for r in self._pending])
+            self.conn.execute(WORKER_TABLE)
+            self.conn.executemany("INSERT INTO worker VALUES (?, ?)",
+                                  [(r.trial, w) for r, w in zip(self._pending, self._workers,
+                                                                strict=True)])
         self._pending.clear()
+        self._workers.clear()
 
     def trial_table(self) -> TrialTable:
         """Every stored trial's row, as columns (no fault is read)."""
         return TrialTable.from_rows(self.conn.execute(
             f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trial ORDER BY trial").fetchall())
+
+    def workers(self) -> dict[int, str]:
+        """Which worker ran each stored trial (``driver``: the serial backend); empty for
+        databases written before workers were recorded."""
+        try:
+            return dict(self.conn.execute("SELECT trial, name FROM worker"))
+        except sqlite3.OperationalError:  # no such table
+            return {}
 
     def fault_sets(self) -> Iterator[tuple[int, FaultSet]]:
         """``(trial, faults)`` for every trial whose faults are stored, in trial order."""

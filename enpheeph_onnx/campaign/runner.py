@@ -30,6 +30,7 @@ from ..runtime import batch_of, check_feeds, fixed_batch, option_entries, sessio
 from ..sites import FaultSite, discover_sites, site_map, with_measured_shapes
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
+from .backends import Backend, run_trials
 from .config import CampaignConfig
 from .data import Dataset, data_sha256
 from .outcomes import Outcome, classify, correct
@@ -64,6 +65,9 @@ class CampaignResult:
     """Largest absolute difference between the campaign's golden outputs and a plain
     onnxruntime session of the unmodified model (0.0: bit-identical; non-zero for weight
     campaigns at ``--optimization all``, whose fed weights are not pre-packed)."""
+    backend: dict[str, Any] = field(default_factory=dict)
+    """Where this run's trials ran: ``kind``, ``workers``, ``restarts`` (dead workers
+    replaced), ``address``."""
 
     @property
     def trials(self) -> TrialTable:
@@ -88,6 +92,7 @@ class CampaignResult:
     def to_json(self) -> dict[str, Any]:
         return {**self.summary.to_json(), "providers": list(self.providers),
                 "suffix": dict(self.suffix), "golden_deviation": self.golden_deviation,
+                "backend": dict(self.backend),
                 "db": str(self.db) if self.db else None,
                 "gates": [g.to_json() for g in self.gates], "passed": self.passed}
 
@@ -193,6 +198,7 @@ def run_campaign(
     gates: tuple[tuple[str, float], ...] = (),
     progress: bool | None = None,
     commit_every: float = 1.0,
+    backend: Backend | None = None,
 ) -> CampaignResult:
     """Run (or resume) a campaign, storing every trial in SQLite when ``db`` is given.
 
@@ -208,6 +214,9 @@ def run_campaign(
             bound (see :data:`enpheeph_onnx.summary.METRICS`).
         progress: tqdm bar on stderr; ``None`` shows it only on a terminal.
         commit_every: seconds between commits of finished trials.
+        backend: where the trials run (:class:`~enpheeph_onnx.campaign.backends.Backend`:
+            serial, local processes, Ray actors; ``None``: serial); the results are the
+            same with every backend.
 
     Returns:
         :class:`CampaignResult` with the summary of all trials (stored ones included).
@@ -222,6 +231,7 @@ def run_campaign(
     finished = run.stored_result(gates)  # resuming a finished campaign runs nothing
     if finished is not None:
         return finished
+    run.backend = backend or Backend()
     run.golden()
     table = run.trials(progress, commit_every)
     return run.result(table, gates)
@@ -234,6 +244,10 @@ class _Run:
                  db: str | os.PathLike[str] | None, resume: bool,
                  plan: CampaignPlan | None) -> None:
         self.model, self.data, self.db, self.resume = model, data, db, resume
+        self.plan = plan
+        self.threads: int | None = None  # onnxruntime intra-op threads (None: its default)
+        self.backend = Backend()
+        self.backend_stats: dict[str, int] = {}  # workers, restarts (run_trials)
         self.proto = load_model(model)
         self.sha = model_sha256(model)
         # tensors shape inference cannot type (com.microsoft, ai.onnx.ml, Loop outputs):
@@ -272,11 +286,13 @@ class _Run:
         self.deviation = float(stored.get("golden_deviation", 0.0))
         return self.result(table, gates)
 
-    def golden(self) -> None:
-        """Build the engine and run the golden pass (before any file is written)."""
+    def golden(self, deviation: bool = True) -> None:
+        """Build the engine and run the golden pass (before any file is written);
+        ``deviation``: also measure it against a plain session of the model (workers of
+        a backend skip that: the driver measured it)."""
         cfg = self.config
         try:
-            self.engine = FaultEngine(self.proto, self.sites, cfg.provider,
+            self.engine = FaultEngine(self.proto, self.sites, cfg.provider, self.threads,
                                       suffix=cfg.suffix, cache_mb=cfg.cache_mb,
                                       optimization=cfg.optimization)
             names = self.engine.output_names
@@ -290,8 +306,8 @@ class _Run:
                          "ignored", fixed, cfg.batch_size)
                 cfg = self.config = replace(cfg, batch_size=fixed)
             self.golden_out = self.engine.run(self.feeds, FaultSet.empty(), cfg.batch_size)
-            self.deviation = self.engine.golden_deviation(self.feeds, cfg.batch_size,
-                                                          self.golden_out)
+            self.deviation = self.engine.golden_deviation(
+                self.feeds, cfg.batch_size, self.golden_out) if deviation else 0.0
         except BaseException:
             if self.store:
                 self.store.close()
@@ -341,15 +357,24 @@ class _Run:
                 log.info("resuming: %d trials already stored, %d to run", len(done), len(todo))
             correct_sum = 0.0
             last_commit = time.monotonic()
-            bar = tqdm(todo, desc="trials", unit="trial", leave=False,
+            workers: dict[str, list[str]] = {}
+
+            def on_worker(name: str, providers: list[str]) -> None:
+                workers[name] = providers
+                if store:
+                    store.set_meta("workers", {**store.meta().get("workers", {}),
+                                               name: {"providers": providers}})
+
+            bar = tqdm(run_trials(self, todo, self.backend, on_worker, self.backend_stats),
+                       desc="trials",
+                       unit="trial", leave=False,
                        disable=None if progress is None else not progress, total=len(todo))
-            for seen, t in enumerate(bar, 1):
-                rec = self.trial(self.source.spec(t))
+            for seen, (rec, worker) in enumerate(bar, 1):
                 if rec.correct is not None:
                     correct_sum += float(np.mean(rec.correct))
                     bar.set_postfix(acc=f"{correct_sum / seen:.4f}")
                 if store:
-                    store.add(rec)
+                    store.add(rec, worker)
                     if time.monotonic() - last_commit >= commit_every:
                         store.flush()
                         committed = True
@@ -415,7 +440,8 @@ class _Run:
         return CampaignResult(cfg, self.golden_acc, len(self.data), summary,
                               tuple(check_gates(summary, gates)),
                               Path(self.db) if self.db is not None else None, self.providers,
-                              suffix, getattr(self, "deviation", 0.0))
+                              suffix, getattr(self, "deviation", 0.0),
+                              {**self.backend.to_json(), **self.backend_stats})
 
 
 def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: float,

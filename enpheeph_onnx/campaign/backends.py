@@ -1,0 +1,290 @@
+"""Where a campaign's trials run: in the driver process, in local worker processes, or on
+Ray actors.
+
+Every backend runs the same :meth:`enpheeph_onnx.campaign.runner._Run.trial` on the same
+:class:`~enpheeph_onnx.campaign.sampling.TrialSpec`: a trial's faults come from its own
+``SeedSequence(seed, spawn_key=(trial,))``, so which worker runs it, and in which order,
+changes nothing in its result. A worker builds its own engine and golden run from the model,
+the data and the configuration (the golden outputs' SHA-256 is checked equal to the
+driver's before it runs a trial: a worker whose onnxruntime computes other bits is
+refused), runs the trials it is handed and sends back their
+:class:`~enpheeph_onnx.store.TrialRecord`\\ s; the driver is the only writer of the SQLite
+store. A worker that dies (killed, out of memory, a crashed node) is replaced and the
+trials it held are handed out again, so no trial is lost or run twice.
+
+* ``serial``: the driver runs every trial (the default).
+* ``local``: ``workers`` processes on this machine (``multiprocessing``, spawn start), each
+  with ``cores // workers`` onnxruntime threads, fed one small chunk of trials at a time
+  over a pipe.
+* ``ray``: ``workers`` Ray actors (one engine each; one GPU each with ``--provider cuda``),
+  on the cluster at ``address`` (``None``: a local Ray started for the campaign, or the one
+  this process is already connected to).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import EnpheephError
+
+if TYPE_CHECKING:
+    from ..store import TrialRecord
+    from .runner import _Run
+
+log = logging.getLogger(__name__)
+
+
+class BackendKind(enum.Enum):
+    SERIAL = "serial"
+    LOCAL = "local"
+    RAY = "ray"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """How a campaign's trials are spread.
+
+    Attributes:
+        kind: serial, local processes or Ray actors.
+        workers: worker processes / actors (``None``: the machine's cores for ``local``,
+            the cluster's CPUs for ``ray``; 1 for ``serial``).
+        address: the Ray cluster (``ray start --head`` prints it; ``"auto"`` finds a running
+            one); ``None`` starts a local one.
+        max_restarts: how many dead workers are replaced before the campaign gives up.
+    """
+
+    kind: BackendKind = BackendKind.SERIAL
+    workers: int | None = None
+    address: str | None = None
+    max_restarts: int = 8
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise EnpheephError(f"--workers {self.workers}: give at least 1 worker")
+        if self.address is not None and self.kind is not BackendKind.RAY:
+            raise EnpheephError("--address names a Ray cluster: use it with --backend ray")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "workers": self.workers, "address": self.address}
+
+
+CHUNK = 4
+"""Trials handed to a worker at a time (two chunks in flight per worker hide the round
+trip; a dead worker's chunks are handed out again)."""
+
+
+def golden_digest(outputs: dict[str, Any]) -> str:
+    """SHA-256 over the golden outputs (sorted by name: dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(outputs):
+        a = outputs[name]
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a worker needs to build its own ``_Run``: the model (a path, or a
+    ``ModelProto`` serialized), the data, the configuration, the replayed plan, its
+    onnxruntime threads, and the driver's golden digest to check its own against."""
+
+    model: str | bytes
+    data: Any
+    config: Any
+    plan: Any
+    threads: int | None
+    digest: str
+
+
+class _Worker:
+    """A worker's state: its own ``_Run`` with engine and golden run (no store)."""
+
+    def __init__(self, payload: Payload) -> None:
+        import onnx
+
+        from .runner import _Run
+
+        model: Any = payload.model
+        if isinstance(model, bytes):
+            model = onnx.load_model_from_string(model)
+        self.run = _Run(model, payload.data, payload.config, None, False, payload.plan)
+        self.run.threads = payload.threads
+        self.run.golden(deviation=False)
+        digest = golden_digest(self.run.golden_out)
+        if digest != payload.digest:
+            raise EnpheephError(
+                "a worker's golden run differs from the driver's (onnxruntime computes other "
+                "bits there: another version, provider or CPU?); use --backend serial or "
+                "make the workers alike")
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.providers = list(self.run.providers)
+
+    def trials(self, numbers: Sequence[int]) -> list[TrialRecord]:
+        return [self.run.trial(self.run.source.spec(t)) for t in numbers]
+
+
+def _local_main(conn: Any, payload: Payload) -> None:
+    """A local worker process: build, say ready, run chunks until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
+    try:
+        worker = _Worker(payload)
+        conn.send(("ready", worker.name, worker.providers))
+        while True:
+            numbers = conn.recv()
+            if numbers is None:
+                return
+            conn.send(("done", numbers, worker.trials(numbers)))
+    except EnpheephError as e:
+        conn.send(("error", str(e)))
+    except (EOFError, BrokenPipeError):
+        return
+    except Exception as e:  # a bug: say what it was, the driver stops
+        conn.send(("error", f"worker failed: {type(e).__name__}: {e}"))
+
+
+def _payload(run: _Run, threads: int | None) -> Payload:
+    import onnx
+
+    model = run.model
+    src: str | bytes = (model.SerializeToString() if isinstance(model, onnx.ModelProto)
+                        else str(model))
+    return Payload(src, run.data, run.config, run.plan, threads,
+                   golden_digest(run.golden_out))
+
+
+Record = tuple["TrialRecord", str]
+"""A finished trial and the name of the worker that ran it."""
+
+
+def run_trials(run: _Run, todo: Sequence[int], backend: Backend,
+               on_worker: Callable[[str, list[str]], None] | None = None,
+               stats: dict[str, int] | None = None) -> Iterator[Record]:
+    """The records of the trials ``todo``, as they finish (in any order with workers).
+
+    ``on_worker(name, providers)`` is called as each worker comes up (provenance);
+    ``stats`` receives ``workers`` and ``restarts`` (dead workers replaced).
+
+    Raises:
+        EnpheephError: a worker's error (the campaign stops), workers that keep dying, or
+            Ray missing / unreachable.
+    """
+    if backend.kind is BackendKind.SERIAL or not todo:
+        if stats is not None:
+            stats["workers"], stats["restarts"] = 1, 0
+        for t in todo:
+            yield run.trial(run.source.spec(t)), "driver"
+        return
+    if backend.kind is BackendKind.LOCAL:
+        yield from _run_local(run, todo, backend, on_worker, stats)
+    else:
+        from .ray_backend import run_ray
+
+        yield from run_ray(run, todo, backend, on_worker, stats)
+
+
+def _run_local(run: _Run, todo: Sequence[int], backend: Backend,
+               on_worker: Callable[[str, list[str]], None] | None,
+               stats: dict[str, int] | None) -> Iterator[Record]:
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    n = min(backend.workers or cores, len(todo))
+    threads = max(1, cores // n)
+    payload = _payload(run, threads)
+    ctx = mp.get_context("spawn")
+    queue: deque[list[int]] = deque(list(todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK))
+    slots: dict[int, dict[str, Any]] = {}  # slot -> process, conn, in-flight chunks, name
+    deaths = 0
+
+    def start(slot: int) -> None:
+        parent, child = ctx.Pipe()
+        p = ctx.Process(target=_local_main, args=(child, payload), daemon=True,
+                        name=f"enpheeph-worker-{slot}")
+        p.start()
+        child.close()
+        slots[slot] = {"proc": p, "conn": parent, "chunks": [], "name": None}
+
+    def feed(slot: int) -> None:
+        s = slots[slot]
+        while s["name"] is not None and queue and len(s["chunks"]) < 2:
+            chunk = queue.popleft()
+            s["chunks"].append(chunk)
+            s["conn"].send(chunk)
+
+    def stop_all() -> None:
+        for s in slots.values():
+            try:
+                s["conn"].send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for s in slots.values():
+            s["proc"].join(timeout=5)
+            if s["proc"].is_alive():
+                s["proc"].kill()
+                s["proc"].join()
+            s["conn"].close()
+
+    for slot in range(n):
+        start(slot)
+    log.info("local backend: %d worker processes, %d onnxruntime thread(s) each", n, threads)
+    remaining = len(todo)
+    try:
+        while remaining:
+            ready = wait([s["conn"] for s in slots.values()]
+                         + [s["proc"].sentinel for s in slots.values()])
+            for slot, s in list(slots.items()):
+                conn, proc = s["conn"], s["proc"]
+                msgs = []
+                try:
+                    while conn in ready and conn.poll():
+                        msgs.append(conn.recv())
+                except (EOFError, OSError):
+                    pass
+                for msg in msgs:
+                    if msg[0] == "ready":
+                        s["name"] = msg[1]
+                        if on_worker is not None:
+                            on_worker(msg[1], list(msg[2]))
+                    elif msg[0] == "error":
+                        raise EnpheephError(msg[1])
+                    else:
+                        _, numbers, records = msg
+                        s["chunks"].remove(numbers)
+                        for rec in records:
+                            remaining -= 1
+                            yield rec, s["name"]
+                if not proc.is_alive():
+                    proc.join()
+                    lost = [t for c in s["chunks"] for t in c]
+                    deaths += 1
+                    log.warning("worker %s died (exit code %s); its %d trial(s) are handed "
+                                "out again", s["name"] or slot, proc.exitcode, len(lost))
+                    queue.extendleft(reversed(s["chunks"]))
+                    conn.close()
+                    del slots[slot]
+                    if deaths > backend.max_restarts:
+                        raise EnpheephError(
+                            f"{deaths} workers died; the campaign stops (finished trials are "
+                            "kept: continue with --resume)")
+                    start(slot)
+                    continue
+                feed(slot)
+    finally:
+        if stats is not None:
+            stats["workers"], stats["restarts"] = n, deaths
+        stop_all()
+
+
+__all__ = ["Backend", "BackendKind", "Payload", "golden_digest", "run_trials"]

@@ -98,6 +98,22 @@ def option_entries(so: ort.SessionOptions) -> list[tuple[str, str]]:
     return out
 
 
+_PRELOADED = False
+
+
+def _preload_cuda() -> None:
+    """Load the CUDA and cuDNN libraries of the ``nvidia-*`` wheels that
+    ``pip install 'enpheeph-onnx[cuda]'`` brings (``onnxruntime.preload_dlls``, onnxruntime
+    >= 1.21), so that no system CUDA install is needed; once per process."""
+    global _PRELOADED
+    if not _PRELOADED and hasattr(ort, "preload_dlls"):
+        _PRELOADED = True
+        try:
+            ort.preload_dlls()
+        except Exception as e:  # a system CUDA may still serve: the session check decides
+            log.info("onnxruntime.preload_dlls failed: %s", e)
+
+
 def make_session(
     model: onnx.ModelProto | bytes | str | os.PathLike[str],
     provider: Provider = "cpu",
@@ -127,6 +143,7 @@ def make_session(
     if provider == "cuda":
         # onnxruntime logs its own multi-line CUDA loading errors; we report one line below.
         ort.set_default_logger_severity(4)
+        _preload_cuda()
     try:
         sess = ort.InferenceSession(
             data, sess_options=options or session_options(), providers=PROVIDERS[provider]

@@ -177,16 +177,26 @@ def count_parameters(model: onnx.ModelProto) -> int:
     return sum(int(np.prod(t.dims)) for t in model.graph.initializer)
 
 
+PROVIDERS = {"cpu": ["CPUExecutionProvider"],
+             "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
 def golden_seconds(model_path: Path, x: np.ndarray, runs: int = 20,
-                   warmups: int = 3, extended: bool = False) -> tuple[float, np.ndarray]:
-    """Median wall time of a plain CPU session (default options; ``extended``: graph
-    optimizations at ORT_ENABLE_EXTENDED and no weight pre-packing, as campaigns run by
-    default) on all of ``x``; logits."""
+                   warmups: int = 3, extended: bool = False,
+                   provider: str = "cpu") -> tuple[float, np.ndarray]:
+    """Median wall time of a plain session on ``provider`` (default options; ``extended``:
+    graph optimizations at ORT_ENABLE_EXTENDED and no weight pre-packing, as campaigns run
+    by default) on all of ``x`` (host arrays in and out, as ``session.run`` does); logits.
+    A CUDA session that fell back to CPU is refused."""
     so = ort.SessionOptions()
     if extended:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.add_session_config_entry("session.disable_prepacking", "1")
-    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+    if provider == "cuda" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()
+    sess = ort.InferenceSession(str(model_path), so, providers=PROVIDERS[provider])
+    if sess.get_providers()[0] != PROVIDERS[provider][0]:
+        raise SystemExit(f"onnxruntime fell back to {sess.get_providers()[0]}")
     feed = {"input": x}
     out = sess.run(None, feed)[0]
     for _ in range(warmups - 1):
@@ -340,12 +350,16 @@ def projected_seconds(t_n1: float, n1: int, n2: int, per_trial_k1: float | None,
     return t_n1 + (n2 - n1) * per_trial
 
 
+CAMPAIGN_PROVIDER = ["cpu"]
+"""The ``--provider`` every measured campaign runs with (set from the command line)."""
+
+
 def campaign_argv(prefix: list[str], model: Path, data: Path, kind: str, k: int, trials: int,
                   db: Path, batch: int, extra: tuple[str, ...] = ()) -> list[str]:
     return [*prefix, "campaign", str(model), "--data", str(data), "--kinds", kind,
             "--faults-per-trial", str(k), "--bits", "0", "--trials", str(trials),
             "--batch-size", str(batch), "--seed", "0", "--db", str(db), "--no-progress",
-            *extra]
+            "--provider", CAMPAIGN_PROVIDER[0], *extra]
 
 
 def measure_cell(prefix: list[str], work: Path, model: Path, data: Path, target: str,
@@ -483,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
                          "1000000; quick: 1,100]")
     ap.add_argument("--timeout", type=float, default=3600.0,
                     help="limit per CLI command, seconds [3600]")
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
+                    help="onnxruntime provider of the golden session and every campaign [cpu]")
     args = ap.parse_args(argv)
+    CAMPAIGN_PROVIDER[0] = args.provider
     plan = QUICK if args.quick else FULL
     if args.ks:
         plan = replace(plan, ks=tuple(int(k) for k in args.ks.split(",")))
@@ -533,8 +550,8 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
     print(f"model: {params:,} parameters ({model_path})", flush=True)
 
     x = np.random.default_rng(1).random((plan.samples, 3, 32, 32), dtype=np.float32)
-    golden, logits = golden_seconds(model_path, x)
-    golden_ext = golden_seconds(model_path, x, extended=True)[0]
+    golden, logits = golden_seconds(model_path, x, provider=args.provider)
+    golden_ext = golden_seconds(model_path, x, extended=True, provider=args.provider)[0]
     labels = logits.argmax(axis=1).astype(np.int64)
     data_path = work / "data.npz"
     np.savez(data_path, input=x, labels=labels)
@@ -578,6 +595,7 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
         else None,
         "onnxruntime": ort.__version__,
+        "provider": args.provider,
         "onnx": onnx.__version__,
         "numpy": np.__version__,
         "code_under_test": code,
@@ -595,7 +613,7 @@ def run(args: argparse.Namespace, plan: Plan, prefix: list[str], work: Path) -> 
                 k1 = cell
             results["cells"].append(cell)
             write_json(args.out, results)
-    results["golden_after_s"] = golden_seconds(model_path, x)[0]
+    results["golden_after_s"] = golden_seconds(model_path, x, provider=args.provider)[0]
     print(f"golden again at the end: {results['golden_after_s'] * 1e3:.2f} ms", flush=True)
     return finish(results, args.out, started)
 

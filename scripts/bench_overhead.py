@@ -91,13 +91,26 @@ FULL = Sizes(channels=(64, 128, 256), hidden=256, samples=32,
 QUICK = Sizes(channels=(4, 8, 8), hidden=16, samples=8, ks=(1, 1000), bits=("0",), pairs=40)
 
 
+PROVIDER = ["cpu"]
+"""The provider of every session (``--provider``)."""
+
+
 def session(path: Path) -> ort.InferenceSession:
-    """A CPU session with default options except thread spinning, which is off: with two
-    sessions run alternately, the idle one's spinning threads take the CPUs of the one that
-    runs (measured on 2 cores: 21.9 ms per golden run with spinning, 11.4 ms without, 10.9 ms
+    """A session (CPU, or CUDA with ``--provider cuda``, refused if it fell back to CPU)
+    with default options except thread spinning, which is off: with two sessions run
+    alternately, the idle one's spinning threads take the CPUs of the one that runs
+    (measured on 2 cores: 21.9 ms per golden run with spinning, 11.4 ms without, 10.9 ms
     for one session alone)."""
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if PROVIDER[0] == "cuda":
+        if hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()
+        sess = ort.InferenceSession(str(path), so, providers=["CUDAExecutionProvider",
+                                                              "CPUExecutionProvider"])
+        if sess.get_providers()[0] != "CUDAExecutionProvider":
+            raise SystemExit("onnxruntime fell back to CPU: no usable CUDA")
+        return sess
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
@@ -271,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
                     "'0') or 'all' (uniform 0-31) [0,all]")
     ap.add_argument("--pairs", type=int, default=None, help="ABAB pairs per cell [30]")
     ap.add_argument("--seed", type=int, default=0, help="sampler seed [0]")
+    ap.add_argument("--provider", choices=["cpu", "cuda"], default="cpu",
+                    help="onnxruntime provider of every session [cpu]")
     args = ap.parse_args(argv)
+    PROVIDER[0] = args.provider
     sizes = QUICK if args.quick else FULL
     over: dict[str, Any] = {}
     if args.ks is not None:

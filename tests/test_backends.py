@@ -98,14 +98,21 @@ def _sigkill(pid: int | None) -> bool:
 
 
 def test_a_killed_local_worker_loses_no_trial(serial: Path, tmp_path: Path) -> None:
-    import multiprocessing as mp
-
     db = tmp_path / "k.sqlite"
     errors: list[str] = []
 
-    def pid() -> int | None:
-        kids = [p for p in mp.active_children() if p.name.startswith("enpheeph-worker")]
-        return kids[0].pid if kids else None
+    def pid() -> int | None:  # a worker process of this one (Linux /proc)
+        for entry in Path("/proc").iterdir():
+            try:
+                if not entry.name.isdigit():
+                    continue
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd = (entry / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == os.getpid() and b"enpheeph_onnx.campaign.worker" in cmd:
+                return int(entry.name)
+        return None
 
     killer = threading.Thread(target=_kill_when_trials_are_stored,
                               args=(db, lambda: _sigkill(pid()), errors))

@@ -43,3 +43,15 @@ def test_bench_campaign_quick(tmp_path: Path) -> None:
         assert c["faults_expected"] == k * 6 and c["db_bytes"] > 0
         assert c["report_s"] > 0 and c["resume_s"] > 0
         assert ("--optimization" in c["flags"]) == target.endswith("all")
+
+
+def test_bench_backends_quick(tmp_path: Path) -> None:
+    """The backend benchmark runs and every backend gives the serial results."""
+    out = tmp_path / "bb.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_backends.py"), "--quick",
+                        "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(out.read_text())
+    assert {"serial", "local, 1 worker", "local, 2 workers"} <= set(res["rows"])
+    assert all(row["same_as_serial"] and row["per_trial_s"] > 0 for row in res["rows"].values())
+    assert 0.2 < res["parallel_throughput"] < 2.5

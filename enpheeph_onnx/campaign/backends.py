@@ -13,9 +13,9 @@ store. A worker that dies (killed, out of memory, a crashed node) is replaced an
 trials it held are handed out again, so no trial is lost or run twice.
 
 * ``serial``: the driver runs every trial (the default).
-* ``local``: ``workers`` processes on this machine (``multiprocessing``, spawn start), each
-  with ``cores // workers`` onnxruntime threads, fed one small chunk of trials at a time
-  over a pipe.
+* ``local``: ``workers`` processes on this machine (``python -m
+  enpheeph_onnx.campaign.worker``), each with ``cores // workers`` onnxruntime threads, fed
+  small chunks of trials over its stdin/stdout pipes.
 * ``ray``: ``workers`` Ray actors (one engine each; one GPU each with ``--provider cuda``),
   on the cluster at ``address`` (``None``: a local Ray started for the campaign, or the one
   this process is already connected to).
@@ -23,6 +23,7 @@ trials it held are handed out again, so no trial is lost or run twice.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import logging
@@ -133,23 +134,24 @@ class _Worker:
         return [self.run.trial(self.run.source.spec(t)) for t in numbers]
 
 
-def _local_main(conn: Any, payload: Payload) -> None:
-    """A local worker process: build, say ready, run chunks until told to stop."""
+def serve(read: Any, write: Any) -> None:
+    """A local worker's loop (``python -m enpheeph_onnx.campaign.worker``): receive the
+    :class:`Payload`, build, say ready, run chunks of trials until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C
     try:
-        worker = _Worker(payload)
-        conn.send(("ready", worker.name, worker.providers))
+        worker = _Worker(read.recv())
+        write.send(("ready", worker.name, worker.providers))
         while True:
-            numbers = conn.recv()
+            numbers = read.recv()
             if numbers is None:
                 return
-            conn.send(("done", numbers, worker.trials(numbers)))
+            write.send(("done", numbers, worker.trials(numbers)))
     except EnpheephError as e:
-        conn.send(("error", str(e)))
-    except (EOFError, BrokenPipeError):
+        write.send(("error", str(e)))
+    except (EOFError, BrokenPipeError, KeyboardInterrupt):
         return
     except Exception as e:  # a bug: say what it was, the driver stops
-        conn.send(("error", f"worker failed: {type(e).__name__}: {e}"))
+        write.send(("error", f"worker failed: {type(e).__name__}: {e}"))
 
 
 def _payload(run: _Run, threads: int | None) -> Payload:
@@ -195,46 +197,57 @@ def run_trials(run: _Run, todo: Sequence[int], backend: Backend,
 def _run_local(run: _Run, todo: Sequence[int], backend: Backend,
                on_worker: Callable[[str, list[str]], None] | None,
                stats: dict[str, int] | None) -> Iterator[Record]:
-    import multiprocessing as mp
-    from multiprocessing.connection import wait
+    """Workers are plain subprocesses (``python -m enpheeph_onnx.campaign.worker``) talking
+    over their stdin/stdout pipes, not ``multiprocessing`` children: a spawned child
+    re-imports the caller's ``__main__``, which breaks scripts without a
+    ``if __name__ == "__main__"`` guard."""
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection, wait
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
         os.cpu_count() or 1)
     n = min(backend.workers or cores, len(todo))
     threads = max(1, cores // n)
     payload = _payload(run, threads)
-    ctx = mp.get_context("spawn")
     queue: deque[list[int]] = deque(list(todo[i:i + CHUNK]) for i in range(0, len(todo), CHUNK))
-    slots: dict[int, dict[str, Any]] = {}  # slot -> process, conn, in-flight chunks, name
+    slots: dict[int, dict[str, Any]] = {}  # slot -> process, pipes, in-flight chunks, name
     deaths = 0
 
     def start(slot: int) -> None:
-        parent, child = ctx.Pipe()
-        p = ctx.Process(target=_local_main, args=(child, payload), daemon=True,
-                        name=f"enpheeph-worker-{slot}")
-        p.start()
-        child.close()
-        slots[slot] = {"proc": p, "conn": parent, "chunks": [], "name": None}
+        p = subprocess.Popen([sys.executable, "-m", "enpheeph_onnx.campaign.worker"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert p.stdin is not None and p.stdout is not None
+        send = Connection(os.dup(p.stdin.fileno()), readable=False)
+        recv = Connection(os.dup(p.stdout.fileno()), writable=False)
+        p.stdin.close()
+        p.stdout.close()
+        slots[slot] = {"proc": p, "send": send, "recv": recv, "chunks": [], "name": None}
+        with contextlib.suppress(BrokenPipeError, OSError):  # died at once: seen below
+            send.send(payload)
 
     def feed(slot: int) -> None:
         s = slots[slot]
         while s["name"] is not None and queue and len(s["chunks"]) < 2:
             chunk = queue.popleft()
             s["chunks"].append(chunk)
-            s["conn"].send(chunk)
+            try:
+                s["send"].send(chunk)
+            except (BrokenPipeError, OSError):
+                return  # dead: its chunks go back when its pipe closes
 
     def stop_all() -> None:
         for s in slots.values():
-            try:
-                s["conn"].send(None)
-            except (BrokenPipeError, OSError):
-                pass
+            with contextlib.suppress(BrokenPipeError, OSError):
+                s["send"].send(None)
         for s in slots.values():
-            s["proc"].join(timeout=5)
-            if s["proc"].is_alive():
+            try:
+                s["proc"].wait(timeout=5)
+            except subprocess.TimeoutExpired:
                 s["proc"].kill()
-                s["proc"].join()
-            s["conn"].close()
+                s["proc"].wait()
+            s["send"].close()
+            s["recv"].close()
 
     for slot in range(n):
         start(slot)
@@ -242,44 +255,40 @@ def _run_local(run: _Run, todo: Sequence[int], backend: Backend,
     remaining = len(todo)
     try:
         while remaining:
-            ready = wait([s["conn"] for s in slots.values()]
-                         + [s["proc"].sentinel for s in slots.values()])
+            ready = wait([s["recv"] for s in slots.values()])
             for slot, s in list(slots.items()):
-                conn, proc = s["conn"], s["proc"]
-                msgs = []
+                if s["recv"] not in ready:
+                    continue
                 try:
-                    while conn in ready and conn.poll():
-                        msgs.append(conn.recv())
-                except (EOFError, OSError):
-                    pass
-                for msg in msgs:
-                    if msg[0] == "ready":
-                        s["name"] = msg[1]
-                        if on_worker is not None:
-                            on_worker(msg[1], list(msg[2]))
-                    elif msg[0] == "error":
-                        raise EnpheephError(msg[1])
-                    else:
-                        _, numbers, records = msg
-                        s["chunks"].remove(numbers)
-                        for rec in records:
-                            remaining -= 1
-                            yield rec, s["name"]
-                if not proc.is_alive():
-                    proc.join()
-                    lost = [t for c in s["chunks"] for t in c]
+                    msg = s["recv"].recv()
+                except (EOFError, OSError):  # the worker died
+                    s["proc"].wait()
+                    lost = sum(len(c) for c in s["chunks"])
                     deaths += 1
                     log.warning("worker %s died (exit code %s); its %d trial(s) are handed "
-                                "out again", s["name"] or slot, proc.exitcode, len(lost))
+                                "out again", s["name"] or slot, s["proc"].returncode, lost)
                     queue.extendleft(reversed(s["chunks"]))
-                    conn.close()
+                    s["send"].close()
+                    s["recv"].close()
                     del slots[slot]
                     if deaths > backend.max_restarts:
                         raise EnpheephError(
-                            f"{deaths} workers died; the campaign stops (finished trials are "
-                            "kept: continue with --resume)")
+                            f"{deaths} workers died; the campaign stops (finished trials "
+                            "are kept: continue with --resume)") from None
                     start(slot)
                     continue
+                if msg[0] == "ready":
+                    s["name"] = msg[1]
+                    if on_worker is not None:
+                        on_worker(msg[1], list(msg[2]))
+                elif msg[0] == "error":
+                    raise EnpheephError(msg[1])
+                else:
+                    _, numbers, records = msg
+                    s["chunks"].remove(numbers)
+                    for rec in records:
+                        remaining -= 1
+                        yield rec, s["name"]
                 feed(slot)
     finally:
         if stats is not None:
@@ -287,4 +296,4 @@ def _run_local(run: _Run, todo: Sequence[int], backend: Backend,
         stop_all()
 
 
-__all__ = ["Backend", "BackendKind", "Payload", "golden_digest", "run_trials"]
+__all__ = ["Backend", "BackendKind", "Payload", "golden_digest", "run_trials", "serve"]

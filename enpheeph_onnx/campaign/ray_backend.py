@@ -13,6 +13,7 @@ connection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import uuid
@@ -156,10 +157,8 @@ def run_ray(run: _Run, todo: Sequence[int], backend: Backend,
         if stats is not None:
             stats["workers"], stats["restarts"] = n, deaths
         for a in actors.values():
-            try:
+            with contextlib.suppress(Exception):  # already dead
                 ray.kill(a)
-            except Exception:  # already dead
-                pass
         if started:
             ray.shutdown()
 

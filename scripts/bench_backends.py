@@ -17,7 +17,7 @@ which bounds what 2 workers can gain. Ray rows only where Ray is installed. Outp
 Reproduce::
 
     python scripts/bench_backends.py --out docs/bench_backends.json     # ~2 min
-    python scripts/bench_backends.py --quick --out /tmp/bb.json         # ~40 s
+    python scripts/bench_backends.py --quick --out /tmp/bb.json         # ~45 s
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ def outcomes(db: Path) -> dict[int, bytes]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("bench_backends.json"))
-    ap.add_argument("--quick", action="store_true", help="N1/N2 = 5/40 trials per level")
+    ap.add_argument("--quick", action="store_true", help="N1/N2 = 5/80 trials per level")
     args = ap.parse_args(argv)
-    n1, n2 = (5, 40) if args.quick else (20, 400)
+    n1, n2 = (5, 80) if args.quick else (20, 400)
     try:
         import ray  # noqa: F401
 
@@ -117,17 +117,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"same results: {same}", file=sys.stderr)
     base = results["rows"]["serial"]["per_trial_s"]
     for r in results["rows"].values():
-        r["speedup_vs_serial"] = base / r["per_trial_s"] if r["per_trial_s"] > 0 else None
+        r["speedup_vs_serial"] = (base / r["per_trial_s"] if r["per_trial_s"] > 0 and base > 0
+                                  else None)
     one = results["rows"]["local, 1 worker"]["per_trial_s"]
-    results["speedup_2_over_1_local"] = one / results["rows"]["local, 2 workers"]["per_trial_s"]
+    two = results["rows"]["local, 2 workers"]["per_trial_s"]
+    results["speedup_2_over_1_local"] = one / two if one > 0 and two > 0 else None
     args.out.write_text(json.dumps(results, indent=1))
+    def num(v: float | None, scale: float = 1.0) -> str:
+        return "-" if v is None else f"{scale * v:.2f}"
+
     print("| backend | per trial (ms) | speed-up vs serial | same results |")
     print("|---|---|---|---|")
     for name, r in results["rows"].items():
-        print(f"| {name} | {1e3 * r['per_trial_s']:.2f} | {r['speedup_vs_serial']:.2f} | "
+        print(f"| {name} | {num(r['per_trial_s'], 1e3)} | {num(r['speedup_vs_serial'])} | "
               f"{r['same_as_serial']} |")
-    print(f"\n2 local workers over 1: {results['speedup_2_over_1_local']:.2f}x; this machine's "
-          f"2-process throughput: {results['parallel_throughput']:.2f}x one process")
+    print(f"\n2 local workers over 1: {num(results['speedup_2_over_1_local'])}x; this "
+          f"machine's 2-process throughput: {results['parallel_throughput']:.2f}x one process")
     return 0 if all(r["same_as_serial"] for r in results["rows"].values()) else 1
 
 

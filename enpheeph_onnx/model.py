@@ -175,8 +175,8 @@ def _bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
     return out
 
 
-def _rename_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
-    """Reads of ``renamed`` tensors in ``graph``'s nodes and nested bodies point to the new
+def _rename_node_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
+    """Reads of ``renamed`` tensors by ``graph``'s nodes and nested bodies point to the new
     names; a nested body defining such a name itself shadows it."""
     for n in graph.node:
         for k, name in enumerate(n.input):
@@ -184,6 +184,12 @@ def _rename_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
                 n.input[k] = renamed[name]
         for _, body in _bodies(n):
             rename_outer_reads(body, renamed)
+
+
+def _rename_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> None:
+    """:func:`_rename_node_reads`, and a graph output that passes a renamed tensor through
+    keeps its name (an ``Identity`` from the new one)."""
+    _rename_node_reads(graph, renamed)
     for o in graph.output:
         if o.name in renamed:  # a body output passing the renamed tensor through
             graph.node.append(onnx.helper.make_node("Identity", [renamed[o.name]], [o.name]))
@@ -321,13 +327,8 @@ def name_body_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
                         renamed[o] = new
                         x.output[k] = new
                 if renamed:
-                    for x in body.node:
-                        for k, name in enumerate(x.input):
-                            if name in renamed:
-                                x.input[k] = renamed[name]
-                        for _, nested in _bodies(x):
-                            rename_outer_reads(nested, renamed)
-                    for v in [*body.output, *body.value_info]:
+                    _rename_node_reads(body, renamed)
+                    for v in [*body.output, *body.value_info]:  # outputs are positional
                         if v.name in renamed:
                             v.name = renamed[v.name]
                 visit(body, path)

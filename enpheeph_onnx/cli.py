@@ -149,14 +149,19 @@ def _is_zip(path: Path) -> bool:
         raise EnpheephError(f"cannot read plan {path}: {e.strerror}") from None
 
 
-def _refuse_overwrite(out: Path | None, *inputs: Path | None, what: str = "output") -> None:
-    """Refuse an output path that is one of the command's inputs (it would be destroyed).
+def _refuse_overwrite(out: Path | None, *inputs: Path | None, what: str = "output",
+                      folder: bool = False) -> None:
+    """Refuse an output path that is one of the command's inputs (it would be destroyed),
+    and (``folder`` False) one that is a folder or empty.
 
     Raises:
-        EnpheephError: ``out`` is (or resolves to, or is a hard link of) an input.
+        EnpheephError: ``out`` is (or resolves to, or is a hard link of) an input; a file
+            output names a folder.
     """
     if out is None:
         return
+    if not folder and (str(out) in ("", ".") or out.is_dir()):
+        raise EnpheephError(f"{what} {str(out)!r} is a folder, not a file: give a file path")
     for src in inputs:
         if src is None:
             continue
@@ -459,12 +464,34 @@ def _load_toml_config(ctx: click.Context, param: click.Parameter, value: Path | 
                 f"e.g. fault-rate, trials, seed"
             )
         opt = known[name]
+        for item in v if isinstance(v, list) else [v]:
+            _check_toml_type(value, key, opt, item)
         if isinstance(v, list) and not getattr(opt, "multiple", False):
             v = ",".join(str(x) for x in v)
         elif getattr(opt, "multiple", False) and not isinstance(v, list):
             v = [v]
         defaults[name] = v
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def _check_toml_type(path: Path, key: str, opt: click.Parameter, v: Any) -> None:
+    """Refuse a config value of the wrong type (click would crash on it, or truncate a
+    float given for an integer)."""
+    t = opt.type
+    if getattr(opt, "is_flag", False):
+        want, ok = "true or false", isinstance(v, bool)
+    elif isinstance(t, click.types.IntParamType):
+        want, ok = "an integer", isinstance(v, int) and not isinstance(v, bool)
+    elif isinstance(t, click.types.FloatParamType):
+        want, ok = "a number", isinstance(v, int | float) and not isinstance(v, bool)
+    elif isinstance(t, click.Path | click.Choice):
+        want, ok = "a string", isinstance(v, str)
+    else:  # free-form options (rates, bits) parse numbers and strings alike
+        want, ok = "a string or a number", isinstance(v, str | int | float) and not isinstance(
+            v, bool)
+    if not ok:
+        raise EnpheephError(f"config {path}: {key} must be {want}, not {type(v).__name__} "
+                            f"{v!r}")
 
 
 def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -533,6 +560,8 @@ def _kinds(kinds: str | None, target: str | None) -> tuple[Any, ...]:
 
     if kinds and target:
         raise EnpheephError("give --kinds or --target, not both")
+    if kinds is not None and not kinds.strip(", "):
+        raise EnpheephError("--kinds is empty: give weight, activation and/or input")
     if target:
         return ({"weights": SiteKind.WEIGHT, "activations": SiteKind.ACTIVATION,
                  "inputs": SiteKind.INPUT}[target],)
@@ -917,7 +946,7 @@ def report(dbs: tuple[Path, ...], out_dir: Path, labels: tuple[str, ...]) -> Non
     """
     from .report import write_comparison, write_report
 
-    _refuse_overwrite(out_dir, *dbs)
+    _refuse_overwrite(out_dir, *dbs, folder=True)
 
     if labels and len(labels) != len(dbs):
         raise EnpheephError(f"{len(labels)} --label for {len(dbs)} databases: give one each")

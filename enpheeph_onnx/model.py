@@ -243,11 +243,13 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
                 path = f"{prefix}{label}/{attr}/"
                 renamed: dict[str, str] = {}
                 formal = {v.name for v in body.input}  # positional: they stay
-                # a body initializer named like a tensor of an enclosing scope: onnxruntime
-                # reads the outer one (measured), so it stays, as it is, and is no site
-                stay = [t for t in body.initializer if t.name in formal or t.name in scope]
+                # a body initializer named like a tensor of an enclosing scope shadows it
+                # inside the body (ONNX IR spec, nested scopes; onnxruntime 1.31 reads the
+                # body's, measured at every optimization level): it moves out under its
+                # path name like any other, and the body reads that
+                stay = [t for t in body.initializer if t.name in formal]
                 for t in body.initializer:
-                    if t.name in formal or t.name in scope:
+                    if t.name in formal:
                         continue
                     new = unique(path + t.name)
                     renamed[t.name] = new
@@ -258,8 +260,7 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
                 keep = []
                 for x in body.node:
                     value = next((a.t for a in x.attribute if a.name == "value"), None)
-                    if (x.op_type == "Constant" and x.domain in ("", "ai.onnx") and value
-                            and x.output[0] not in scope):
+                    if x.op_type == "Constant" and x.domain in ("", "ai.onnx") and value:
                         new = unique(path + x.output[0])
                         renamed[x.output[0]] = new
                         c = onnx.TensorProto()

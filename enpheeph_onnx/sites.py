@@ -218,6 +218,13 @@ def measure_tensors(model: onnx.ModelProto, names: list[str],
         return {}
     sess = make_session(exposed(model, names), "cpu", session_options())
     wanted = [o.name for o in sess.get_outputs() if o.name in set(names)]
+    inits = {t.name for t in model.graph.initializer}
+    missing = [i.name for i in sess.get_inputs() if i.name not in sample and i.name not in inits]
+    if missing:
+        raise EnpheephError(
+            f"the data has no array for model input {missing[0]!r} (it has "
+            f"{', '.join(sorted(sample)) or 'none'}), so the tensors whose shape ONNX cannot "
+            "infer cannot be measured; save one array per model input, keyed by its name")
     feeds = {i.name: sample[i.name] for i in sess.get_inputs() if i.name in sample}
     n = sample_count(feeds)
     try:

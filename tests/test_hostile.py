@@ -39,6 +39,10 @@ def work(tmp_path: Path) -> Path:
         '"bits": [1]}]}')
     (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
     (tmp_path / "bytes.json").write_bytes(b"\xff\xfe\x00\x81 not text")
+    (tmp_path / "t1.toml").write_text("db = 5\n")
+    (tmp_path / "t2.toml").write_text("trials = 2.5\n")
+    (tmp_path / "t3.toml").write_text("allow-nonfinite-inputs = 1\n")
+    (tmp_path / "t4.toml").write_text("[trials]\nx = 1\n")
     return tmp_path
 
 
@@ -93,6 +97,18 @@ CASES = [
                                "--db", "d.npz/r.sqlite"], "d.npz is a file, not a folder"),
     ("output folder missing", ["run", "m.onnx", "--inputs", "d.npz", "-o", "no/o.npz"],
      "no does not exist: create it first"),
+    ("empty output path", ["inject", "m.onnx", "-o", "", "--fault", f"{ACT}:bitflip:3"],
+     "is a folder, not a file"),
+    ("empty kinds", ["campaign", "m.onnx", "--data", "d.npz", "--kinds", "", "--db",
+                     "o.sqlite"], "--kinds is empty"),
+    ("config: wrong type", ["campaign", "m.onnx", "--data", "d.npz", "--config", "t1.toml"],
+     "db must be a string, not int 5"),
+    ("config: float trials", ["campaign", "m.onnx", "--data", "d.npz", "--config",
+                              "t2.toml"], "trials must be an integer, not float 2.5"),
+    ("config: int flag", ["campaign", "m.onnx", "--data", "d.npz", "--config", "t3.toml",
+                          "--db", "o.sqlite"], "must be true or false, not int 1"),
+    ("config: a table", ["campaign", "m.onnx", "--data", "d.npz", "--config", "t4.toml",
+                         "--db", "o.sqlite"], "trials must be an integer, not dict"),
 ]
 
 

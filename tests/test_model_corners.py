@@ -232,6 +232,21 @@ def test_tensors_of_unknown_shape_are_measured_on_the_data(tmp_path: Path) -> No
     assert e.run({"x": X}, f, batch_size=4)["y"].tobytes() == np.maximum(gelu, 0).tobytes()
 
 
+def test_data_without_the_model_input_is_a_user_error_when_measuring(tmp_path: Path) -> None:
+    """Review: measuring shapes on data that lacks a model input crashed in onnxruntime."""
+    from .helpers import assert_user_error, invoke
+
+    path = tmp_path / "gelu.onnx"
+    onnx.save(_gelu_model(), path)
+    np.savez(tmp_path / "wrong.npz", input=X)
+    assert_user_error(*invoke("sites", path, "--data", tmp_path / "wrong.npz"),
+                      "no array for model input 'x'")
+    assert_user_error(*invoke("inject", path, "-o", tmp_path / "o.onnx", "--data",
+                              tmp_path / "wrong.npz", "--fault", "g[0,1]:bitflip:30"),
+                      "no array for model input 'x'")
+    assert not (tmp_path / "o.onnx").exists()
+
+
 def exposed_model(m: onnx.ModelProto, name: str) -> onnx.ModelProto:
     from enpheeph_onnx.suffix import exposed
 

@@ -189,10 +189,13 @@ def test_weights_inside_bodies_are_sites_and_can_be_faulted() -> None:
             None, feeds)[0].tobytes()
 
 
-def test_a_body_initializer_named_like_an_outer_tensor_stays_in_its_body() -> None:
-    """Review: onnxruntime reads the outer ``W`` where a body holds an initializer of the
-    same name; moving the body's ``W`` out (renamed) changed what the empty plan computes.
-    It stays where it is and is no site."""
+def test_a_body_weight_named_like_an_outer_tensor_is_a_site_of_its_own() -> None:
+    """Review: a body initializer named like an outer tensor shadows it in the body (a body
+    Constant may not: onnxruntime refuses the graph as not SSA), and onnxruntime computes
+    with the body's (measured at every optimization level);
+    it was left out of the sites. It moves out under its path name like any other; the
+    empty plan computes what the model computes, and a fault on either W reaches exactly
+    the nodes that read that W."""
     from enpheeph_onnx.model import load_model
 
     outer = onnx.numpy_helper.from_array(np.array([0.5, 0.25, 2.0, 1.0], np.float32), "W")
@@ -210,11 +213,19 @@ def test_a_body_initializer_named_like_an_outer_tensor_stays_in_its_body() -> No
     m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
     m.ir_version = 9
     feeds = {"x": X, "cond": np.array([True])}
+    w_out, w_in = np.array([0.5, 0.25, 2.0, 1.0], np.float32), np.array([1, 2, 3, 4], np.float32)
     want = make_session(m).run(None, feeds)[0]
+    assert want.tobytes() == (X * w_out * w_in).tobytes()  # onnxruntime reads the body's W
     loaded = load_model(m)
-    assert "if0/then_branch/W" not in {s.name for s in discover_sites(loaded)}
+    assert {"W", "if0/then_branch/W"} <= {s.name for s in discover_sites(loaded)}
     assert make_session(inject(loaded, []).model).run(None, feeds)[0].tobytes() == \
         want.tobytes()
+    f_in = [Fault("if0/then_branch/W", (2,), FaultModel.BIT_FLIP, (31,))]
+    got = make_session(inject(loaded, f_in).model).run(None, feeds)[0]
+    assert got.tobytes() == (X * w_out * (w_in * np.array([1, 1, -1, 1], np.float32))).tobytes()
+    f_out = [Fault("W", (2,), FaultModel.BIT_FLIP, (31,))]
+    got = make_session(inject(loaded, f_out).model).run(None, feeds)[0]
+    assert got.tobytes() == (X * (w_out * np.array([1, 1, -1, 1], np.float32)) * w_in).tobytes()
 
 
 def _loop_with_body_shapes() -> onnx.ModelProto:

@@ -299,7 +299,8 @@ class _Run:
             self.output = cfg.output or names[0]
             if self.output not in names:
                 raise EnpheephError(f"unknown output {self.output!r}: the model has {names}")
-            self.feeds = check_feeds(_Inputs(self.engine), self.data.inputs)
+            self.feeds = {k: _read_only(v) for k, v in
+                          check_feeds(_Inputs(self.engine), self.data.inputs).items()}
             fixed = fixed_batch(_Inputs(self.engine))
             if fixed is not None and cfg.batch_size != fixed:
                 log.info("the model takes batches of exactly %d samples: --batch-size %d "
@@ -460,6 +461,16 @@ def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: 
         else next(iter(hit)) if len(hit) == 1 else None,
         bit=st.bit if st is not None and st.bit is not None else bit,
         first_faults=tuple(str(f) for f in first))
+
+
+def _read_only(a: Any) -> Any:
+    """A read-only view of the data (IO binding copies read-only inputs to the device once,
+    :func:`enpheeph_onnx.runtime.run_bound`; the caller's array stays as it is)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    v = a.view()
+    v.setflags(write=False)
+    return v
 
 
 class _Inputs:

@@ -86,10 +86,10 @@ def model_argument(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def provider_option(f: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option("--provider", type=click.Choice(["cpu", "cuda"]), default="cpu",
-                        show_default=True,
-                        help="onnxruntime execution provider; cuda is verified, never a "
-                             "silent CPU fallback.")(f)
+    return click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]),
+                        default="cpu", show_default=True,
+                        help="onnxruntime execution provider; cuda and tensorrt are "
+                             "verified, never a silent CPU fallback.")(f)
 
 
 def nonfinite_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -321,7 +321,7 @@ class FaultEngine:
     Args:
         model: the source model (not modified).
         sites: candidate fault sites (weights, activations, inputs) of ``model``.
-        provider: ``"cpu"`` or ``"cuda"`` (verified, see :func:`make_session`).
+        provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"`` (verified, see :func:`make_session`).
         threads: intra-op threads (``None``: onnxruntime's default).
         max_variants: sessions kept for sets of hit activation/input sites.
         suffix: run a trial on the suffix of the graph after the golden tensors crossing

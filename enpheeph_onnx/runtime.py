@@ -22,7 +22,7 @@ from .errors import EnpheephError, RunFailure
 
 log = logging.getLogger(__name__)
 
-Provider = Literal["cpu", "cuda"]
+Provider = Literal["cpu", "cuda", "tensorrt"]
 
 
 class Optimization(StrEnum):
@@ -42,7 +42,11 @@ class Optimization(StrEnum):
 PROVIDERS: dict[str, list[str]] = {
     "cpu": ["CPUExecutionProvider"],
     "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    # TensorRT runs the subgraphs it supports, CUDA the rest (onnxruntime's usual chain)
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
 }
+GPU_PROVIDERS = {"cuda", "tensorrt"}
+"""Providers that run on the GPU (CUDA libraries preloaded, one GPU per Ray actor)."""
 
 
 def session_options(threads: int | None = None,
@@ -127,12 +131,14 @@ def make_session(
             fell back to CPU), or the model cannot be loaded by onnxruntime.
     """
     if provider not in PROVIDERS:
-        raise EnpheephError(f"unknown provider {provider!r}: use cpu or cuda")
-    if provider == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise EnpheephError(f"unknown provider {provider!r}: use cpu, cuda or tensorrt")
+    first = PROVIDERS[provider][0]
+    if provider != "cpu" and first not in ort.get_available_providers():
         raise EnpheephError(
-            "CUDA requested but this onnxruntime has no CUDAExecutionProvider "
-            f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu "
-            "or use --provider cpu"
+            f"{provider} requested but this onnxruntime has no {first} "
+            f"(available: {', '.join(ort.get_available_providers())}); install "
+            "onnxruntime-gpu (pip install 'enpheeph-onnx[cuda]'"
+            + (", and TensorRT" if provider == "tensorrt" else "") + ") or use --provider cpu"
         )
     data: bytes | str
     if isinstance(model, onnx.ModelProto):
@@ -141,7 +147,7 @@ def make_session(
         data = model
     else:
         data = str(Path(model))
-    if provider == "cuda":
+    if provider in GPU_PROVIDERS:
         # onnxruntime logs its own multi-line CUDA loading errors; we report one line below.
         ort.set_default_logger_severity(4)
         _preload_cuda()
@@ -153,10 +159,10 @@ def make_session(
         first = str(e).strip().splitlines()[0]
         raise EnpheephError(f"onnxruntime cannot load the model: {first}") from None
     used = sess.get_providers()
-    if provider == "cuda" and used[0] != "CUDAExecutionProvider":
+    if provider != "cpu" and used[0] != first:
         raise EnpheephError(
-            "CUDA requested but onnxruntime fell back to CPU (no usable GPU, driver or CUDA "
-            "libraries); fix the CUDA install or use --provider cpu"
+            f"{provider} requested but onnxruntime fell back to {used[0]} (no usable GPU, "
+            "driver, CUDA or TensorRT libraries); fix the install or use --provider cpu"
         )
     log.debug("session providers: %s", used)
     return sess
@@ -251,7 +257,7 @@ def check_feeds(sess: ort.InferenceSession, arrays: Mapping[str, np.ndarray],
     return feeds
 
 
-BIND_ON = {"CUDAExecutionProvider"}
+BIND_ON = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 """Sessions whose first provider is one of these run through IO binding
 (:func:`run_bound`); tests add ``CPUExecutionProvider`` to check the bound path on CPU."""
 
@@ -281,7 +287,7 @@ def run_bound(sess: ort.InferenceSession, names: list[str] | None,
     r"""``sess.run`` through IO binding: inputs as device ``OrtValue``\ s (read-only data
     copied to the device once, :func:`_device_value`), outputs left on the device by
     onnxruntime and copied to the host once per run (``copy_outputs_to_cpu``)."""
-    device = "cuda" if sess.get_providers()[0] == "CUDAExecutionProvider" else "cpu"
+    device = "cpu" if sess.get_providers()[0] == "CPUExecutionProvider" else "cuda"
     b = sess.io_binding()
     for name, value in feeds.items():
         arr = np.asarray(value)

@@ -261,7 +261,19 @@ def test_run_refuses_per_batch_faults_with_small_batches(tmp_path: Path, model_p
 @pytest.mark.skipif(cuda_available(), reason="checks the no-GPU path")
 def test_run_cuda_without_gpu_is_refused(model_path: Path, data_path: Path) -> None:
     assert_user_error(*invoke("run", model_path, "--inputs", data_path, "--provider", "cuda"),
-                      "CUDA")
+                      "cuda requested", "--provider cpu")
+
+
+def test_tensorrt_without_a_gpu_is_refused(model_path: Path, data_path: Path,
+                                              tmp_path: Path) -> None:
+    if cuda_available():
+        pytest.skip("a GPU is here: TensorRT may run")
+    assert_user_error(*invoke("run", model_path, "--inputs", data_path, "--provider",
+                              "tensorrt"), "tensorrt requested", "--provider cpu")
+    db = tmp_path / "t.sqlite"
+    assert_user_error(*invoke("campaign", model_path, "--data", data_path, "--provider",
+                              "tensorrt", "--trials", "2", "--db", db), "tensorrt requested")
+    assert not db.exists()
 
 
 @pytest.mark.skipif(not cuda_available(), reason="needs a CUDA GPU")

@@ -122,7 +122,7 @@ class CampaignConfig:
             (permanent: a fault on a neuron state hits that neuron at every step).
         seed: root seed of the per-trial random streams.
         batch_size: samples per ``session.run``.
-        provider: ``"cpu"`` or ``"cuda"``.
+        provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
         output: the classifier output used for top-1 (default: the first output).
         stratify: ``()`` (a plain sweep), ``("layer",)``, ``("bit",)`` or
             ``("layer", "bit")``: every stratum (layer, bit position, or layer x bit

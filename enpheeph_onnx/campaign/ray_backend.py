@@ -85,7 +85,9 @@ def run_ray(run: _Run, todo: Sequence[int], backend: Backend,
             where = backend.address or "a new local instance"
             raise EnpheephError(f"cannot start or join Ray at {where}: {first}") from None
         started = True
-    gpus = 1 if run.config.provider == "cuda" else 0
+    from ..runtime import GPU_PROVIDERS
+
+    gpus = 1 if run.config.provider in GPU_PROVIDERS else 0
     cpus = int(ray.cluster_resources().get("CPU", 1))
     n = min(backend.workers or max(1, cpus), len(todo))
     actor_cls = ray.remote(num_cpus=1, num_gpus=gpus)(_Actor)

@@ -555,6 +555,38 @@ def sampling_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
+def outcome_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How a campaign judges a differing output (critical or tolerable SDC)."""
+    opts = [
+        click.option("--outcome", "outcome_kind",
+                     type=click.Choice(["top1", "topk", "tolerance"]), default=None,
+                     help="Critical SDC when: the top-1 class changes (top1, default), the "
+                          "golden top-1 leaves the faulty top-k (topk), or an output leaves "
+                          "its --sdc-tolerance (tolerance; no labels needed)."),
+        click.option("--topk", type=click.IntRange(min=1), default=None,
+                     help="k of --outcome topk [5]."),
+        click.option("--sdc-tolerance", "tolerances", multiple=True,
+                     metavar="NAME:atol=A,rtol=R",
+                     help="Per-output tolerance of --outcome tolerance (repeatable; NAME * "
+                          "for every output without its own): within |faulty - golden| <= "
+                          "atol + rtol |golden| a difference is tolerable."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _outcome(kind: str | None, topk: int | None, tolerances: tuple[str, ...]) -> Any:
+    from .campaign.outcomes import OutcomePolicy, PolicyKind, Tolerance
+
+    if kind is None:
+        kind = "tolerance" if tolerances else "topk" if topk is not None else "top1"
+    if topk is not None and kind != "topk":
+        raise EnpheephError(f"--topk applies to --outcome topk, not {kind}")
+    return OutcomePolicy(PolicyKind(kind), 5 if topk is None else topk,
+                         tuple(Tolerance.parse(t) for t in tolerances))
+
+
 def _kinds(kinds: str | None, target: str | None) -> tuple[Any, ...]:
     from .sites import SiteKind
 
@@ -721,6 +753,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
                    "reproducible from the seed either way).")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr [default: only on a terminal].")
+@outcome_options
 @nonfinite_option
 @click.option("--backend", type=click.Choice(["serial", "local", "ray"]), default="serial",
               show_default=True,
@@ -738,6 +771,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
 def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | None,
              resume: bool, fail_above: tuple[str, ...], suffix: bool, cache_mb: float,
              store_faults: str, progress: bool | None, allow_nonfinite_inputs: bool,
+             outcome_kind: str | None, topk: int | None, tolerances: tuple[str, ...],
              backend: str, workers: int | None, address: str | None,
              provider: str, optimization: str, batch_size: int, as_json: bool,
              **opts: Any) -> None:
@@ -752,6 +786,7 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
     from .campaign.backends import Backend, BackendKind
     from .model import load_model
 
+    policy = _outcome(outcome_kind, topk, tolerances)
     spread = Backend(BackendKind(backend), workers, address)
     if workers is not None and spread.kind is BackendKind.SERIAL:
         raise EnpheephError("--workers needs --backend local or --backend ray")
@@ -783,7 +818,11 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
                                     store_faults=store_faults, **opts),
                       suffix=suffix, cache_mb=cache_mb,
                       optimization=optimization)  # type: ignore[arg-type]
+    from .campaign.outcomes import PolicyKind
+
+    cfg = replace(cfg, outcome=policy)
     data = load_dataset(data_path, input_names(load_model(model)),
+                        require_labels=policy.kind is not PolicyKind.TOLERANCE,
                         allow_nonfinite=allow_nonfinite_inputs)
 
     def _terminate(signum: int, frame: object) -> None:

@@ -14,6 +14,7 @@ from ..errors import EnpheephError
 from ..faults import FaultModel, format_bits, parse_bits, parse_ranges
 from ..runtime import Optimization, Provider
 from ..sites import FaultSite, SiteKind
+from .outcomes import OutcomePolicy
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,9 @@ class CampaignConfig:
             :mod:`enpheeph_onnx.held`, or activation/input faults; not both kinds at once).
         store_faults: ``"all"`` stores every trial's faults; ``"none"`` only their count
             (trials are reproducible from the seed either way).
+        outcome: when a differing output is a critical SDC
+            (:class:`~enpheeph_onnx.campaign.outcomes.OutcomePolicy`: top-1, top-k,
+            per-output tolerances).
     """
 
     selection: SiteSelection = field(default_factory=SiteSelection)
@@ -162,6 +166,7 @@ class CampaignConfig:
     suffix: bool = True
     cache_mb: float = 512.0
     optimization: Optimization = Optimization.EXTENDED
+    outcome: OutcomePolicy = field(default_factory=OutcomePolicy)
 
     def __post_init__(self) -> None:
         if isinstance(self.stratify, str):
@@ -279,6 +284,7 @@ class CampaignConfig:
             "suffix": self.suffix,
             "cache_mb": self.cache_mb,
             "optimization": self.optimization.value,
+            "outcome": self.outcome.to_json(),
         }
 
     @classmethod
@@ -296,7 +302,8 @@ class CampaignConfig:
             provider=d["provider"], output=d["output"],
             stratify=tuple(d.get("stratify", ())), store_faults=d.get("store_faults", "all"),
             suffix=d.get("suffix", True), cache_mb=d.get("cache_mb", 512.0),
-            optimization=Optimization(d.get("optimization", "extended")))
+            optimization=Optimization(d.get("optimization", "extended")),
+            outcome=OutcomePolicy.from_json(d.get("outcome")))
 
     def sampling_json(self) -> dict[str, Any]:
         """The settings that decide the faults and outcomes (not batch size, provider,

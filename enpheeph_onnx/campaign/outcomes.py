@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -29,14 +31,152 @@ class Outcome(enum.IntEnum):
 OUTCOMES: tuple[str, ...] = tuple(o.key for o in Outcome)
 
 
-def classify(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], output: str
-             ) -> np.ndarray:
+class PolicyKind(enum.Enum):
+    """How an output that differs from the golden run is judged (tolerable or critical)."""
+
+    TOP1 = "top1"
+    TOPK = "topk"
+    TOLERANCE = "tolerance"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """An output's tolerance: within ``|faulty - golden| <= atol + rtol * |golden|`` at
+    every element (``numpy.isclose`` semantics) a difference is tolerable. ``output`` ``*``
+    applies to every output without a tolerance of its own."""
+
+    output: str
+    atol: float = 0.0
+    rtol: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Tolerance:
+        """``NAME:atol=1e-3,rtol=1e-2`` (either bound may be left out; ``*`` for all).
+
+        Raises:
+            EnpheephError: malformed text, an unknown bound, a negative or non-finite one.
+        """
+        from ..errors import EnpheephError
+
+        name, sep, rest = text.rpartition(":")
+        if not sep or not name.strip():
+            raise EnpheephError(f"--sdc-tolerance {text!r}: write NAME:atol=A,rtol=R "
+                                "(NAME an output, or * for all)")
+        bounds: dict[str, float] = {}
+        for part in rest.split(","):
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if key not in ("atol", "rtol") or not eq or key in bounds:
+                raise EnpheephError(f"--sdc-tolerance {text!r}: {part.strip()!r} is not "
+                                    "atol=NUMBER or rtol=NUMBER (each at most once)")
+            try:
+                bounds[key] = float(value)
+            except ValueError:
+                raise EnpheephError(f"--sdc-tolerance {text!r}: {value.strip()!r} is not a "
+                                    "number") from None
+            if not np.isfinite(bounds[key]) or bounds[key] < 0:
+                raise EnpheephError(f"--sdc-tolerance {text!r}: {key} must be a finite "
+                                    "number >= 0")
+        return cls(name.strip(), bounds.get("atol", 0.0), bounds.get("rtol", 0.0))
+
+    def __str__(self) -> str:
+        return f"{self.output}:atol={self.atol:g},rtol={self.rtol:g}"
+
+
+@dataclass(frozen=True)
+class OutcomePolicy:
+    """When a differing output is a critical SDC (the rest are tolerable; a NaN/Inf output
+    is a DUE, bit-identical outputs are masked, whatever the policy).
+
+    * ``top1`` (default): the classifier output's top-1 class changes;
+    * ``topk``: the golden top-1 class is not among the faulty run's top ``k``;
+    * ``tolerance``: some output leaves its :class:`Tolerance` (outputs with none, and no
+      ``*`` tolerance, are not judged: their differences are tolerable). No labels needed.
+    """
+
+    kind: PolicyKind = PolicyKind.TOP1
+    k: int = 5
+    tolerances: tuple[Tolerance, ...] = ()
+
+    def __post_init__(self) -> None:
+        from ..errors import EnpheephError
+
+        if self.kind is PolicyKind.TOPK and self.k < 1:
+            raise EnpheephError(f"--topk {self.k}: give k >= 1")
+        if self.kind is PolicyKind.TOLERANCE and not self.tolerances:
+            raise EnpheephError("--outcome tolerance needs --sdc-tolerance NAME:atol=..,rtol=.. "
+                                "(NAME an output, or * for all)")
+        if self.kind is not PolicyKind.TOLERANCE and self.tolerances:
+            raise EnpheephError("--sdc-tolerance applies to --outcome tolerance only")
+
+    def check_outputs(self, names: list[str]) -> None:
+        """Raises EnpheephError for a tolerance naming no output of the model."""
+        from ..errors import EnpheephError
+
+        for t in self.tolerances:
+            if t.output != "*" and t.output not in names:
+                raise EnpheephError(f"--sdc-tolerance {t}: the model has no output "
+                                    f"{t.output!r} (it has {', '.join(names)})")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind.value, "k": self.k,
+                "tolerances": [[t.output, t.atol, t.rtol] for t in self.tolerances]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> OutcomePolicy:
+        if not d:
+            return cls()
+        return cls(PolicyKind(d["kind"]), int(d.get("k", 5)),
+                   tuple(Tolerance(str(o), float(a), float(r))
+                         for o, a, r in d.get("tolerances", [])))
+
+    def __str__(self) -> str:
+        if self.kind is PolicyKind.TOPK:
+            return f"top-{self.k}"
+        if self.kind is PolicyKind.TOLERANCE:
+            return "tolerance " + " ".join(str(t) for t in self.tolerances)
+        return "top-1"
+
+
+def _critical(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], output: str,
+              policy: OutcomePolicy, n: int) -> np.ndarray:
+    if policy.kind is PolicyKind.TOLERANCE:
+        by_name = {t.output: t for t in policy.tolerances}
+        out = np.zeros(n, dtype=bool)
+        for name, g in golden.items():
+            t = by_name.get(name, by_name.get("*"))
+            f = faulty[name]
+            if t is None:
+                continue
+            if g.shape != f.shape:
+                out |= True
+                continue
+            g64 = g.reshape(n, -1).astype(np.float64)
+            f64 = f.reshape(n, -1).astype(np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                out |= ~np.isclose(f64, g64, rtol=t.rtol, atol=t.atol, equal_nan=True).all(1)
+        return out
+    g = golden[output].reshape(n, -1)
+    f = faulty[output].reshape(n, -1)
+    g_top = np.argmax(g, axis=1)
+    if policy.kind is PolicyKind.TOPK:
+        k = min(policy.k, f.shape[1])
+        top = np.argpartition(-f.astype(np.float64), k - 1, axis=1)[:, :k]
+        return ~(top == g_top[:, None]).any(1)
+    return np.argmax(f, axis=1) != g_top
+
+
+def classify(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], output: str,
+             policy: OutcomePolicy | None = None) -> np.ndarray:
     """Per-sample :class:`Outcome` codes, ``uint8 [N]``.
 
     Args:
         golden, faulty: outputs keyed by name, batch along axis 0.
-        output: the classifier output (top-1 over its flattened non-batch axes).
+        output: the classifier output (top-1 / top-k over its flattened non-batch axes).
+        policy: when a differing output is critical (:class:`OutcomePolicy`; default
+            top-1).
     """
+    policy = policy or OutcomePolicy()
     n = len(golden[output])
     differs = np.zeros(n, dtype=bool)
     due = np.zeros(n, dtype=bool)
@@ -49,9 +189,8 @@ def classify(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], outpu
                         ).any(1)
         if np.issubdtype(f.dtype, np.floating):
             due |= ~np.isfinite(f.reshape(n, -1)).all(1)
-    g_top = np.argmax(golden[output].reshape(n, -1), axis=1)
-    f_top = np.argmax(faulty[output].reshape(n, -1), axis=1)
-    code = np.where(differs, np.where(g_top != f_top, Outcome.CRITICAL_SDC,
+    critical = _critical(golden, faulty, output, policy, n)
+    code = np.where(differs, np.where(critical, Outcome.CRITICAL_SDC,
                                       Outcome.TOLERABLE_SDC), Outcome.MASKED)
     return np.where(due, Outcome.DUE, code).astype(np.uint8)
 
@@ -71,4 +210,5 @@ def correct(logits: np.ndarray, labels: np.ndarray, outcomes: np.ndarray | None 
     return ok
 
 
-__all__ = ["OUTCOMES", "Outcome", "classify", "correct"]
+__all__ = ["OUTCOMES", "Outcome", "OutcomePolicy", "PolicyKind", "Tolerance", "classify",
+           "correct"]

@@ -164,7 +164,8 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
     config = replace(plan.config, batch_size=config.batch_size, provider=config.provider,
                      output=config.output or plan.config.output,
                      store_faults=config.store_faults, suffix=config.suffix,
-                     cache_mb=config.cache_mb, optimization=config.optimization)
+                     cache_mb=config.cache_mb, optimization=config.optimization,
+                     outcome=config.outcome)
     smap = site_map(all_sites)
     levels = config.levels
     numbers = [t.trial for t in plan.trials]
@@ -299,6 +300,7 @@ class _Run:
             self.output = cfg.output or names[0]
             if self.output not in names:
                 raise EnpheephError(f"unknown output {self.output!r}: the model has {names}")
+            cfg.outcome.check_outputs(names)
             self.feeds = {k: _read_only(v) for k, v in
                           check_feeds(_Inputs(self.engine), self.data.inputs).items()}
             fixed = fixed_batch(_Inputs(self.engine))
@@ -416,7 +418,7 @@ class _Run:
             return _record(spec, codes, ok, seconds, self.layers, self.ranks)
         seconds = time.perf_counter() - start
         ref = self.engine.reference(self.feeds, fs, bs) if len(fs) else golden
-        codes = classify(ref, out, self.output)
+        codes = classify(ref, out, self.output, self.config.outcome)
         labels = self.data.labels
         ok = None if labels is None else correct(out[self.output], labels, codes)
         return _record(spec, codes, ok, seconds, self.layers, self.ranks)

@@ -92,6 +92,12 @@ def provider_option(f: Callable[..., Any]) -> Callable[..., Any]:
                              "verified, never a silent CPU fallback.")(f)
 
 
+def fallback_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--allow-cpu-fallback", is_flag=True,
+                        help="Let --provider cuda/tensorrt run on the CPU (with a warning) "
+                             "where no GPU can serve, instead of refusing.")(f)
+
+
 def nonfinite_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--allow-nonfinite-inputs", is_flag=True,
                         help="Accept NaN/Inf in the data (refused by default: those inputs' "
@@ -342,14 +348,25 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
               help="Also run this model; print per output the max abs difference and the "
                    "top-1 agreement.")
 @nonfinite_option
+@fallback_option
 @provider_option
 @optimization_option
 @batch_option
 @json_option
 def run(model: Path, inputs_path: Path, out: Path | None, other: Path | None,
-        allow_nonfinite_inputs: bool, provider: str, optimization: str, batch_size: int,
-        as_json: bool) -> None:
+        allow_nonfinite_inputs: bool, allow_cpu_fallback: bool, provider: str,
+        optimization: str, batch_size: int, as_json: bool) -> None:
     """Run MODEL in onnxruntime on the arrays of an .npz file."""
+    from .runtime import cpu_fallback
+
+    with cpu_fallback(allow_cpu_fallback):
+        _run_command(model, inputs_path, out, other, allow_nonfinite_inputs, provider,
+                     optimization, batch_size, as_json)
+
+
+def _run_command(model: Path, inputs_path: Path, out: Path | None, other: Path | None,
+                 allow_nonfinite_inputs: bool, provider: str, optimization: str,
+                 batch_size: int, as_json: bool) -> None:
     from .model import atomic_path, load_model
     from .runtime import (
         Optimization,
@@ -755,6 +772,7 @@ def plan(model: Path, data_path: Path, out: Path, **opts: Any) -> None:
               help="Progress bar on stderr [default: only on a terminal].")
 @outcome_options
 @nonfinite_option
+@fallback_option
 @click.option("--backend", type=click.Choice(["serial", "local", "ray"]), default="serial",
               show_default=True,
               help="Where trials run: this process, --workers local processes, or Ray "
@@ -772,7 +790,7 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
              resume: bool, fail_above: tuple[str, ...], suffix: bool, cache_mb: float,
              store_faults: str, progress: bool | None, allow_nonfinite_inputs: bool,
              outcome_kind: str | None, topk: int | None, tolerances: tuple[str, ...],
-             backend: str, workers: int | None, address: str | None,
+             allow_cpu_fallback: bool, backend: str, workers: int | None, address: str | None,
              provider: str, optimization: str, batch_size: int, as_json: bool,
              **opts: Any) -> None:
     """Run a fault-injection campaign on MODEL over labelled data.
@@ -820,7 +838,7 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
                       optimization=optimization)  # type: ignore[arg-type]
     from .campaign.outcomes import PolicyKind
 
-    cfg = replace(cfg, outcome=policy)
+    cfg = replace(cfg, outcome=policy, allow_cpu_fallback=allow_cpu_fallback)
     data = load_dataset(data_path, input_names(load_model(model)),
                         require_labels=policy.kind is not PolicyKind.TOLERANCE,
                         allow_nonfinite=allow_nonfinite_inputs)

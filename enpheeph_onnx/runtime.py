@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
@@ -103,6 +105,22 @@ def option_entries(so: ort.SessionOptions) -> list[tuple[str, str]]:
     return out
 
 
+_CPU_FALLBACK: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "cpu_fallback", default=None)  # allowed: the providers already warned about
+
+
+@contextlib.contextmanager
+def cpu_fallback(allowed: bool) -> Iterator[None]:
+    """Within it, :func:`make_session` lets a GPU provider (``cuda``, ``tensorrt``) fall back
+    to the CPU with a warning (once per provider) instead of refusing
+    (``--allow-cpu-fallback``)."""
+    token = _CPU_FALLBACK.set(set() if allowed else None)
+    try:
+        yield
+    finally:
+        _CPU_FALLBACK.reset(token)
+
+
 _PRELOADED = False
 
 
@@ -113,10 +131,23 @@ def _preload_cuda() -> None:
     global _PRELOADED
     if not _PRELOADED and hasattr(ort, "preload_dlls"):
         _PRELOADED = True
+        import io
+
+        printed = io.StringIO()
         try:
-            ort.preload_dlls()
+            with contextlib.redirect_stdout(printed):  # it prints what it cannot load
+                ort.preload_dlls()
+            if printed.getvalue().strip():
+                log.debug("onnxruntime.preload_dlls: %s", printed.getvalue().strip())
         except Exception as e:  # a system CUDA may still serve: the session check decides
             log.info("onnxruntime.preload_dlls failed: %s", e)
+
+
+def _warn_fallback(provider: str, why: str) -> None:
+    warned = _CPU_FALLBACK.get()
+    if warned is not None and provider not in warned:
+        warned.add(provider)
+        log.warning("--provider %s runs on the CPU (%s; --allow-cpu-fallback)", provider, why)
 
 
 def make_session(
@@ -133,6 +164,11 @@ def make_session(
     if provider not in PROVIDERS:
         raise EnpheephError(f"unknown provider {provider!r}: use cpu, cuda or tensorrt")
     first = PROVIDERS[provider][0]
+    warned = _CPU_FALLBACK.get()
+    fallback = warned is not None
+    if provider != "cpu" and first not in ort.get_available_providers() and fallback:
+        _warn_fallback(provider, "this onnxruntime has no " + first)
+        provider, first = "cpu", "CPUExecutionProvider"
     if provider != "cpu" and first not in ort.get_available_providers():
         raise EnpheephError(
             f"{provider} requested but this onnxruntime has no {first} "
@@ -151,18 +187,30 @@ def make_session(
         # onnxruntime logs its own multi-line CUDA loading errors; we report one line below.
         ort.set_default_logger_severity(4)
         _preload_cuda()
+    import io
+
+    printed = io.StringIO()
     try:
-        sess = ort.InferenceSession(
-            data, sess_options=options or session_options(), providers=PROVIDERS[provider]
-        )
+        # onnxruntime prints a failing GPU provider's multi-line "EP Error" to stdout, which
+        # carries results (--json); it goes to the debug log, the check below says it in one
+        # line
+        with contextlib.redirect_stdout(printed):
+            sess = ort.InferenceSession(
+                data, sess_options=options or session_options(), providers=PROVIDERS[provider]
+            )
     except Exception as e:  # onnxruntime raises its own exception types
         first = str(e).strip().splitlines()[0]
         raise EnpheephError(f"onnxruntime cannot load the model: {first}") from None
+    if printed.getvalue().strip():
+        log.debug("onnxruntime printed: %s", printed.getvalue().strip())
     used = sess.get_providers()
-    if provider != "cpu" and used[0] != first:
+    if provider != "cpu" and used[0] != first and fallback:
+        _warn_fallback(provider, f"onnxruntime fell back to {used[0]}")
+    elif provider != "cpu" and used[0] != first:
         raise EnpheephError(
             f"{provider} requested but onnxruntime fell back to {used[0]} (no usable GPU, "
-            "driver, CUDA or TensorRT libraries); fix the install or use --provider cpu"
+            "driver, CUDA or TensorRT libraries); fix the install, use --provider cpu, or "
+            "accept it with --allow-cpu-fallback"
         )
     log.debug("session providers: %s", used)
     return sess

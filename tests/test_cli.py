@@ -264,6 +264,25 @@ def test_run_cuda_without_gpu_is_refused(model_path: Path, data_path: Path) -> N
                       "cuda requested", "--provider cpu")
 
 
+@pytest.mark.skipif(cuda_available(), reason="checks the no-GPU path")
+@pytest.mark.parametrize("provider", ["cuda", "tensorrt"])
+def test_allow_cpu_fallback_runs_on_the_cpu_with_a_warning(
+        model_path: Path, data_path: Path, provider: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    code, out, err = invoke("run", model_path, "--inputs", data_path, "--provider", provider,
+                            "--allow-cpu-fallback", "--json")
+    assert code == 0, err
+    assert json.loads(out)["providers"] == ["CPUExecutionProvider"]
+    assert f"--provider {provider} runs on the CPU" in caplog.text
+    code, out, err = invoke("campaign", model_path, "--data", data_path, "--provider",
+                            provider, "--allow-cpu-fallback", "--trials", "2", "--json",
+                            "--no-progress")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["providers"] == ["CPUExecutionProvider"]
+    assert res["config"]["allow_cpu_fallback"] is True
+
+
 def test_tensorrt_without_a_gpu_is_refused(model_path: Path, data_path: Path,
                                               tmp_path: Path) -> None:
     if cuda_available():

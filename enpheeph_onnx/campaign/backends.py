@@ -118,9 +118,13 @@ class _Worker:
         model: Any = payload.model
         if isinstance(model, bytes):
             model = onnx.load_model_from_string(model)
+        from ..runtime import cpu_fallback
+
+        self.fallback = bool(getattr(payload.config, "allow_cpu_fallback", False))
         self.run = _Run(model, payload.data, payload.config, None, False, payload.plan)
         self.run.threads = payload.threads
-        self.run.golden(deviation=False)
+        with cpu_fallback(self.fallback):
+            self.run.golden(deviation=False)
         digest = golden_digest(self.run.golden_out)
         if digest != payload.digest:
             raise EnpheephError(
@@ -131,7 +135,10 @@ class _Worker:
         self.providers = list(self.run.providers)
 
     def trials(self, numbers: Sequence[int]) -> list[TrialRecord]:
-        return [self.run.trial(self.run.source.spec(t)) for t in numbers]
+        from ..runtime import cpu_fallback
+
+        with cpu_fallback(self.fallback):
+            return [self.run.trial(self.run.source.spec(t)) for t in numbers]
 
 
 def serve(read: Any, write: Any) -> None:

@@ -140,6 +140,8 @@ class CampaignConfig:
             :mod:`enpheeph_onnx.held`, or activation/input faults; not both kinds at once).
         store_faults: ``"all"`` stores every trial's faults; ``"none"`` only their count
             (trials are reproducible from the seed either way).
+        allow_cpu_fallback: let ``cuda``/``tensorrt`` run on the CPU (with a warning)
+            when no GPU can serve, instead of refusing.
         outcome: when a differing output is a critical SDC
             (:class:`~enpheeph_onnx.campaign.outcomes.OutcomePolicy`: top-1, top-k,
             per-output tolerances).
@@ -167,6 +169,7 @@ class CampaignConfig:
     cache_mb: float = 512.0
     optimization: Optimization = Optimization.EXTENDED
     outcome: OutcomePolicy = field(default_factory=OutcomePolicy)
+    allow_cpu_fallback: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.stratify, str):
@@ -285,6 +288,7 @@ class CampaignConfig:
             "cache_mb": self.cache_mb,
             "optimization": self.optimization.value,
             "outcome": self.outcome.to_json(),
+            "allow_cpu_fallback": self.allow_cpu_fallback,
         }
 
     @classmethod
@@ -303,13 +307,15 @@ class CampaignConfig:
             stratify=tuple(d.get("stratify", ())), store_faults=d.get("store_faults", "all"),
             suffix=d.get("suffix", True), cache_mb=d.get("cache_mb", 512.0),
             optimization=Optimization(d.get("optimization", "extended")),
-            outcome=OutcomePolicy.from_json(d.get("outcome")))
+            outcome=OutcomePolicy.from_json(d.get("outcome")),
+            allow_cpu_fallback=bool(d.get("allow_cpu_fallback", False)))
 
     def sampling_json(self) -> dict[str, Any]:
         """The settings that decide the faults and outcomes (not batch size, provider,
         fault storage)."""
         d = self.to_json()
-        for k in ("batch_size", "provider", "store_faults", "suffix", "cache_mb"):
+        for k in ("batch_size", "provider", "store_faults", "suffix", "cache_mb",
+                  "allow_cpu_fallback"):
             d.pop(k)
         return d
 

@@ -26,7 +26,14 @@ from ..errors import EnpheephError, RunFailure
 from ..faultset import FaultSet
 from ..model import ModelSource, load_model, model_sha256
 from ..rewrite import validate_fault_set
-from ..runtime import batch_of, check_feeds, fixed_batch, option_entries, session_options
+from ..runtime import (
+    batch_of,
+    check_feeds,
+    cpu_fallback,
+    fixed_batch,
+    option_entries,
+    session_options,
+)
 from ..sites import FaultSite, discover_sites, site_map, with_measured_shapes
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
 from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
@@ -165,7 +172,7 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
                      output=config.output or plan.config.output,
                      store_faults=config.store_faults, suffix=config.suffix,
                      cache_mb=config.cache_mb, optimization=config.optimization,
-                     outcome=config.outcome)
+                     outcome=config.outcome, allow_cpu_fallback=config.allow_cpu_fallback)
     smap = site_map(all_sites)
     levels = config.levels
     numbers = [t.trial for t in plan.trials]
@@ -233,9 +240,10 @@ def run_campaign(
     if finished is not None:
         return finished
     run.backend = backend or Backend()
-    run.golden()
-    table = run.trials(progress, commit_every)
-    return run.result(table, gates)
+    with cpu_fallback(run.config.allow_cpu_fallback):
+        run.golden()
+        table = run.trials(progress, commit_every)
+        return run.result(table, gates)
 
 
 class _Run:

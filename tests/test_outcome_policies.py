@@ -142,3 +142,54 @@ def test_cli_policy_options(tmp_path: Path) -> None:
                               "nope:atol=1"), "has no output 'nope'")
     assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--outcome", "tolerance"),
                       "needs --sdc-tolerance")
+
+
+def _regressor(path: Path) -> None:
+    """``x [N, 5]`` -> ``y [N, 2]``: Gemm-Tanh-Gemm, a regression head (no classes)."""
+    rng = np.random.default_rng(8)
+    init = [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+            for n, s in (("w1", (5, 7)), ("b1", (7,)), ("w2", (7, 2)), ("b2", (2,)))]
+    g = h.make_graph([h.make_node("Gemm", ["x", "w1", "b1"], ["h"]),
+                      h.make_node("Tanh", ["h"], ["t"]),
+                      h.make_node("Gemm", ["t", "w2", "b2"], ["y"])], "reg",
+                     [h.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                     [h.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], init)
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    m.ir_version = 9
+    onnx.save(m, path)
+
+
+@pytest.mark.parametrize(("model_fn", "args", "policy", "output"), [
+    (_regressor, ["--sdc-tolerance", "*:rtol=0.01,atol=1e-4"],
+     OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(Tolerance("*", 1e-4, 0.01),)), "y"),
+    (_detector, ["--outcome", "topk", "--topk", "2", "--output", "scores"],
+     OutcomePolicy(PolicyKind.TOPK, 2), "scores"),
+    (_detector, ["--output", "scores"], OutcomePolicy(), "scores"),
+], ids=["regressor-tolerance", "detector-top2", "detector-top1"])
+def test_every_policy_in_a_campaign(model_fn, args: list[str], policy: OutcomePolicy,  # type: ignore[no-untyped-def]
+                                    output: str, tmp_path: Path) -> None:
+    """Activation faults; each stored trial's outcomes are those of inject + run judged by
+    the same policy against the unmodified model's golden run."""
+    model, data, db = tmp_path / "m.onnx", tmp_path / "d.npz", tmp_path / "r.sqlite"
+    model_fn(model)
+    m = onnx.load(model)
+    x = np.random.default_rng(6).standard_normal((16, m.graph.input[0].type.tensor_type
+                                                  .shape.dim[1].dim_value)).astype(np.float32)
+    names = [o.name for o in m.graph.output]
+    golden = dict(zip(names, make_session(m).run(None, {"x": x}), strict=True))
+    extra = {} if policy.kind is PolicyKind.TOLERANCE else {
+        "labels": golden[output].argmax(1)}
+    np.savez(data, x=x, **extra)
+    code, _, err = invoke("campaign", model, "--data", data, *args, "--kinds", "activation",
+                          "--bits", "18-30", "--faults-per-trial", "2", "--trials", "15",
+                          "--seed", "5", "--db", db, "--no-progress")
+    assert code == 0, err
+    seen = set()
+    with ResultStore.open(db) as store:
+        faults = dict(store.fault_sets())
+        for trial, codes, _ in store.outcome_sets():
+            faulty = dict(zip(names, make_session(inject(model, faults[trial]).model).run(
+                None, {"x": x}), strict=True))
+            assert codes.tolist() == classify(golden, faulty, output, policy).tolist(), trial
+            seen |= set(codes.tolist())
+    assert len(seen) >= 2

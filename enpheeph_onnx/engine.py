@@ -47,6 +47,7 @@ from .model import (
     ensure_opset,
     has_subgraphs,
     name_body_tensors,
+    node_bodies,
     rename_outer_reads,
 )
 from .rewrite import FAULT_DOMAIN, perturb_weights
@@ -265,12 +266,10 @@ def instrument(model: onnx.ModelProto, sites: Sequence[FaultSite]
             for k, name in enumerate(n.input):
                 if main and name in renamed:
                     n.input[k] = renamed[name]
-            for a in n.attribute:
-                for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
-                             a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
-                    if renamed:  # bodies reading a faulted graph input from outer scope
-                        rename_outer_reads(body, renamed)
-                    splice(body, [], main=False)
+            for _, body in node_bodies(n):
+                if renamed:  # bodies reading a faulted graph input from outer scope
+                    rename_outer_reads(body, renamed)
+                splice(body, [], main=False)
             extra = []
             for k, name in enumerate(n.output):
                 if name in by_producer:
@@ -1017,10 +1016,8 @@ def _value_infos(g: onnx.GraphProto) -> list[onnx.ValueInfoProto]:
     """The typed tensors of ``g`` and of its bodies, at any depth (main graph first)."""
     out = [*g.input, *g.value_info, *g.output]
     for n in g.node:
-        for a in n.attribute:
-            for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
-                         a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
-                out.extend(_value_infos(body))
+        for _, body in node_bodies(n):
+            out.extend(_value_infos(body))
     return out
 
 
@@ -1030,10 +1027,8 @@ def _tensor_names(model: onnx.ModelProto) -> set[str]:
         out = ({i.name for i in g.input} | {t.name for t in g.initializer}
                | {o for n in g.node for o in n.output})
         for n in g.node:
-            for a in n.attribute:
-                for body in ([a.g] if a.type == onnx.AttributeProto.GRAPH else
-                             a.graphs if a.type == onnx.AttributeProto.GRAPHS else []):
-                    out |= names(body)
+            for _, body in node_bodies(n):
+                out |= names(body)
         return out
 
     return names(model.graph)

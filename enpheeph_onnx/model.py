@@ -165,7 +165,10 @@ def has_subgraphs(graph: onnx.GraphProto) -> bool:
                for n in graph.node for a in n.attribute)
 
 
-def _bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+def node_bodies(node: onnx.NodeProto) -> list[tuple[str, onnx.GraphProto]]:
+    """``(attribute label, body)`` of every ``If``/``Loop``/``Scan`` body of ``node`` (a
+    GRAPHS attribute's k-th graph is labelled ``<name><k>``), the labels of the path names
+    body tensors get."""
     out = []
     for a in node.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
@@ -182,7 +185,7 @@ def _rename_node_reads(graph: onnx.GraphProto, renamed: Mapping[str, str]) -> No
         for k, name in enumerate(n.input):
             if name in renamed:
                 n.input[k] = renamed[name]
-        for _, body in _bodies(n):
+        for _, body in node_bodies(n):
             rename_outer_reads(body, renamed)
 
 
@@ -217,7 +220,7 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     def has_weights(g: onnx.GraphProto) -> bool:
         return any(bool(b.initializer) or any(x.op_type == "Constant" for x in b.node)
-                   or has_weights(b) for n in g.node for _, b in _bodies(n))
+                   or has_weights(b) for n in g.node for _, b in node_bodies(n))
 
     if not has_weights(model.graph):
         return model
@@ -239,7 +242,7 @@ def hoist_subgraph_weights(model: onnx.ModelProto) -> onnx.ModelProto:
             o for n in g.node for o in n.output}
         for i, n in enumerate(g.node):
             label = n.name or f"{n.op_type}_{i}"
-            for attr, body in _bodies(n):
+            for attr, body in node_bodies(n):
                 path = f"{prefix}{label}/{attr}/"
                 renamed: dict[str, str] = {}
                 formal = {v.name for v in body.input}  # positional: they stay
@@ -305,7 +308,7 @@ def name_body_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
         taken.update(v.name for v in g.input)
         for n in g.node:
             taken.update(n.output)
-            for _, b in _bodies(n):
+            for _, b in node_bodies(n):
                 collect(b)
 
     collect(m.graph)
@@ -313,7 +316,7 @@ def name_body_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
     def visit(g: onnx.GraphProto, prefix: str) -> None:
         for i, n in enumerate(g.node):
             label = n.name or f"{n.op_type}_{i}"
-            for attr, body in _bodies(n):
+            for attr, body in node_bodies(n):
                 path = f"{prefix}{label}/{attr}/"
                 renamed: dict[str, str] = {}
                 formal = {v.name for v in body.input} | {t.name for t in body.initializer}

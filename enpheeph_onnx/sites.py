@@ -178,13 +178,13 @@ def unresolved_body_tensors(model: onnx.ModelProto) -> list[str]:
     cannot give (a ``Loop`` state declared without a shape, anything after it): listed by
     ``sites`` with shape ``?``, but no sites, since onnxruntime cannot hand a body's tensor
     back to measure it."""
-    from .model import _bodies, name_body_tensors
+    from .model import name_body_tensors, node_bodies
 
     out: list[str] = []
 
     def visit(g: onnx.GraphProto) -> None:
         for n in g.node:
-            for _, body in _bodies(n):
+            for _, body in node_bodies(n):
                 typed = {vi.name: vi for vi in [*body.value_info, *body.output]}
                 for x in body.node:
                     if x.op_type == "Constant" and x.domain in ("", "ai.onnx"):
@@ -294,7 +294,7 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
     Raises:
         EnpheephError: onnxruntime cannot run the model on ``sample``.
     """
-    from .model import name_body_tensors
+    from .model import name_body_tensors, node_bodies
 
     model = name_body_tensors(model)  # body tensors under their path names
     inferred = infer_shapes(model)
@@ -372,22 +372,18 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
 
     def body_sites(nodes: Sequence[onnx.NodeProto], prefix: str) -> None:
         for i, n in enumerate(nodes):
-            for a in n.attribute:
-                bodies = ([(a.name, a.g)] if a.type == onnx.AttributeProto.GRAPH else
-                          [(f"{a.name}{k}", b) for k, b in enumerate(a.graphs)]
-                          if a.type == onnx.AttributeProto.GRAPHS else [])
-                for attr, body in bodies:
-                    path = f"{prefix}{n.name or f'{n.op_type}_{i}'}/{attr}/"
-                    for vi in [*body.value_info, *body.output]:
-                        infos.setdefault(vi.name, vi)
-                    for x in body.node:
-                        if x.op_type == "Constant" and x.domain in ("", "ai.onnx"):
-                            continue
-                        for o in x.output:
-                            if o.startswith(path):  # computed in the body (path-named)
-                                value_site(o, SiteKind.ACTIVATION, "body_output", x.op_type,
-                                           x.name)
-                    body_sites(body.node, path)
+            for attr, body in node_bodies(n):
+                path = f"{prefix}{n.name or f'{n.op_type}_{i}'}/{attr}/"
+                for vi in [*body.value_info, *body.output]:
+                    infos.setdefault(vi.name, vi)
+                for x in body.node:
+                    if x.op_type == "Constant" and x.domain in ("", "ai.onnx"):
+                        continue
+                    for o in x.output:
+                        if o.startswith(path):  # computed in the body (path-named)
+                            value_site(o, SiteKind.ACTIVATION, "body_output", x.op_type,
+                                       x.name)
+                body_sites(body.node, path)
 
     body_sites(g.node, "")
     return _annotate(model, sites)

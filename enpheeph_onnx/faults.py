@@ -39,12 +39,13 @@ class FaultModel(enum.Enum):
 
     @classmethod
     def parse(cls, text: str) -> FaultModel:
-        """Parse ``bitflip``, ``stuck-at-0``, ``stuck-at-1`` or ``value``.
+        """Parse ``bitflip`` (or ``bit-flip``), ``stuck-at-0``, ``stuck-at-1`` (or
+        ``stuck_at_0``, ``stuck_at_1``) or ``value``, in any case.
 
         Raises:
             EnpheephError: any other text.
         """
-        aliases = {"bit-flip": "bitflip", "bitflip": "bitflip", "flip": "bitflip",
+        aliases = {"bit-flip": "bitflip", "bitflip": "bitflip",
                    "stuck-at-0": "stuck-at-0", "stuck_at_0": "stuck-at-0",
                    "stuck-at-1": "stuck-at-1", "stuck_at_1": "stuck-at-1", "value": "value"}
         key = aliases.get(text.strip().lower())

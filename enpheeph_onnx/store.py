@@ -17,14 +17,19 @@ loss) loses at most the uncommitted batch, which ``--resume`` recomputes. Schema
     fault_set(trial INTEGER PRIMARY KEY, layout TEXT, data BLOB)
     outcome_set(trial INTEGER PRIMARY KEY, outcome BLOB, correct BLOB)
     worker(trial INTEGER PRIMARY KEY, name TEXT)    -- who ran it: driver, host:pid, ray:...
+    score_set(trial INTEGER PRIMARY KEY, score BLOB) -- a user metric's per-input scores
 
 ``fault_set`` holds a trial's faults as columns (:meth:`FaultSet.encode`: site id, one
 column per index dimension shifted by one so that 0 is ``*``, model, bit, value — each in
 the smallest unsigned type, no compression pass; 4-7 bytes per fault); it is absent with
 ``--store-faults none`` (the faults are reproducible from the seed). ``outcome_set.outcome``
 is the ``uint8`` :class:`~enpheeph_onnx.campaign.outcomes.Outcome` code of each input,
-``correct`` the packed top-1-correct bits (NULL without labels). Everything a summary needs
-is in the ``trial`` table, so summarising and resuming read no fault.
+``correct`` the packed top-1-correct bits (NULL without labels); ``score_set.score`` the
+``float64`` per-input scores of a ``--metric`` that returns them. ``trial.accuracy`` is the
+trial's *score*: its top-1 accuracy with labels, the metric's mean score when the metric
+scores, else the fraction of inputs that are neither critical SDC nor DUE (``acceptable``);
+the campaign key ``score`` names which. Everything a summary needs is in the ``trial``
+table, so summarising and resuming read no fault.
 """
 
 from __future__ import annotations
@@ -64,6 +69,9 @@ WORKER_TABLE = ("CREATE TABLE IF NOT EXISTS worker "
                 "(trial INTEGER PRIMARY KEY, name TEXT NOT NULL)")
 """Which worker ran each trial (``driver`` for the serial backend); created on first write
 in databases from before it existed, so they stay readable and resumable."""
+SCORE_TABLE = ("CREATE TABLE IF NOT EXISTS score_set "
+               "(trial INTEGER PRIMARY KEY, score BLOB NOT NULL)")
+"""Per-input scores of a user metric; created on the first scored trial."""
 OUTCOMES = ("masked", "tolerable_sdc", "critical_sdc", "due")
 TRIAL_COLUMNS = ("trial", "level", "rate", "stratum_layer", "stratum_bit", "accuracy",
                  "samples", "masked", "tolerable_sdc", "critical_sdc", "due", "n_faults",
@@ -94,6 +102,9 @@ class TrialRecord:
             2 critical SDC, 3 DUE).
         correct: ``bool [samples]`` top-1 equals the label (never for a DUE), or ``None``
             without labels.
+        scores: ``float64 [samples]`` a user metric's per-input scores, or ``None``.
+        score: the trial's score when neither ``scores`` nor ``correct`` gives it (the
+            fraction of acceptable inputs of an unlabelled campaign), else ``None``.
         seconds: wall time of the faulty run.
         layer, bit: the single layer / bit position that every fault hits (exclusive
             attribution), else ``None``.
@@ -112,6 +123,8 @@ class TrialRecord:
     layer: str | None = None
     bit: int | None = None
     first_faults: tuple[str, ...] = ()
+    scores: np.ndarray | None = None
+    score: float | None = None
 
     @property
     def samples(self) -> int:
@@ -123,7 +136,13 @@ class TrialRecord:
 
     @property
     def accuracy(self) -> float | None:
-        return None if self.correct is None else float(np.mean(self.correct))
+        """The trial's score (the ``trial.accuracy`` column): the mean of ``scores``, else
+        top-1 accuracy, else ``score``."""
+        if self.scores is not None:
+            return float(np.mean(self.scores)) if len(self.scores) else None
+        if self.correct is not None:
+            return float(np.mean(self.correct))
+        return self.score
 
 
 @dataclass(frozen=True)
@@ -298,6 +317,11 @@ class ResultStore:
                 [(r.trial, r.outcomes.astype(np.uint8).tobytes(),
                   None if r.correct is None else np.packbits(r.correct).tobytes())
                  for r in self._pending])
+            scored = [(r.trial, r.scores.astype(np.float64).tobytes())
+                      for r in self._pending if r.scores is not None]
+            if scored:
+                self.conn.execute(SCORE_TABLE)
+                self.conn.executemany("INSERT INTO score_set VALUES (?, ?)", scored)
             self.conn.execute(WORKER_TABLE)
             self.conn.executemany("INSERT INTO worker VALUES (?, ?)",
                                   [(r.trial, w) for r, w in zip(self._pending, self._workers,
@@ -355,6 +379,14 @@ class ResultStore:
                                     f"of trial {trial} do not match its {samples} inputs")
             yield trial, codes, (None if correct is None else np.unpackbits(
                 np.frombuffer(correct, np.uint8), count=len(codes)).astype(bool))
+
+    def score_sets(self) -> dict[int, np.ndarray]:
+        """``trial -> float64 [samples]`` per-input metric scores (empty when none)."""
+        try:
+            rows = self.conn.execute("SELECT trial, score FROM score_set").fetchall()
+        except sqlite3.OperationalError:  # no such table: no metric scores
+            return {}
+        return {t: np.frombuffer(b, np.float64) for t, b in rows}
 
     def close(self) -> None:
         self.flush()

@@ -4,8 +4,11 @@ The **trial** is the sampling unit (a trial's inputs share its faults, so their 
 are not independent). For each group of trials (a fault-rate level, a layer, a bit, a
 layer x bit cell):
 
-* ``accuracy``: the mean of the trials' accuracies with a 95 % Wilson interval over trials
-  (:func:`enpheeph_onnx.stats.bounded_mean_interval`);
+* ``accuracy``: the mean of the trials' *scores* with a 95 % interval over trials: a
+  Wilson interval for scores in [0, 1] (:func:`enpheeph_onnx.stats.bounded_mean_interval`:
+  top-1 accuracy with labels; without labels the fraction of acceptable inputs, neither
+  critical SDC nor DUE), a Student t interval for a user metric's scores
+  (:func:`enpheeph_onnx.stats.mean_interval`). ``score`` names which;
 * ``masked``, ``tolerable_sdc``, ``critical_sdc``, ``due``, ``sdc``: pooled rates over the
   (trial, input) pairs with a Wilson interval over trials
   (:func:`enpheeph_onnx.stats.clustered_proportion`);
@@ -39,13 +42,15 @@ from .stats import (
     Proportion,
     bounded_mean_interval,
     clustered_proportion,
+    mean_interval,
     proportion,
 )
 from .store import OUTCOMES, TrialTable
 
 METRICS = ("masked_rate", "tolerable_sdc_rate", "critical_sdc_rate", "sdc_rate", "due_rate",
-           "accuracy_drop")
-"""Metrics a reliability gate (``--fail-above METRIC=THRESHOLD``) can check, per level."""
+           "accuracy_drop", "score_drop")
+"""Metrics a reliability gate (``--fail-above METRIC=THRESHOLD``) can check, per level
+(``score_drop`` is ``accuracy_drop`` by the name that fits a campaign without labels)."""
 
 
 @dataclass(frozen=True)
@@ -102,11 +107,13 @@ class GroupSummary:
         return self.faults / self.trials if self.trials else float("nan")
 
     @classmethod
-    def of(cls, key: dict[str, Any], t: TrialTable, golden: float | None) -> GroupSummary:
+    def of(cls, key: dict[str, Any], t: TrialTable, golden: float | None,
+           bounded: bool = True) -> GroupSummary:
         acc = None
         drop = drop_high = None
         if len(t) and not np.isnan(t.accuracy).all():
-            acc = bounded_mean_interval(t.accuracy)
+            acc = (bounded_mean_interval(t.accuracy) if bounded
+                   else mean_interval(t.accuracy))
             if golden is not None:
                 drop, drop_high = golden - acc.mean, golden - acc.low
         crit = int(np.count_nonzero(t.counts[:, 2] > 0))
@@ -115,7 +122,7 @@ class GroupSummary:
 
     def metric(self, name: str) -> tuple[float | None, float | None]:
         """``(estimate, upper 95 % bound)`` of a gate metric (:data:`METRICS`)."""
-        if name == "accuracy_drop":
+        if name in ("accuracy_drop", "score_drop"):
             return self.accuracy_drop, self.accuracy_drop_high
         p = self.outcomes.get(name.removesuffix("_rate"))
         return p.rate, p.high
@@ -161,6 +168,8 @@ class CampaignSummary:
     bit_layer: BitLayerGrid
     table: TrialTable
     config: dict[str, Any] = field(default_factory=dict)
+    score: str = "accuracy"
+    score_bounded: bool = True
 
     def trial_rows(self, limit: int | None = None) -> list[dict[str, Any]]:
         t = self.table
@@ -184,6 +193,7 @@ class CampaignSummary:
         return {
             "golden_accuracy": self.golden_accuracy, "mean_accuracy": self.mean_accuracy,
             "accuracy_drop": self.accuracy_drop, "samples": self.samples,
+            "score": self.score, "score_bounded": self.score_bounded,
             "rate_kind": self.rate_kind, "attribution": self.attribution,
             "config": self.config, "outcomes": dict(self.outcomes),
             "per_rate": [g.to_json() for g in self.per_rate],
@@ -202,7 +212,8 @@ def _texts(cell: str) -> list[str]:
 
 def summarize(table: TrialTable, *, golden_accuracy: float | None, samples: int,
               rate_kind: str, config: dict[str, Any] | None = None,
-              layer_order: dict[str, int] | None = None) -> CampaignSummary:
+              layer_order: dict[str, int] | None = None, score: str = "accuracy",
+              bounded: bool = True) -> CampaignSummary:
     """Aggregate the trials into the campaign summary (the ``--json`` output and the report).
 
     Args:
@@ -212,12 +223,17 @@ def summarize(table: TrialTable, *, golden_accuracy: float | None, samples: int,
         rate_kind: ``"fault_rate"``, ``"bit_error_rate"`` or ``"fixed"``.
         config: the campaign configuration (JSON), copied into the summary.
         layer_order: layer -> network position, the order of ``per_layer``.
+        score: what the trials' ``accuracy`` column holds: ``accuracy`` (top-1, labels),
+            ``acceptable`` (fraction neither critical SDC nor DUE, no labels) or a user
+            metric's name; ``bounded``: the scores lie in [0, 1] (Wilson intervals), else
+            t intervals.
     """
     config = config or {}
     order = layer_order or {}
 
     def group(rows: np.ndarray | Sequence[int], key: dict[str, Any]) -> GroupSummary:
-        return GroupSummary.of(key, table.take(np.asarray(rows, np.int64)), golden_accuracy)
+        return GroupSummary.of(key, table.take(np.asarray(rows, np.int64)), golden_accuracy,
+                               bounded)
 
     per_rate = []
     for level in np.unique(table.level).tolist():
@@ -256,7 +272,7 @@ def summarize(table: TrialTable, *, golden_accuracy: float | None, samples: int,
         outcomes={name: int(total[i]) for i, name in enumerate(OUTCOMES)},
         per_rate=tuple(per_rate), per_layer=tuple(per_layer), per_bit=tuple(per_bit),
         bit_layer=BitLayerGrid(tuple(names), tuple(bits), tuple(grid), tuple(counts)),
-        table=table, config=config)
+        table=table, config=config, score=score, score_bounded=bounded)
 
 
 @dataclass(frozen=True)
@@ -291,6 +307,11 @@ def validate_gates(gates: Sequence[tuple[str, float]]) -> None:
         if metric not in METRICS:
             raise EnpheephError(f"unknown gate metric {metric!r}: use one of "
                                 f"{', '.join(METRICS)}")
+        if metric == "score_drop":  # a user metric's scores may have any range
+            if not (isinstance(threshold, int | float) and math.isfinite(threshold)):
+                raise EnpheephError(f"gate {metric}={threshold}: the threshold must be a "
+                                    "finite number")
+            continue
         lo = -1.0 if metric == "accuracy_drop" else 0.0
         if not (isinstance(threshold, int | float) and lo <= threshold <= 1.0):
             raise EnpheephError(f"gate {metric}={threshold}: the threshold must be a number in "

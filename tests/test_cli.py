@@ -410,9 +410,9 @@ def test_nan_value_faults_store_report_and_export(tmp_path: Path, model_path: Pa
         assert row["accuracy"] == float(ok.mean()) <= 1 - row["due"] / 360
     assert s["outcomes"]["due"] > 0
     assert invoke("report", db, "-o", tmp_path / "r")[0] == 0
-    assert invoke("export", db, "--table", "faults", "-o", tmp_path / "f.csv")[0] == 0
+    assert invoke("export-results", db, "--table", "faults", "-o", tmp_path / "f.csv")[0] == 0
     pq = pytest.importorskip("pyarrow.parquet")
-    assert invoke("export", db, "--format", "parquet", "--table", "faults", "-o",
+    assert invoke("export-results", db, "--format", "parquet", "--table", "faults", "-o",
                   tmp_path / "f.parquet")[0] == 0
     values = pq.read_table(tmp_path / "f.parquet").column("value").to_pylist()
     assert len(values) == 3 and all(np.isnan(v) for v in values)
@@ -521,7 +521,7 @@ def test_campaign_bad_input(tmp_path: Path, model_path: Path, data_path: Path,
     (["--kinds", "weight,activation", "--per-sample"], ["per-sample"]),
     (["--fault-rate", "1e-3", "--faults-per-trial", "2"], ["not both"]),
     (["--fault-model", "value"], ["needs --value"]),
-    (["--resume"], ["--resume needs --db"]),
+    (["--resume"], ["--resume needs -o/--output"]),
 ])
 def test_campaign_bad_sampling_input(tmp_path: Path, model_path: Path, data_path: Path,
                                      args: list[str], words: list[str]) -> None:
@@ -582,7 +582,7 @@ def test_an_output_that_is_an_input_is_refused(tmp_path: Path) -> None:
                   "conv1.weight[0,0,1,1]:bitflip:30"],
                  ["run", model, "--inputs", data, "-o", data],
                  ["plan", model, "--data", data, "-o", model],
-                 ["export", db, "-o", db],
+                 ["export-results", db, "-o", db],
                  ["campaign", model, "--data", data, "--db", data]):
         assert_user_error(*invoke(*args), "is also an input")
     assert (model.read_bytes(), data.read_bytes()) == before and db.read_bytes() == db_bytes
@@ -623,11 +623,11 @@ def test_store_faults_none_is_kept_and_refused_where_faults_are_needed(tmp_path:
     args = ["campaign", MODEL, "--data", DATA, "--trials", "3", "--db", db, "--no-progress"]
     code, _, err = invoke(*args, "--store-faults", "none")
     assert code == 0, err
-    assert_user_error(*invoke("export", db, "--table", "faults", "-o", tmp_path / "f.csv"),
+    assert_user_error(*invoke("export-results", db, "--table", "faults", "-o", tmp_path / "f.csv"),
                       "stored no faults", "plan")
     assert not (tmp_path / "f.csv").exists()
     assert_user_error(*invoke(*args, "--resume", "--trials", "6"), "--store-faults")
-    code, _, err = invoke("export", db, "--table", "trials", "-o", tmp_path / "t.csv")
+    code, _, err = invoke("export-results", db, "--table", "trials", "-o", tmp_path / "t.csv")
     assert code == 0 and len((tmp_path / "t.csv").read_text().splitlines()) == 4
 
 

@@ -113,7 +113,11 @@ def test_a_tolerance_campaign_without_labels(tmp_path: Path) -> None:
                             "--json", "--no-progress")
     assert code == 0, err
     res = json.loads(out)
-    assert res["golden_accuracy"] is None and res["config"]["outcome"]["kind"] == "tolerance"
+    assert res["config"]["outcome"]["kind"] == "tolerance"
+    # without labels the score is the fraction of acceptable inputs (1 for the golden run)
+    assert res["score"] == "acceptable" and res["golden_accuracy"] == 1.0
+    assert [t["accuracy"] for t in res["trials"]] == [
+        (t["masked"] + t["tolerable_sdc"]) / 20 for t in res["trials"]]
     policy = OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(Tolerance("boxes", 0.05),
                                                              Tolerance("scores", 0.01)))
     golden = dict(zip(["boxes", "scores"], make_session(onnx.load(model)).run(None, {"x": x}),
@@ -135,7 +139,8 @@ def test_cli_policy_options(tmp_path: Path) -> None:
     code, out, err = invoke("campaign", MODEL, "--data", DATA, "--outcome", "topk", "--topk",
                             "3", "--bits", "30", "--trials", "6", "--json", "--no-progress")
     assert code == 0, err
-    assert json.loads(out)["config"]["outcome"] == {"kind": "topk", "k": 3, "tolerances": []}
+    assert json.loads(out)["config"]["outcome"] == {"kind": "topk", "k": 3, "tolerances": [],
+                                                         "metric": None}
     assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--outcome", "top1",
                               "--topk", "3"), "--topk applies to --outcome topk")
     assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--sdc-tolerance",
@@ -162,9 +167,9 @@ def _regressor(path: Path) -> None:
 @pytest.mark.parametrize(("model_fn", "args", "policy", "output"), [
     (_regressor, ["--sdc-tolerance", "*:rtol=0.01,atol=1e-4"],
      OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(Tolerance("*", 1e-4, 0.01),)), "y"),
-    (_detector, ["--outcome", "topk", "--topk", "2", "--output", "scores"],
+    (_detector, ["--outcome", "topk", "--topk", "2", "--logits", "scores"],
      OutcomePolicy(PolicyKind.TOPK, 2), "scores"),
-    (_detector, ["--output", "scores"], OutcomePolicy(), "scores"),
+    (_detector, ["--logits", "scores"], OutcomePolicy(), "scores"),
 ], ids=["regressor-tolerance", "detector-top2", "detector-top1"])
 def test_every_policy_in_a_campaign(model_fn, args: list[str], policy: OutcomePolicy,  # type: ignore[no-untyped-def]
                                     output: str, tmp_path: Path) -> None:

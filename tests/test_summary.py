@@ -248,15 +248,19 @@ def test_campaign_json_is_strict(model_path: Path, data_path: Path,
     assert sum(map(sum, s["bit_layer"]["trials"])) == 4
     assert all(r["trials"] >= 1 and isinstance(r["critical_sdc"]["rate"], float)
                for r in [*s["per_layer"], *s["per_bit"]])
-    # without labels the accuracies are None, not NaN: the summary is strict JSON as is
+    # without labels the score is the fraction of acceptable inputs (neither critical SDC
+    # nor DUE; 1 for the golden run), with its drop and gates as for accuracy
     res = run_campaign(model_path, Dataset({"input": digits["input"]}),
                        CampaignConfig(faults_per_trial=5, trials=2), progress=False,
-                       gates=(("accuracy_drop", 0.1),))
+                       gates=(("score_drop", 0.1),))
     s = strict_json(json.dumps(res.to_json(), allow_nan=False))
-    assert s["golden_accuracy"] is None and s["mean_accuracy"] is None
-    assert s["accuracy_drop"] is None
-    assert [r["accuracy"] for r in s["trials"]] == [None, None]
-    assert s["per_rate"][0]["accuracy"] is None and s["per_rate"][0]["accuracy_drop"] is None
+    assert s["score"] == "acceptable" and s["score_bounded"] is True
+    assert s["golden_accuracy"] == 1.0
+    want = [(r["masked"] + r["tolerable_sdc"]) / 360 for r in s["trials"]]
+    assert [r["accuracy"] for r in s["trials"]] == want
+    assert s["mean_accuracy"] == pytest.approx(np.mean(want))
+    assert s["accuracy_drop"] == pytest.approx(1 - np.mean(want))
     assert s["per_rate"][0]["masked"]["n"] == 2 * 360
-    assert s["gates"] == [{"metric": "accuracy_drop", "threshold": 0.1, "rate": None,
-                           "value": None, "bound": None, "passed": False}]
+    [gate] = s["gates"]
+    assert gate["metric"] == "score_drop" and gate["value"] == pytest.approx(1 - np.mean(want))
+    assert gate["bound"] == pytest.approx(1 - s["per_rate"][0]["accuracy"]["ci_low"])

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import enum
+import functools
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ..errors import EnpheephError
+
+log = logging.getLogger(__name__)
 
 
 class Outcome(enum.IntEnum):
@@ -37,6 +44,7 @@ class PolicyKind(enum.Enum):
     TOP1 = "top1"
     TOPK = "topk"
     TOLERANCE = "tolerance"
+    METRIC = "metric"
 
 
 @dataclass(frozen=True)
@@ -56,8 +64,6 @@ class Tolerance:
         Raises:
             EnpheephError: malformed text, an unknown bound, a negative or non-finite one.
         """
-        from ..errors import EnpheephError
-
         name, sep, rest = text.rpartition(":")
         if not sep or not name.strip():
             raise EnpheephError(f"--sdc-tolerance {text!r}: write NAME:atol=A,rtol=R "
@@ -91,16 +97,25 @@ class OutcomePolicy:
     * ``top1`` (default): the classifier output's top-1 class changes;
     * ``topk``: the golden top-1 class is not among the faulty run's top ``k``;
     * ``tolerance``: some output leaves its :class:`Tolerance` (outputs with none, and no
-      ``*`` tolerance, are not judged: their differences are tolerable). No labels needed.
+      ``*`` tolerance, are not judged: their differences are tolerable). No labels needed;
+    * ``metric``: a user function ``metric`` (``package.module:function``, see
+      :func:`call_metric`) says which inputs are critical, and may score every input.
+
+    Raises:
+        EnpheephError: a ``k`` below 1, tolerances or a metric with another kind, or a
+            ``tolerance``/``metric`` policy without them.
     """
 
     kind: PolicyKind = PolicyKind.TOP1
     k: int = 5
     tolerances: tuple[Tolerance, ...] = ()
+    metric: str | None = None
 
     def __post_init__(self) -> None:
-        from ..errors import EnpheephError
-
+        if self.kind is PolicyKind.METRIC and not self.metric:
+            raise EnpheephError("--outcome metric needs --metric package.module:function")
+        if self.kind is not PolicyKind.METRIC and self.metric:
+            raise EnpheephError(f"--metric applies to --outcome metric, not {self.kind.value}")
         if self.kind is PolicyKind.TOPK and self.k < 1:
             raise EnpheephError(f"--topk {self.k}: give k >= 1")
         if self.kind is PolicyKind.TOLERANCE and not self.tolerances:
@@ -111,8 +126,6 @@ class OutcomePolicy:
 
     def check_outputs(self, names: list[str]) -> None:
         """Raises EnpheephError for a tolerance naming no output of the model."""
-        from ..errors import EnpheephError
-
         for t in self.tolerances:
             if t.output != "*" and t.output not in names:
                 raise EnpheephError(f"--sdc-tolerance {t}: the model has no output "
@@ -120,7 +133,8 @@ class OutcomePolicy:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "k": self.k,
-                "tolerances": [[t.output, t.atol, t.rtol] for t in self.tolerances]}
+                "tolerances": [[t.output, t.atol, t.rtol] for t in self.tolerances],
+                "metric": self.metric}
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | None) -> OutcomePolicy:
@@ -128,14 +142,98 @@ class OutcomePolicy:
             return cls()
         return cls(PolicyKind(d["kind"]), int(d.get("k", 5)),
                    tuple(Tolerance(str(o), float(a), float(r))
-                         for o, a, r in d.get("tolerances", [])))
+                         for o, a, r in d.get("tolerances", [])), d.get("metric"))
 
     def __str__(self) -> str:
         if self.kind is PolicyKind.TOPK:
             return f"top-{self.k}"
         if self.kind is PolicyKind.TOLERANCE:
             return "tolerance " + " ".join(str(t) for t in self.tolerances)
+        if self.kind is PolicyKind.METRIC:
+            return f"metric {self.metric}"
         return "top-1"
+
+    def load(self) -> Callable[..., Any] | None:
+        """The user metric function (imported once per process), or None.
+
+        Raises:
+            EnpheephError: the module cannot be imported, or has no such callable.
+        """
+        return None if self.metric is None else load_metric(self.metric)
+
+
+@functools.lru_cache(maxsize=8)
+def load_metric(spec: str) -> Callable[..., Any]:
+    """Import the user metric ``package.module:function`` (the current folder is
+    importable).
+
+    Raises:
+        EnpheephError: a malformed spec, an import error, a missing or uncallable name.
+    """
+    from ..plugins import load_callable
+
+    return load_callable(spec, "--metric")  # type: ignore[no-any-return]
+
+
+def call_metric(fn: Callable[..., Any], spec: str, golden: dict[str, np.ndarray],
+                faulty: dict[str, np.ndarray], labels: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Call a user metric on one batch and check what it returns.
+
+    The metric is called as ``fn(golden, faulty, labels)``: ``golden`` and ``faulty`` map
+    every output name to its array for the batch's ``N`` inputs (batch along axis 0),
+    ``labels`` is the batch's ``labels`` array of the data, or ``None`` when the data has
+    none. It returns ``critical``, ``bool [N]`` (True: the faulty output of that input is
+    a critical SDC), or ``(critical, scores)`` with ``scores`` a real number per input
+    (``[N]``; higher is better, e.g. IoU or per-sample accuracy) that the campaign stores
+    and summarises in place of accuracy.
+
+    Returns:
+        ``(critical bool [N], scores float64 [N] or None)``.
+
+    Raises:
+        EnpheephError: the metric raises, or returns something else (one line naming what
+            it returned and what is expected).
+    """
+    n = len(next(iter(golden.values())))
+    try:
+        res = fn(golden, faulty, labels)
+    except Exception as e:  # user code: any error becomes a one-line message
+        raise EnpheephError(f"--metric {spec} raised {type(e).__name__}: {e}") from None
+    scores = None
+    if isinstance(res, tuple):
+        if len(res) != 2:
+            raise EnpheephError(f"--metric {spec} returned a tuple of {len(res)}: return "
+                                "critical (bool [N]) or (critical, scores [N])")
+        res, scores = res
+    expect = f"bool array of shape [{n}] (one flag per input of the batch)"
+    flags = np.asarray(res)
+    if flags.dtype != np.bool_ or flags.shape != (n,):
+        raise EnpheephError(f"--metric {spec} returned critical flags of dtype "
+                            f"{flags.dtype} and shape {list(flags.shape)}: return a {expect}")
+    if scores is not None:
+        s = np.asarray(scores)
+        if s.shape != (n,) or not (np.issubdtype(s.dtype, np.floating)
+                                   or np.issubdtype(s.dtype, np.integer)):
+            raise EnpheephError(f"--metric {spec} returned scores of dtype {s.dtype} and "
+                                f"shape {list(s.shape)}: return real numbers of shape [{n}]")
+        scores = s.astype(np.float64)
+    return flags, scores
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What an outcome policy says of a batch of inputs.
+
+    Attributes:
+        codes: ``uint8 [N]`` :class:`Outcome` codes.
+        scores: ``float64 [N]`` per-input scores of a user metric that returns them (a
+            DUE input whose score is not finite scores 0, as accuracy counts a DUE as
+            wrong), else ``None``.
+    """
+
+    codes: np.ndarray
+    scores: np.ndarray | None = None
 
 
 def _critical(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], output: str,
@@ -167,14 +265,51 @@ def _critical(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], outp
 
 
 def classify(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], output: str,
-             policy: OutcomePolicy | None = None) -> np.ndarray:
-    """Per-sample :class:`Outcome` codes, ``uint8 [N]``.
+             policy: OutcomePolicy | None = None, labels: np.ndarray | None = None,
+             batch_size: int | None = None) -> np.ndarray:
+    """Per-sample :class:`Outcome` codes, ``uint8 [N]`` (:func:`judge` without scores)."""
+    return judge(golden, faulty, output, policy, labels, batch_size).codes
+
+
+def _metric_critical(policy: OutcomePolicy, golden: dict[str, np.ndarray],
+                     faulty: dict[str, np.ndarray], labels: np.ndarray | None, n: int,
+                     batch_size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    fn, spec = policy.load(), str(policy.metric)
+    assert fn is not None
+    step = max(batch_size or n, 1)
+    flags, scores = [], []
+    for lo in range(0, n, step):
+        rows = slice(lo, min(lo + step, n))
+        f, s = call_metric(fn, spec, {k: v[rows] for k, v in golden.items()},
+                           {k: v[rows] for k, v in faulty.items()},
+                           None if labels is None else labels[rows])
+        flags.append(f)
+        scores.append(s)
+    if any(s is None for s in scores) and not all(s is None for s in scores):
+        raise EnpheephError(f"--metric {spec} returned scores for some batches only: return "
+                            "them always or never")
+    return (np.concatenate(flags) if flags else np.zeros(0, bool),
+            None if not scores or scores[0] is None else np.concatenate(scores))
+
+
+def judge(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], output: str,
+          policy: OutcomePolicy | None = None, labels: np.ndarray | None = None,
+          batch_size: int | None = None) -> Judgement:
+    """Judge a faulty run against the golden run: per-sample outcome codes, and the user
+    metric's scores.
 
     Args:
-        golden, faulty: outputs keyed by name, batch along axis 0.
+        golden, faulty: outputs keyed by name, batch along axis 0 (``N`` inputs).
         output: the classifier output (top-1 / top-k over its flattened non-batch axes).
         policy: when a differing output is critical (:class:`OutcomePolicy`; default
             top-1).
+        labels: the inputs' labels, passed to a user metric (``None`` without labels).
+        batch_size: a user metric is called on batches of this many inputs (default:
+            all at once).
+
+    Raises:
+        EnpheephError: a user metric fails or returns the wrong thing
+            (:func:`call_metric`), or gives a non-finite score to an input that is no DUE.
     """
     policy = policy or OutcomePolicy()
     n = len(golden[output])
@@ -189,10 +324,22 @@ def classify(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], outpu
                         ).any(1)
         if np.issubdtype(f.dtype, np.floating):
             due |= ~np.isfinite(f.reshape(n, -1)).all(1)
-    critical = _critical(golden, faulty, output, policy, n)
+    scores = None
+    if policy.kind is PolicyKind.METRIC:
+        critical, scores = _metric_critical(policy, golden, faulty, labels, n, batch_size)
+    else:
+        critical = _critical(golden, faulty, output, policy, n)
     code = np.where(differs, np.where(critical, Outcome.CRITICAL_SDC,
                                       Outcome.TOLERABLE_SDC), Outcome.MASKED)
-    return np.where(due, Outcome.DUE, code).astype(np.uint8)
+    codes = np.where(due, Outcome.DUE, code).astype(np.uint8)
+    if scores is not None:
+        bad = ~np.isfinite(scores)
+        if (bad & ~due).any():
+            i = int(np.flatnonzero(bad & ~due)[0])
+            raise EnpheephError(f"--metric {policy.metric} scored input {i} {scores[i]} (its "
+                                "output is finite): return a finite score for every input")
+        scores = np.where(bad, 0.0, scores)
+    return Judgement(codes, scores)
 
 
 def correct(logits: np.ndarray, labels: np.ndarray, outcomes: np.ndarray | None = None
@@ -210,5 +357,5 @@ def correct(logits: np.ndarray, labels: np.ndarray, outcomes: np.ndarray | None 
     return ok
 
 
-__all__ = ["OUTCOMES", "Outcome", "OutcomePolicy", "PolicyKind", "Tolerance", "classify",
-           "correct"]
+__all__ = ["OUTCOMES", "Judgement", "Outcome", "OutcomePolicy", "PolicyKind", "Tolerance",
+           "call_metric", "classify", "correct", "judge", "load_metric"]

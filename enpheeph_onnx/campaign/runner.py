@@ -40,7 +40,7 @@ from ..summary import CampaignSummary, GateResult, check_gates, summarize, valid
 from .backends import Backend, run_trials
 from .config import CampaignConfig
 from .data import Dataset, data_sha256
-from .outcomes import Outcome, classify, correct
+from .outcomes import Outcome, PolicyKind, correct, judge
 from .plan import CampaignPlan
 from .sampling import Sampler, TrialSpec, allowed_elements, layer_of, layer_order, select_sites
 
@@ -292,6 +292,8 @@ class _Run:
         self.store.close()
         self.providers = tuple(stored.get("providers", ()))
         self.golden_acc = stored.get("golden_accuracy")
+        sc = stored.get("score") or {"name": "accuracy", "bounded": True}
+        self.score = (str(sc["name"]), bool(sc["bounded"]))
         self.deviation = float(stored.get("golden_deviation", 0.0))
         return self.result(table, gates)
 
@@ -324,19 +326,12 @@ class _Run:
                 self.store.close()
             raise
         self.providers = tuple(self.engine.providers)
-        labels = self.data.labels
-        if labels is not None and len(labels):
-            out = self.golden_out[self.output]
-            classes = int(np.prod(out.shape[1:])) if out.ndim > 1 else 1
-            if labels.max() >= classes:
-                if self.store:
-                    self.store.close()
-                raise EnpheephError(
-                    f"label {int(labels.max())} is out of range: output {self.output!r} has "
-                    f"{classes} classes (0-{classes - 1}); check the labels, or pick the "
-                    "classifier output with --output")
-        self.golden_acc = None if labels is None else float(
-            np.mean(correct(self.golden_out[self.output], labels)))
+        try:
+            self._golden_score()
+        except BaseException:
+            if self.store:
+                self.store.close()
+            raise
         if self.deviation != 0.0:
             log.warning("the campaign's golden outputs differ from a plain onnxruntime "
                         "session of the unmodified model by up to %.3g (at --optimization "
@@ -348,6 +343,35 @@ class _Run:
             infos = [SiteInfo(s.name, s.kind.value, layer_of(s), len(s.shape))
                      for s in self.all_sites]
             self.store = _open_store(self.db, self.resume, self.meta, infos, self.config)
+
+    def _golden_score(self) -> None:
+        """What a trial's score is (``self.score``: name, bounded in [0, 1]) and the golden
+        run's: a user metric's mean score when it scores, else top-1 accuracy with labels,
+        else the fraction of acceptable inputs (neither critical SDC nor DUE; 1 for the
+        golden run)."""
+        cfg, labels = self.config, self.data.labels
+        self.scored = False
+        if cfg.outcome.kind is PolicyKind.METRIC:
+            j = judge(self.golden_out, self.golden_out, self.output, cfg.outcome, labels,
+                      cfg.batch_size)
+            if j.scores is not None:
+                self.scored = True
+                self.score = (str(cfg.outcome.metric).rpartition(":")[2], False)
+                self.golden_acc = float(np.mean(j.scores)) if len(j.scores) else None
+                return
+        if labels is None:
+            self.score = ("acceptable", True)
+            self.golden_acc = 1.0
+            return
+        out = self.golden_out[self.output]
+        classes = int(np.prod(out.shape[1:])) if out.ndim > 1 else 1
+        if len(labels) and labels.max() >= classes:
+            raise EnpheephError(
+                f"label {int(labels.max())} is out of range: output {self.output!r} has "
+                f"{classes} classes (0-{classes - 1}); check the labels, or pick the "
+                "classifier output with --logits")
+        self.score = ("accuracy", True)
+        self.golden_acc = float(np.mean(correct(out, labels)))
 
     def trials(self, progress: bool | None, commit_every: float) -> TrialTable:
         """Run every trial not stored yet; returns the table of all trials."""
@@ -362,6 +386,7 @@ class _Run:
                         f"{self.golden_acc}); was the onnxruntime version changed? use a new "
                         "--db")
                 store.set_meta("golden_accuracy", self.golden_acc)
+                store.set_meta("score", {"name": self.score[0], "bounded": self.score[1]})
             done = store.done_trials() if store else set()
             todo = [t for t in self.source.trial_numbers() if t not in done]
             if done:
@@ -422,21 +447,39 @@ class _Run:
             log.info("trial %d: %s; its inputs count as DUE", spec.trial, e)
             n = len(golden[self.output])
             codes = np.full(n, Outcome.DUE, np.uint8)
-            ok = None if self.data.labels is None else np.zeros(n, bool)
-            return _record(spec, codes, ok, seconds, self.layers, self.ranks)
+            return self._judged(spec, codes, None, None, seconds)
         seconds = time.perf_counter() - start
         ref = self.engine.reference(self.feeds, fs, bs) if len(fs) else golden
-        codes = classify(ref, out, self.output, self.config.outcome)
-        labels = self.data.labels
-        ok = None if labels is None else correct(out[self.output], labels, codes)
-        return _record(spec, codes, ok, seconds, self.layers, self.ranks)
+        j = judge(ref, out, self.output, self.config.outcome, self.data.labels, bs)
+        return self._judged(spec, j.codes, j.scores, out, seconds)
+
+    def _judged(self, spec: TrialSpec, codes: np.ndarray, scores: np.ndarray | None,
+                out: dict[str, np.ndarray] | None, seconds: float) -> TrialRecord:
+        """The record of a judged trial (``out`` None: onnxruntime aborted the run, every
+        input is a DUE and scores 0)."""
+        labels, n = self.data.labels, len(codes)
+        if self.scored:
+            if scores is None:
+                if out is not None:
+                    raise EnpheephError(f"--metric {self.config.outcome.metric} returned "
+                                        "scores for the golden run but none for trial "
+                                        f"{spec.trial}: return them always or never")
+                scores = np.zeros(n)
+            return _record(spec, codes, None, seconds, self.layers, self.ranks, scores=scores)
+        if labels is not None:
+            ok = (np.zeros(n, bool) if out is None
+                  else correct(out[self.output], labels, codes))
+            return _record(spec, codes, ok, seconds, self.layers, self.ranks)
+        return _record(spec, codes, None, seconds, self.layers, self.ranks,
+                       score=float(np.mean(codes <= Outcome.TOLERABLE_SDC)) if n else None)
 
     def result(self, table: TrialTable, gates: tuple[tuple[str, float], ...]
                ) -> CampaignResult:
         cfg = self.config
+        name, bounded = getattr(self, "score", ("accuracy", True))
         summary = summarize(table, golden_accuracy=self.golden_acc, samples=len(self.data),
                             rate_kind=cfg.count.value, config=cfg.to_json(),
-                            layer_order=self.order)
+                            layer_order=self.order, score=name, bounded=bounded)
         engine = getattr(self, "engine", None)
         stats = engine.chain_stats() if engine is not None else {
             "boundaries": 0, "sessions": 0, "session_bytes": 0, "runtime_graph_sites": 0}
@@ -456,7 +499,8 @@ class _Run:
 
 
 def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: float,
-            layers: dict[str, str], ranks: dict[str, int]) -> TrialRecord:
+            layers: dict[str, str], ranks: dict[str, int], scores: np.ndarray | None = None,
+            score: float | None = None) -> TrialRecord:
     fs = spec.faults
     hit = {layers.get(name, name) for name in fs.hit_sites()}
     bit = fs.same_bits()
@@ -470,7 +514,7 @@ def _record(spec: TrialSpec, codes: np.ndarray, ok: np.ndarray | None, seconds: 
         layer=st.layer if st is not None and st.layer is not None
         else next(iter(hit)) if len(hit) == 1 else None,
         bit=st.bit if st is not None and st.bit is not None else bit,
-        first_faults=tuple(str(f) for f in first))
+        first_faults=tuple(str(f) for f in first), scores=scores, score=score)
 
 
 def _read_only(a: Any) -> Any:
@@ -505,9 +549,11 @@ def load_summary(db: str | os.PathLike[str]) -> CampaignSummary:
         meta = store.meta()
         table = store.trial_table()
     cfg = CampaignConfig.from_json(meta["config"])
+    score = meta.get("score") or {"name": "accuracy", "bounded": True}
     summary = summarize(table, golden_accuracy=meta.get("golden_accuracy"),
                         samples=int(meta.get("samples", 0)), rate_kind=cfg.count.value,
-                        config=cfg.to_json(), layer_order=meta.get("layer_order"))
+                        config=cfg.to_json(), layer_order=meta.get("layer_order"),
+                        score=score["name"], bounded=bool(score["bounded"]))
     return summary
 
 

@@ -9,7 +9,6 @@ that exports torch.ao quantized modules, and it names node outputs after module 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import io
 import json
 import logging
@@ -45,27 +44,16 @@ def _torch() -> Any:
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
-    """Import ``package.module:factory`` and return the callable.
+    """Import ``package.module:factory`` (the current folder is importable) and return the
+    callable.
 
     Raises:
-        EnpheephError: malformed spec, module not importable, attribute missing.
+        EnpheephError: malformed spec, module not importable, attribute missing or not
+            callable.
     """
-    mod_name, sep, attr = spec.partition(":")
-    if not sep or not mod_name or not attr:
-        raise EnpheephError(f"--model {spec!r}: write package.module:factory")
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # any import-time error of user code
-        raise EnpheephError(f"cannot import {mod_name!r} for --model: "
-                            f"{type(e).__name__}: {e}") from None
-    obj: Any = mod
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise EnpheephError(f"module {mod_name!r} has no {attr!r} (from --model {spec!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise EnpheephError(f"--model {spec!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    from ..plugins import load_callable
+
+    return load_callable(spec, "--model")  # type: ignore[no-any-return]
 
 
 def load_weights(module: Any, path: str | os.PathLike[str]) -> None:

@@ -1,9 +1,10 @@
 """Export a stored campaign as CSV (stdlib ``csv``) or Parquet (``pyarrow``) tables.
 
-Tables: ``trials`` (one row per trial: level, rate, stratum, accuracy, outcome counts,
-attribution), ``faults`` (one row per stored fault: site, kind, layer, index, model, bits,
-value) and ``outcomes`` (one row per (trial, input)). The store's columnar blobs are decoded
-here; the database is read through :class:`~enpheeph_onnx.store.ResultStore` only.
+Tables: ``trials`` (one row per trial: level, rate, stratum, accuracy — the trial's score,
+see :mod:`enpheeph_onnx.store` —, outcome counts, attribution), ``faults`` (one row per
+stored fault: site, kind, layer, index, model, bits, value) and ``outcomes`` (one row per
+(trial, input): outcome, top-1 correct, a user metric's score). The store's columnar
+blobs are decoded here; the database is read through :class:`~enpheeph_onnx.store.ResultStore` only.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _TYPES: dict[str, dict[str, str]] = {
                "layer": "text", "index": "text", "model": "text", "bits": "text",
                "value": "real"},
     "outcomes": {"trial": "int", "sample": "int", "outcome": "int", "outcome_name": "text",
-                 "correct": "int"},
+                 "correct": "int", "score": "real"},
 }
 """Column types of the tables (fixed, so exports of different campaigns concatenate)."""
 TABLES = tuple(_TYPES)
@@ -71,9 +72,12 @@ def _fault_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
 
 
 def _outcome_rows(store: ResultStore) -> Iterator[tuple[Any, ...]]:
+    scores = store.score_sets()
     for trial, codes, ok in store.outcome_sets():
+        sc = scores.get(trial)
         for i, c in enumerate(codes.tolist()):
-            yield (trial, i, c, OUTCOMES[c], None if ok is None else int(ok[i]))
+            yield (trial, i, c, OUTCOMES[c], None if ok is None else int(ok[i]),
+                   None if sc is None else float(sc[i]))
 
 
 _ROWS = {"trials": _trial_rows, "faults": _fault_rows, "outcomes": _outcome_rows}

@@ -69,6 +69,16 @@ def load_model(src: ModelSource) -> onnx.ModelProto:
     return model
 
 
+def as_model(src: ModelSource) -> onnx.ModelProto:
+    """``src`` itself when it is a ``ModelProto``, else :func:`load_model` of the path: what
+    every public function taking a model accepts.
+
+    Raises:
+        EnpheephError: as :func:`load_model`, for a path.
+    """
+    return src if isinstance(src, onnx.ModelProto) else load_model(src)
+
+
 def merge_opset_imports(model: onnx.ModelProto, where: str = "the model") -> onnx.ModelProto:
     """``model`` with each operator domain imported once (``""`` and ``"ai.onnx"`` are the
     same domain; some converters, e.g. skl2onnx, import it twice at the same version): a

@@ -39,6 +39,7 @@ ACCURACY_PNG = "accuracy_vs_rate.png"
 LAYERS_PNG = "layers.png"
 BITS_LAYERS_PNG = "bits_layers.png"
 SUMMARY_MD = "summary.md"
+REPORT_HTML = "report.html"
 
 RATE_KINDS = ("fault_rate", "bit_error_rate", "fixed")
 _RATE_AXIS_LABEL = {
@@ -64,10 +65,46 @@ _ANNOTATE_MAX_ROWS = 20
 _NA = "n/a"
 
 
+def describe(summary: Mapping[str, Any]) -> str:
+    """One line naming what a campaign measured, for titles: the model, the target kinds,
+    the fault model, the bits, the trials per level and the outcome policy, e.g.
+    ``digits_cnn.onnx: weights, bitflip, bits 0-63, 30 trials/level, top-1``."""
+    cfg = summary.get("config") or {}
+    model = summary.get("model")
+    if not cfg:
+        return Path(str(model)).name if model else "enpheeph-onnx campaign"
+    parts = []
+    kinds = (cfg.get("selection") or {}).get("kinds") or []
+    if kinds:
+        parts.append("+".join(f"{k}s" for k in kinds))
+    if cfg.get("fault_model"):
+        fm = str(cfg["fault_model"])
+        parts.append(fm + (f" {cfg['value']}" if cfg.get("value") else ""))
+    bits = cfg.get("bits")
+    if bits not in (None, "", "0-63"):
+        parts.append(f"bits {bits}")
+    elif bits == "0-63":
+        parts.append("all bits")
+    if cfg.get("count") == "fixed" and cfg.get("faults_per_trial") is not None:
+        parts.append(f"{cfg['faults_per_trial']} fault(s)/trial")
+    if cfg.get("stratify"):
+        parts.append("stratified by " + ",".join(cfg["stratify"]))
+    if cfg.get("trials") is not None:
+        parts.append(f"{cfg['trials']} trials/level")
+    outcome = cfg.get("outcome") or {}
+    kind = outcome.get("kind", "top1")
+    parts.append({"top1": "top-1", "topk": f"top-{outcome.get('k', 5)}",
+                  "tolerance": "tolerance", "metric": f"metric {outcome.get('metric')}"
+                  }.get(kind, str(kind)))
+    head = Path(str(model)).name if model else "campaign"
+    return f"{head}: {', '.join(parts)}"
+
+
 def write_report(
     summary: Any,
     out_dir: str | os.PathLike[str],
-    title: str = "enpheeph-onnx campaign",
+    title: str | None = None,
+    html: bool = False,
 ) -> list[Path]:
     """Write the PNG figures and the Markdown summary of a campaign into ``out_dir``.
 
@@ -114,10 +151,20 @@ def write_report(
             ``rate_kind`` is ``"fixed"`` when every rate is None, else ``"fault_rate"``.
         out_dir: folder for the four files; created when missing (its parent must exist).
             Existing files of the same names are replaced.
-        title: heading of the Markdown summary and title of the figures.
+        title: heading of the Markdown summary and title of the figures (default:
+            :func:`describe` of the summary: model, kinds, fault model, bits, trials per
+            level, outcome policy).
+        html: also write ``report.html``: one self-contained file (the images inlined as
+            base64 PNG) with the same tables, the provenance and the gate results.
+
+    The per-trial scores (``summary["trials"]``) are drawn as dots beside each level's
+    mean, so that a heavy tail (one collapsed trial among 30) stays visible; ``provenance``
+    (model sha256, versions, providers, session options) and ``gates`` (the stored or
+    re-evaluated reliability gates) are rendered when the summary has them.
 
     Returns:
-        The paths written: accuracy_vs_rate.png, layers.png, bits_layers.png, summary.md.
+        The paths written: accuracy_vs_rate.png, layers.png, bits_layers.png, summary.md
+        (and report.html).
 
     Raises:
         EnpheephError: the parent of ``out_dir`` does not exist, ``out_dir`` is not a folder
@@ -128,6 +175,7 @@ def write_report(
     if hasattr(summary, "to_json"):
         summary = summary.to_json()
     rate_kind, grid = _check_summary(summary)
+    title = title or describe(summary)
     out = _prepare_out_dir(out_dir)
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -144,7 +192,7 @@ def write_report(
     golden = _num(summary.get("golden_accuracy"))
 
     fig = new_figure(7.5, 7.0)
-    _plot_accuracy(fig, per_rate, rate_kind, golden, title)
+    _plot_accuracy(fig, per_rate, rate_kind, golden, title, summary)
     _save(fig, paths[0])
 
     fig = new_figure(min(max(6.0, 0.4 * len(per_layer) + 2.5), 40.0), 4.8)
@@ -162,6 +210,12 @@ def write_report(
     text = _markdown(summary, rate_kind, title)
     with atomic_path(paths[3]) as tmp:
         tmp.write_text(text, encoding="utf-8")
+    if html:
+        from .report_html import markdown_to_html
+
+        paths.append(out / REPORT_HTML)
+        with atomic_path(paths[-1]) as tmp:
+            tmp.write_text(markdown_to_html(text, out, title), encoding="utf-8")
     log.info("report written to %s", out)
     return paths
 
@@ -331,8 +385,19 @@ def _no_data(ax: Axes, text: str) -> None:
     ax.set_yticks([])
 
 
+def score_label(summary: Mapping[str, Any]) -> str:
+    """What the trials' score is, for axes and tables: ``top-1 accuracy``, ``acceptable
+    fraction`` (no labels) or the user metric's name."""
+    name = str(summary.get("score") or "accuracy")
+    return {"accuracy": "top-1 accuracy", "acceptable": "acceptable fraction"}.get(name, name)
+
+
 def _plot_accuracy(fig: Figure, per_rate: list[Mapping[str, Any]], rate_kind: str,
-                   golden: float, title: str) -> None:
+                   golden: float, title: str, summary: Mapping[str, Any] | None = None
+                   ) -> None:
+    summary = summary or {}
+    label = score_label(summary)
+    bounded = bool(summary.get("score_bounded", True))
     ax_acc, ax_out = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     fig.suptitle(title)
     key = "mean_faults" if rate_kind == "fixed" else "rate"
@@ -358,17 +423,23 @@ def _plot_accuracy(fig: Figure, per_rate: list[Mapping[str, Any]], rate_kind: st
         if band:
             ax.plot(x, mean, marker=marker, color=color, label=label)
             ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0,
-                            label=f"{label} 95 % CI")
+                            label=f"{label}: 95 % CI over trials")
         else:
             ax.errorbar(x, mean, yerr=_yerr(mean, low, high), fmt=marker, color=color,
-                        capsize=5, markersize=7, label=f"{label} (95 % CI)")
+                        capsize=5, markersize=7, label=f"{label} (95 % CI over trials)")
 
     if np.all(np.isnan(acc[:, 0])):
-        _no_data(ax_acc, "no accuracy (no labels)")
+        _no_data(ax_acc, f"no {label}")
     else:
-        series(ax_acc, acc[:, 0], acc[:, 1], acc[:, 2], "top-1 accuracy", "C0", "o")
-        ax_acc.set_ylabel("top-1 accuracy")
+        dots = _trial_points(summary, rows, key)
+        if len(dots):
+            ax_acc.scatter(dots[:, 0], dots[:, 1], s=14, color="0.3", alpha=0.5,
+                           linewidths=0, zorder=3, label="one trial")
+        series(ax_acc, acc[:, 0], acc[:, 1], acc[:, 2], f"mean {label}", "C0", "o")
+        ax_acc.set_ylabel(label)
         ax_acc.grid(True, which="both", alpha=0.3)
+        if bounded:
+            ax_acc.set_ylim(0.0, 1.03)
     if not math.isnan(golden):
         ax_acc.axhline(golden, color="k", linestyle="--", linewidth=1.2,
                        label=f"golden {golden:.4f}")
@@ -404,6 +475,28 @@ def _plot_accuracy(fig: Figure, per_rate: list[Mapping[str, Any]], rate_kind: st
             ax_out.set_xlim(lo / 3, hi * 3)
         elif lo != 0:
             ax_out.set_xlim(lo - 0.5 * abs(lo), hi + 0.5 * abs(hi))
+
+
+def _trial_points(summary: Mapping[str, Any], rows: list[Mapping[str, Any]], key: str
+                  ) -> np.ndarray:
+    """``[M, 2]`` (x, score) of every trial with a score at the plotted levels, spread
+    a little along x (multiplicatively on a log axis) so that equal scores do not hide
+    each other; deterministic (a fixed-seed generator)."""
+    trials = summary.get("trials") or []
+    by_level = {r.get("level"): _num(r.get(key)) for r in rows if "level" in r}
+    by_rate = {_num(r.get("rate")): _num(r.get(key)) for r in rows}
+    rng = np.random.default_rng(0)
+    pts = []
+    for t in trials:
+        acc = _num(t.get("accuracy"))
+        if math.isnan(acc):
+            continue
+        x = by_level.get(t.get("level"), by_rate.get(_num(t.get("rate")), math.nan))
+        if math.isnan(x):
+            continue
+        spread = rng.uniform(-1.0, 1.0)
+        pts.append((x * 10 ** (0.06 * spread) if x > 0 else x + 0.03 * spread, acc))
+    return np.array(pts, np.float64).reshape(-1, 2)
 
 
 def _plot_layers(fig: Figure, per_layer: list[Mapping[str, Any]], title: str) -> None:
@@ -500,9 +593,11 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
 
     golden = _num(summary.get("golden_accuracy"))
     samples = summary.get("samples")
-    golden_text = _NA + " (no labels)" if math.isnan(golden) else f"{golden:.4f}"
+    label = score_label(summary)
+    golden_text = _NA if math.isnan(golden) else f"{golden:.4f}"
     on = f" on {_fmt_int(samples)} samples" if samples is not None else ""
-    lines += [f"**Golden top-1 accuracy:** {golden_text}{on}", ""]
+    lines += [f"**Golden {label}:** {golden_text}{on}", ""]
+    lines += _gates_markdown(summary.get("gates"))
 
     per_rate = list(summary.get("per_rate") or [])
     lines += ["## Accuracy and outcomes per fault rate", ""]
@@ -519,8 +614,8 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
                 _fmt(r.get("accuracy_drop")),
                 *(_fmt_prop(r, key) for key, _ in _OUTCOMES),
             ])
-        lines += _table([rate_col, "trials", "mean faults", "accuracy [95 % CI]",
-                         "accuracy drop", *outcome_headers], rows)
+        lines += _table([rate_col, "trials", "mean faults", f"{label} [95 % CI]",
+                         f"{label} drop", *outcome_headers], rows)
     else:
         lines.append("No trials.")
     lines += ["", f"![accuracy versus fault rate]({ACCURACY_PNG})", ""]
@@ -556,14 +651,43 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
                  "(Wilson intervals with the trials as the sample: a trial's inputs share its "
                  f"faults); {_NA} where no outcome was observed. Per layer and "
                  f"bit: {how}.")
+    lines += ["", *_provenance_markdown(summary.get("provenance"))]
     return "\n".join(lines) + "\n"
+
+
+def _gates_markdown(gates: Any) -> list[str]:
+    """The reliability gates: one row per (metric, level), PASSED/FAILED."""
+    if not gates:
+        return []
+    rows = [[str(g.get("metric")), _fmt(g.get("threshold"), "g"),
+             "fixed" if g.get("rate") is None else _fmt(g.get("rate"), ".1e"),
+             _fmt(g.get("value")), _fmt(g.get("bound")),
+             "PASSED" if g.get("passed") else "FAILED"] for g in gates]
+    failed = sum(not g.get("passed") for g in gates)
+    verdict = (f"**Reliability gates: FAILED** ({failed} of {len(gates)} checks)" if failed
+               else f"**Reliability gates: PASSED** ({len(gates)} checks)")
+    return [verdict + " — a gate passes when the upper 95 % bound is at most the "
+            "threshold.", "", *_table(["metric", "threshold", "rate", "estimate",
+                                       "upper 95 % bound", "result"], rows), ""]
+
+
+def _provenance_markdown(prov: Any) -> list[str]:
+    """Model sha256, package versions, providers and session options of the campaign."""
+    if not isinstance(prov, Mapping) or not prov:
+        return []
+    rows = []
+    for key in ("model", "model_sha256", "data_sha256", "created", "tool_version",
+                "providers", "versions", "session_options", "golden_deviation", "status"):
+        if prov.get(key) is not None:
+            rows.append([key, _fmt_config(prov[key])])
+    return ["## Provenance", "", *_table(["key", "value"], rows)]
 
 
 COMPARE_PNG = "compare_accuracy_vs_rate.png"
 
 
 def write_comparison(summaries: Mapping[str, Any], out_dir: str | os.PathLike[str],
-                     title: str = "enpheeph-onnx: accuracy versus fault rate") -> Path:
+                     title: str | None = None) -> Path:
     """One figure comparing several campaigns: top-1 accuracy (with 95 % bands, left) and
     accuracy normalised by each model's golden accuracy (right) versus fault rate (log
     axis), one line per campaign (e.g. the dense, pruned, int8 and spiking variants of a
@@ -573,7 +697,8 @@ def write_comparison(summaries: Mapping[str, Any], out_dir: str | os.PathLike[st
         summaries: label -> campaign summary (as for :func:`write_report`); campaigns of a
             fixed fault count are plotted against their mean number of faults per trial.
         out_dir: folder (created when missing; its parent must exist).
-        title: figure title.
+        title: figure title (default: the campaigns' labels and their common settings,
+            :func:`describe`).
 
     Returns:
         The path of ``compare_accuracy_vs_rate.png``.
@@ -585,8 +710,20 @@ def write_comparison(summaries: Mapping[str, Any], out_dir: str | os.PathLike[st
         raise EnpheephError("nothing to compare: give at least one campaign")
     summaries = {k: v.to_json() if hasattr(v, "to_json") else v for k, v in summaries.items()}
     kinds = {str(s.get("rate_kind", "fault_rate")) for s in summaries.values()}
+    if title is None:
+        settings = {describe(s).partition(": ")[2] for s in summaries.values()}
+        title = (f"{', '.join(summaries)}: "
+                 + (settings.pop() if len(settings) == 1 else "settings differ"))
     out = _prepare_out_dir(out_dir)
+    fig = comparison_figure(summaries, title, kinds)
+    dest = out / COMPARE_PNG
+    _save(fig, dest)
+    return dest
 
+
+def comparison_figure(summaries: Mapping[str, Mapping[str, Any]], title: str,
+                      kinds: set[str]) -> Figure:
+    """The figure of :func:`write_comparison` (summaries as JSON), not yet saved."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -619,12 +756,16 @@ def write_comparison(summaries: Mapping[str, Any], out_dir: str | os.PathLike[st
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
-    ax_acc.set_ylabel("top-1 accuracy")
-    ax_acc.set_ylim(-0.02, 1.02)
-    ax_rel.set_ylabel("accuracy / golden accuracy")
-    ax_rel.set_ylim(-0.02, 1.1)
+    labels = {score_label(s) for s in summaries.values()}
+    name = labels.pop() if len(labels) == 1 else "score"
+    ax_acc.set_ylabel(f"{name} (mean over trials, 95 % CI band)")
+    ax_acc.set_ylim(0.0, 1.03)
+    ax_rel.set_ylabel(f"{name} / golden {name}")
+    ax_rel.set_ylim(0.0, 1.1)
     ax_acc.legend(fontsize=8, loc="lower left")
+    if ax_rel.get_legend_handles_labels()[0]:
+        ax_rel.legend(fontsize=8, loc="lower left")
+    ax_acc.set_title("absolute", fontsize="medium")
+    ax_rel.set_title("normalised by each model's golden run", fontsize="medium")
     fig.suptitle(title)
-    dest = out / COMPARE_PNG
-    _save(fig, dest)
-    return dest
+    return fig

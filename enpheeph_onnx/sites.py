@@ -31,6 +31,7 @@ from onnx import numpy_helper
 
 from .bits import BY_NAME, DType, dtype_for_onnx
 from .errors import EnpheephError
+from .model import ModelSource, as_model
 
 Dim = int | str | None
 """A dimension: a size, a symbolic name, or ``None`` when unknown."""
@@ -158,10 +159,11 @@ def _weight_site(name: str, source: str, tensor: onnx.TensorProto, consumers: li
                      tuple(int(x) for x in arr.shape), d.name, d.bits, int(arr.size), zeros)
 
 
-def unresolved_tensors(model: onnx.ModelProto) -> list[str]:
+def unresolved_tensors(model: ModelSource) -> list[str]:
     """Main-graph tensors (node outputs) whose type or shape ONNX shape inference cannot
     give (outputs of ``com.microsoft`` or ``ai.onnx.ml`` ops, of ``Loop``, anything after
     them): sites only once measured (:func:`measure_tensors`)."""
+    model = as_model(model)
     g = infer_shapes(model).graph
     typed = {vi.name for vi in [*g.input, *g.value_info, *g.output]
              if vi.type.tensor_type.elem_type and _shape_of(vi) is not None}
@@ -172,12 +174,13 @@ def unresolved_tensors(model: onnx.ModelProto) -> list[str]:
             for o in n.output if o and o not in typed]
 
 
-def unresolved_body_tensors(model: onnx.ModelProto) -> list[str]:
+def unresolved_body_tensors(model: ModelSource) -> list[str]:
     """Tensors computed inside ``If``/``Loop``/``Scan`` bodies (under their path names,
     :func:`enpheeph_onnx.model.name_body_tensors`) whose type or shape ONNX shape inference
     cannot give (a ``Loop`` state declared without a shape, anything after it): listed by
     ``sites`` with shape ``?``, but no sites, since onnxruntime cannot hand a body's tensor
     back to measure it."""
+    model = as_model(model)
     from .model import name_body_tensors, node_bodies
 
     out: list[str] = []
@@ -245,7 +248,7 @@ def measure_tensors(model: onnx.ModelProto, names: list[str],
     return out
 
 
-def with_measured_shapes(model: onnx.ModelProto, sample: dict[str, np.ndarray]
+def with_measured_shapes(model: ModelSource, sample: dict[str, np.ndarray]
                          ) -> onnx.ModelProto:
     """``model`` with ``value_info`` for the tensors shape inference cannot type, measured
     on ``sample`` (:func:`measure_tensors`), so that every later step (sites, segment
@@ -254,6 +257,7 @@ def with_measured_shapes(model: onnx.ModelProto, sample: dict[str, np.ndarray]
     Raises:
         EnpheephError: onnxruntime cannot run the model on ``sample``.
     """
+    model = as_model(model)
     measured = measure_tensors(model, unresolved_tensors(model), sample)
     if not measured:
         return model
@@ -280,7 +284,7 @@ MEASURED_KEY = "enpheeph.measured_shapes"
 :func:`with_measured_shapes` measured."""
 
 
-def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None = None
+def discover_sites(model: ModelSource, sample: dict[str, np.ndarray] | None = None
                    ) -> list[FaultSite]:
     """All fault sites of ``model``'s main graph: weights, then inputs, then activations in
     graph order.
@@ -294,6 +298,7 @@ def discover_sites(model: onnx.ModelProto, sample: dict[str, np.ndarray] | None 
     Raises:
         EnpheephError: onnxruntime cannot run the model on ``sample``.
     """
+    model = as_model(model)
     from .model import name_body_tensors, node_bodies
 
     model = name_body_tensors(model)  # body tensors under their path names

@@ -123,8 +123,9 @@ def test_export_weights_that_do_not_match(tmp_path: Path) -> None:
     w = tmp_path / "w.pt"
     torch.save({"other.weight": torch.zeros(2)}, w)
     out = tmp_path / "m.onnx"
-    assert_user_error(*invoke("export-model", "--model", "tests.exportable:small_cnn", "--weights", w,
-                              "--input-shape", "1,1,8,8", "-o", out), "do not match")
+    assert_user_error(*invoke("export-model", "--model", "tests.exportable:small_cnn",
+                              "--weights", w, "--input-shape", "1,1,8,8", "-o", out),
+                      "do not match")
     assert not out.exists()
 
 

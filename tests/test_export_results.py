@@ -52,7 +52,8 @@ def test_export_csv_and_parquet(tmp_path: Path, model_path: Path, data_path: Pat
     assert {r["kind"] for r in frows} == {"weight"} and all(r["value"] == "" for r in frows)
     pq = pytest.importorskip("pyarrow.parquet")
     pout = tmp_path / "outcomes.parquet"
-    code, _, err = invoke("export-results", db, "--format", "parquet", "--table", "outcomes", "-o", pout)
+    code, _, err = invoke("export-results", db, "--format", "parquet", "--table", "outcomes",
+                          "-o", pout)
     assert code == 0, err
     table = pq.read_table(pout)
     assert table.num_rows == 4 * 360
@@ -71,7 +72,8 @@ def test_parquet_schema_is_fixed_for_an_empty_campaign(tmp_path: Path, model_pat
     assert invoke("campaign", model_path, "--data", data_path, "--fault-rate", "1e-9",
                   "--trials", "2", "--db", db)[0] == 0
     out = tmp_path / "f.parquet"
-    assert invoke("export-results", db, "--format", "parquet", "--table", "faults", "-o", out)[0] == 0
+    assert invoke("export-results", db, "--format", "parquet", "--table", "faults",
+                  "-o", out)[0] == 0
     t = pq.read_table(out)
     assert t.num_rows == 0
     types = {"int": pa.int64(), "real": pa.float64(), "text": pa.string()}
@@ -80,7 +82,8 @@ def test_parquet_schema_is_fixed_for_an_empty_campaign(tmp_path: Path, model_pat
               ("value", "real")]
     assert [(f.name, f.type) for f in t.schema] == [(n, types[k]) for n, k in faults]
     out = tmp_path / "o.parquet"
-    assert invoke("export-results", db, "--format", "parquet", "--table", "outcomes", "-o", out)[0] == 0
+    assert invoke("export-results", db, "--format", "parquet", "--table", "outcomes",
+                  "-o", out)[0] == 0
     t = pq.read_table(out)
     assert t.num_rows == 2 * 360  # the trials ran, without faults
     assert t.schema.field("sample").type == pa.int64()

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from ..errors import EnpheephError
+from ..model import ModelSource, as_model
 from ..runtime import load_npz
 
 
@@ -26,8 +26,9 @@ class Dataset:
         return sample_count(self.inputs)
 
 
-def input_names(model: onnx.ModelProto) -> list[str]:
+def input_names(model: ModelSource) -> list[str]:
     """The model's data inputs (graph inputs that are not initializers)."""
+    model = as_model(model)
     inits = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in inits]
 

@@ -238,12 +238,19 @@ def run_campaign(
     run = _Run(model, data, config, db, resume, plan)
     finished = run.stored_result(gates)  # resuming a finished campaign runs nothing
     if finished is not None:
+        if db is not None and gates:
+            with ResultStore.open(db) as store:
+                store.set_meta("gates", [g.to_json() for g in finished.gates])
         return finished
     run.backend = backend or Backend()
     with cpu_fallback(run.config.allow_cpu_fallback):
         run.golden()
         table = run.trials(progress, commit_every)
-        return run.result(table, gates)
+        result = run.result(table, gates)
+    if db is not None and gates:  # the report shows the gates the campaign was held to
+        with ResultStore.open(db) as store:
+            store.set_meta("gates", [g.to_json() for g in result.gates])
+    return result
 
 
 class _Run:

@@ -29,21 +29,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
 
 from ..bits import BY_NAME
 from ..errors import EnpheephError
 from ..faults import FaultModel, format_bits
 from ..faultset import CODE_OF, FaultSet, bits_mask
+from ..model import ModelSource, as_model
 from ..sites import FaultSite, SiteKind
 from ..stats import sample_size
 from .config import MAX_FAULTS_PER_TRIAL, CampaignConfig, CountMode, parse_steps
 
 
-def allowed_elements(model: onnx.ModelProto, sites: list[FaultSite], mode: str
+def allowed_elements(model: ModelSource, sites: list[FaultSite], mode: str
                      ) -> dict[str, np.ndarray]:
     """Flat indices a weight fault may hit under ``--pruned-weights`` (``skip``: unpruned
     elements, ``only``: pruned ones); weights absent from the result allow every element."""
+    model = as_model(model)
     if mode == "include":
         return {}
     from ..sites import constant_values, pruned_mask, quantization_params
@@ -387,10 +388,11 @@ _PASS_THROUGH = {"DequantizeLinear", "QuantizeLinear", "Cast", "Identity", "Resh
 weight's DequantizeLinear at the top of the graph)."""
 
 
-def layer_order(model: onnx.ModelProto, sites: Sequence[FaultSite]) -> dict[str, int]:
+def layer_order(model: ModelSource, sites: Sequence[FaultSite]) -> dict[str, int]:
     """Layer name -> its position in the network: the graph position of the node producing
     one of its activations, or of the first node computing with one of its weights or
     inputs (following DequantizeLinear and other pass-through ops to their consumers)."""
+    model = as_model(model)
     nodes = list(model.graph.node)
     pos = {n.name: i for i, n in enumerate(nodes)}
     consumers: dict[str, list[int]] = {}

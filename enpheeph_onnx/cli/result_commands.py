@@ -19,10 +19,18 @@ from .options import json_option, output_option
 @output_option("Folder for the PNG plots and summary.md.", folder=True)
 @click.option("--label", "labels", multiple=True,
               help="Name of each campaign in the comparison figure (default: file stems).")
+@click.option("--html", is_flag=True,
+              help="Also write report.html: one self-contained file (images inlined) with "
+                   "the tables, the provenance and the gate results.")
+@click.option("--fail-above", "fail_above", multiple=True, metavar="METRIC=THRESHOLD",
+              help="Reliability gate evaluated on the stored trials (as campaign "
+                   "--fail-above; replaces the gates stored with the campaign): exit 1 when "
+                   "one fails, after writing the report.")
 @json_option
-def report(dbs: tuple[Path, ...], out: Path, labels: tuple[str, ...], as_json: bool) -> None:
-    """Write plots (accuracy and critical SDC vs fault rate, per layer, bit x layer) and
-    summary.md for stored campaigns.
+def report(dbs: tuple[Path, ...], out: Path, labels: tuple[str, ...], html: bool,
+           fail_above: tuple[str, ...], as_json: bool) -> None:
+    """Write plots (score and critical SDC vs fault rate with every trial's score, per
+    layer, bit x layer), summary.md and (--html) report.html for stored campaigns.
 
     With several RESULTS.sqlite files, each gets a subfolder named after its label and
     compare_accuracy_vs_rate.png puts their accuracy-versus-fault-rate curves side by side
@@ -30,40 +38,61 @@ def report(dbs: tuple[Path, ...], out: Path, labels: tuple[str, ...], as_json: b
 
     \b
     Example:
-      enpheeph-onnx report results/digits.sqlite -o results/report
+      enpheeph-onnx report results/digits.sqlite -o results/report --html
     """
     from ..report import write_comparison, write_report
+    from .campaign_commands import parse_gates
 
     refuse_overwrite(out, *dbs, folder=True)
+    gates = parse_gates(fail_above)
     if labels and len(labels) != len(dbs):
         raise EnpheephError(f"{len(labels)} --label for {len(dbs)} databases: give one each")
     names = list(labels) if labels else [db.stem for db in dbs]
     if len(set(names)) != len(names):
         raise EnpheephError("campaign labels must differ: use --label")
-    summaries = {name: _stored_summary(db) for name, db in zip(names, dbs, strict=True)}
+    summaries = {name: stored_summary(db, gates) for name, db in zip(names, dbs, strict=True)}
     paths: list[Path] = []
     if len(dbs) == 1:
-        paths += write_report(summaries[names[0]], out,
-                              title=f"enpheeph-onnx campaign: {dbs[0].name}")
+        paths += write_report(summaries[names[0]], out, html=html)
     else:
         paths.append(write_comparison(summaries, out))  # creates out
         for name in names:
-            paths += write_report(summaries[name], out / name,
-                                  title=f"enpheeph-onnx campaign: {name}")
+            paths += write_report(summaries[name], out / name, html=html)
+    failed = [(name, g) for name, s in summaries.items() for g in s.get("gates") or []
+              if not g["passed"]]
     if as_json:
-        echo_json({"output": str(out), "files": [str(p) for p in paths]})
+        echo_json({"output": str(out), "files": [str(p) for p in paths],
+                   "gates": {name: s.get("gates") or [] for name, s in summaries.items()},
+                   "passed": not failed})
     else:
         for p in paths:
             click.echo(str(p))
-    summary(True, f"report: {len(paths)} files in {out}")
+    text = f"report: {len(paths)} files in {out}"
+    if failed and gates:
+        name, g = failed[0]
+        where = "" if g["rate"] is None else f" at rate {g['rate']:g}"
+        summary(False, f"{text}; {name}: {g['metric']} upper 95 % bound "
+                       f"{g['bound'] if g['bound'] is None else round(g['bound'], 4)} > "
+                       f"{g['threshold']:g}{where} ({len(failed)} gate check(s) failed)")
+        raise SystemExit(1)
+    summary(True, text)
 
 
-def _stored_summary(db: Path) -> dict[str, Any]:
+def stored_summary(db: Path, gates: tuple[tuple[str, float], ...] = ()) -> dict[str, Any]:
+    """The summary JSON of a stored campaign for :func:`~enpheeph_onnx.report.write_report`,
+    with its model, provenance and gates (``gates`` given: evaluated anew on its trials)."""
     from ..campaign import load_meta, load_summary
+    from ..summary import check_gates
 
     meta = load_meta(db)
-    return {**load_summary(db).to_json(), "model_sha256": meta.get("model_sha256"),
-            "status": meta.get("status", "incomplete")}
+    s = load_summary(db)
+    stored = meta.get("gates") or []
+    return {**s.to_json(), "model": meta.get("model"), "model_sha256": meta.get("model_sha256"),
+            "status": meta.get("status", "incomplete"),
+            "gates": [g.to_json() for g in check_gates(s, gates)] if gates else stored,
+            "provenance": {k: meta.get(k) for k in (
+                "model", "model_sha256", "data_sha256", "created", "tool_version",
+                "providers", "versions", "session_options", "golden_deviation", "status")}}
 
 
 @main.command("export-results")

@@ -229,7 +229,7 @@ def test_parse_fault_fields() -> None:
     h = parse_fault("fc2.bias[3]:value=1e-3")
     assert (h.model, h.value, h.bits) == (FaultModel.VALUE, 0.001, ())
     assert parse_fault("w[0]:stuck_at_0:2").model is FaultModel.STUCK_AT_0
-    assert str(parse_fault("w[1,*]:flip:3,0-1")) == "w[1,*]:bitflip:0-1,3"
+    assert str(parse_fault("w[1,*]:bit-flip:3,0-1")) == "w[1,*]:bitflip:0-1,3"
 
 
 @FAST

@@ -20,6 +20,24 @@ from .conftest import MODEL, ROOT
 torch = pytest.importorskip("torch")
 
 
+def _cpu_vendor() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+# MKL's conditional numerical reproducibility (MKL_CBWR=COMPATIBLE, enpheeph_onnx.isa) is
+# Intel's: measured on an AMD EPYC (AVX-512), the SNN's trained weights differ from the
+# shipped ones and the CNN's onnxruntime-vs-torch check sees 1.19e-5 > 1e-5
+INTEL_ONLY = pytest.mark.skipif(
+    _cpu_vendor() != "GenuineIntel",
+    reason=f"the shipped files are reproducible on Intel x86-64 CPUs (this is {_cpu_vendor()})")
+
+
 def test_shipped_model_meets_the_brief(digits: dict[str, np.ndarray]) -> None:
     m = onnx.load(MODEL)
     onnx.checker.check_model(m, full_check=True)
@@ -29,6 +47,7 @@ def test_shipped_model_meets_the_brief(digits: dict[str, np.ndarray]) -> None:
     assert np.mean(np.argmax(logits, 1) == digits["labels"]) >= 0.95
 
 
+@INTEL_ONLY
 @pytest.mark.parametrize(("script", "files"), [
     ("train_digits.py", ["digits_test.npz", "digits_cnn.onnx"]),
     ("prune_digits.py", ["digits_cnn_pruned.onnx"]),

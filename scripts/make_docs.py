@@ -89,6 +89,7 @@ def main_job(tmp: Path, numbers: dict[str, Any]) -> str:
     hold = [r for r in s["per_rate"] if r["accuracy"]["mean"] >= s["golden_accuracy"] - 0.01]
     last_ok = max(r["rate"] for r in hold)
     faults = next(r["mean_faults"] for r in s["per_rate"] if r["rate"] == last_ok)
+    rate_text = f"{last_ok:.0e}".replace("e-0", "e-")
     return (f"The main job takes about {seconds:.0f} s on this {os.cpu_count()}-core CPU "
             "(campaign and report, measured by `scripts/make_docs.py`). `--resume` makes it "
             "safe to re-run or to\ninterrupt (Ctrl-C, kill): finished trials are kept and the "
@@ -99,7 +100,7 @@ def main_job(tmp: Path, numbers: dict[str, Any]) -> str:
             "and DUE rates:\n\n![accuracy versus fault rate, the main job]"
             "(docs/main_job_accuracy_vs_rate.png)\n\n"
             f"On this 13,706-parameter model the mean accuracy stays within a point of golden "
-            f"up to {last_ok:.0e} faults per\nparameter (≈{faults:.1f} faults per trial) and "
+            f"up to {rate_text} faults per\nparameter (≈{faults:.1f} faults per trial) and "
             "falls below it beyond.\n")
 
 

@@ -18,7 +18,8 @@ Writes ``docs/main_job.md``, ``docs/main_job_accuracy_vs_rate.png``, ``docs/bits
 ``docs/variants.md``, ``docs/compare_accuracy_vs_rate.png`` and ``docs/numbers.json`` (every
 number, unformatted, with the machine that measured them). Benchmark figures come from
 the ``scripts/bench_*.py`` scripts and ``scripts/reproduce_paper.py``, which write their own
-``docs/*.json``.
+``docs/*.json``; the README's paper section is the block ``reproduce_paper``, written by
+``scripts/reproduce_paper.py`` (``--render`` re-renders it from its JSON).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ README = (ROOT / "README.md").read_text()
 
 def test_every_readme_block_is_its_docs_file() -> None:
     names = [m.group("name") for m in make_docs.BLOCK.finditer(README)]
-    assert names == ["main_job", "bits", "variants"]
+    assert names == ["main_job", "bits", "variants", "reproduce_paper"]
     assert make_docs.stale_blocks(README) == []
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_docs.py"), "--check"],
                        capture_output=True, text=True, timeout=60)

@@ -170,7 +170,12 @@ def _regressor(path: Path) -> None:
     (_detector, ["--outcome", "topk", "--topk", "2", "--logits", "scores"],
      OutcomePolicy(PolicyKind.TOPK, 2), "scores"),
     (_detector, ["--logits", "scores"], OutcomePolicy(), "scores"),
-], ids=["regressor-tolerance", "detector-top2", "detector-top1"])
+    (_detector, ["--metric", "tests.user_metrics:closeness"],
+     OutcomePolicy(PolicyKind.METRIC, metric="tests.user_metrics:closeness"), "boxes"),
+    (_regressor, ["--metric", "tests.user_metrics:flags_only"],
+     OutcomePolicy(PolicyKind.METRIC, metric="tests.user_metrics:flags_only"), "y"),
+], ids=["regressor-tolerance", "detector-top2", "detector-top1", "detector-metric",
+        "regressor-metric"])
 def test_every_policy_in_a_campaign(model_fn, args: list[str], policy: OutcomePolicy,  # type: ignore[no-untyped-def]
                                     output: str, tmp_path: Path) -> None:
     """Activation faults; each stored trial's outcomes are those of inject + run judged by
@@ -182,7 +187,7 @@ def test_every_policy_in_a_campaign(model_fn, args: list[str], policy: OutcomePo
                                                   .shape.dim[1].dim_value)).astype(np.float32)
     names = [o.name for o in m.graph.output]
     golden = dict(zip(names, make_session(m).run(None, {"x": x}), strict=True))
-    extra = {} if policy.kind is PolicyKind.TOLERANCE else {
+    extra = {} if policy.kind in (PolicyKind.TOLERANCE, PolicyKind.METRIC) else {
         "labels": golden[output].argmax(1)}
     np.savez(data, x=x, **extra)
     code, _, err = invoke("campaign", model, "--data", data, *args, "--kinds", "activation",
@@ -198,3 +203,24 @@ def test_every_policy_in_a_campaign(model_fn, args: list[str], policy: OutcomePo
             assert codes.tolist() == classify(golden, faulty, output, policy).tolist(), trial
             seen |= set(codes.tolist())
     assert len(seen) >= 2
+
+
+def test_relative_l2_and_max_abs_tolerances() -> None:
+    g = {"y": np.array([[3.0, 4.0], [3.0, 4.0], [3.0, 4.0]], np.float32)}
+    f = {"y": np.array([[3.0, 4.4], [3.0, 4.0], [0.0, 4.0]], np.float32)}  # L2 error 0.4, 0, 3
+    def codes(text: str) -> list[int]:
+        p = OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(Tolerance.parse(text),))
+        return classify(g, f, "y", p).tolist()
+    assert codes("y:l2=0.1") == [T, M, C]        # 0.4 / 5 = 0.08 <= 0.1 < 3 / 5
+    assert codes("y:l2=0.05") == [C, M, C]
+    assert codes("y:l2=0.7") == [T, M, T]
+    assert codes("y:atol=0.5") == [T, M, C]      # max-abs
+    assert codes("y:atol=0.5,l2=0.05") == [C, M, C]  # both must hold
+    t = Tolerance.parse("y:l2=0.1")
+    assert (t.atol, t.rtol, t.l2, str(t)) == (None, None, 0.1, "y:l2=0.1")
+    p = OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(t, Tolerance.parse("*:atol=1")))
+    assert OutcomePolicy.from_json(json.loads(json.dumps(p.to_json()))) == p
+    old = {"kind": "tolerance", "k": 5, "tolerances": [["y", 0.1, 0.0]]}  # stored before l2
+    assert OutcomePolicy.from_json(old).tolerances == (Tolerance("y", 0.1, 0.0),)
+    with pytest.raises(EnpheephError, match="l2=NUMBER"):
+        Tolerance.parse("y:l3=0.1")

@@ -50,16 +50,21 @@ class PolicyKind(enum.Enum):
 @dataclass(frozen=True)
 class Tolerance:
     """An output's tolerance: within ``|faulty - golden| <= atol + rtol * |golden|`` at
-    every element (``numpy.isclose`` semantics) a difference is tolerable. ``output`` ``*``
-    applies to every output without a tolerance of its own."""
+    every element (``numpy.isclose`` semantics; ``atol`` alone is a max-abs threshold) and,
+    with ``l2``, within ``||faulty - golden||_2 <= l2 * ||golden||_2`` over the input's
+    elements (a relative L2 threshold), a difference is tolerable. ``atol`` and ``rtol``
+    both ``None``: no element-wise bound (``l2`` alone). ``output`` ``*`` applies to every
+    output without a tolerance of its own."""
 
     output: str
-    atol: float = 0.0
-    rtol: float = 0.0
+    atol: float | None = 0.0
+    rtol: float | None = 0.0
+    l2: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Tolerance:
-        """``NAME:atol=1e-3,rtol=1e-2`` (either bound may be left out; ``*`` for all).
+        """``NAME:atol=1e-3,rtol=1e-2`` and/or ``NAME:l2=0.01`` (any bound may be left out,
+        not all; ``*`` for all outputs).
 
         Raises:
             EnpheephError: malformed text, an unknown bound, a negative or non-finite one.
@@ -72,9 +77,10 @@ class Tolerance:
         for part in rest.split(","):
             key, eq, value = part.partition("=")
             key = key.strip()
-            if key not in ("atol", "rtol") or not eq or key in bounds:
+            if key not in ("atol", "rtol", "l2") or not eq or key in bounds:
                 raise EnpheephError(f"--sdc-tolerance {text!r}: {part.strip()!r} is not "
-                                    "atol=NUMBER or rtol=NUMBER (each at most once)")
+                                    "atol=NUMBER, rtol=NUMBER or l2=NUMBER (each at most "
+                                    "once)")
             try:
                 bounds[key] = float(value)
             except ValueError:
@@ -83,10 +89,21 @@ class Tolerance:
             if not np.isfinite(bounds[key]) or bounds[key] < 0:
                 raise EnpheephError(f"--sdc-tolerance {text!r}: {key} must be a finite "
                                     "number >= 0")
-        return cls(name.strip(), bounds.get("atol", 0.0), bounds.get("rtol", 0.0))
+        if "atol" not in bounds and "rtol" not in bounds and "l2" in bounds:
+            return cls(name.strip(), None, None, bounds["l2"])
+        return cls(name.strip(), bounds.get("atol", 0.0), bounds.get("rtol", 0.0),
+                   bounds.get("l2"))
+
+    @property
+    def elementwise(self) -> bool:
+        return self.atol is not None or self.rtol is not None
 
     def __str__(self) -> str:
-        return f"{self.output}:atol={self.atol:g},rtol={self.rtol:g}"
+        parts = ([f"atol={self.atol or 0.0:g}", f"rtol={self.rtol or 0.0:g}"]
+                 if self.elementwise else [])
+        if self.l2 is not None:
+            parts.append(f"l2={self.l2:g}")
+        return f"{self.output}:{','.join(parts)}"
 
 
 @dataclass(frozen=True)
@@ -133,7 +150,7 @@ class OutcomePolicy:
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind.value, "k": self.k,
-                "tolerances": [[t.output, t.atol, t.rtol] for t in self.tolerances],
+                "tolerances": [[t.output, t.atol, t.rtol, t.l2] for t in self.tolerances],
                 "metric": self.metric}
 
     @classmethod
@@ -141,8 +158,9 @@ class OutcomePolicy:
         if not d:
             return cls()
         return cls(PolicyKind(d["kind"]), int(d.get("k", 5)),
-                   tuple(Tolerance(str(o), float(a), float(r))
-                         for o, a, r in d.get("tolerances", [])), d.get("metric"))
+                   tuple(Tolerance(str(t[0]), *(None if v is None else float(v)
+                                                for v in (*t[1:], None)[:3]))
+                         for t in d.get("tolerances", [])), d.get("metric"))
 
     def __str__(self) -> str:
         if self.kind is PolicyKind.TOPK:
@@ -252,7 +270,12 @@ def _critical(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], outp
             g64 = g.reshape(n, -1).astype(np.float64)
             f64 = f.reshape(n, -1).astype(np.float64)
             with np.errstate(invalid="ignore", over="ignore"):
-                out |= ~np.isclose(f64, g64, rtol=t.rtol, atol=t.atol, equal_nan=True).all(1)
+                if t.elementwise:
+                    out |= ~np.isclose(f64, g64, rtol=t.rtol or 0.0, atol=t.atol or 0.0,
+                                       equal_nan=True).all(1)
+                if t.l2 is not None:
+                    err = np.linalg.norm(f64 - g64, axis=1)
+                    out |= ~(err <= t.l2 * np.linalg.norm(g64, axis=1))
         return out
     g = golden[output].reshape(n, -1)
     f = faulty[output].reshape(n, -1)

@@ -270,10 +270,12 @@ def outcome_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--topk", type=click.IntRange(min=1), default=None,
                      help="k of --outcome topk [5]."),
         click.option("--sdc-tolerance", "tolerances", multiple=True,
-                     metavar="NAME:atol=A,rtol=R",
+                     metavar="NAME:atol=A,rtol=R,l2=E",
                      help="Per-output tolerance of --outcome tolerance (repeatable; NAME * "
                           "for every output without its own): within |faulty - golden| <= "
-                          "atol + rtol |golden| a difference is tolerable."),
+                          "atol + rtol |golden| at every element (atol alone: max-abs) "
+                          "and, with l2, ||faulty - golden||_2 <= l2 ||golden||_2 a "
+                          "difference is tolerable."),
         click.option("--metric", "metric", default=None, metavar="PKG.MODULE:FUNCTION",
                      help="A user outcome metric, called per batch as f(golden, faulty, "
                           "labels or None) with dicts of output arrays; returns per-sample "

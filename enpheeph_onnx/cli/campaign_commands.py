@@ -18,6 +18,7 @@ from .group import main
 from .options import (
     config_option,
     data_option,
+    gate_option,
     json_option,
     model_argument,
     outcome_options,
@@ -202,11 +203,7 @@ def plan(model: Path, data_path: Path, out: Path, as_json: bool, **opts: Any) ->
                required=False, aliases=("--db",), dest="db")
 @click.option("--resume", is_flag=True,
               help="Continue the campaign stored in -o/--output where it stopped.")
-@click.option("--fail-above", "fail_above", multiple=True, metavar="METRIC=THRESHOLD",
-              help="Reliability gate: exit 1 unless the upper 95 % bound of METRIC is at most "
-                   "THRESHOLD at every fault rate; METRIC is one of masked_rate, "
-                   "tolerable_sdc_rate, critical_sdc_rate, sdc_rate, due_rate, accuracy_drop, "
-                   "score_drop (repeatable).")
+@gate_option
 @click.option("--suffix/--no-suffix", default=True, show_default=True,
               help="Run each trial from its first faulted site on, on golden tensors cached "
                    "per batch (each cut checked bit-identical to the full model).")

@@ -284,6 +284,16 @@ def outcome_options(f: Callable[..., Any]) -> Callable[..., Any]:
     ])
 
 
+def gate_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--fail-above METRIC=THRESHOLD``: a reliability gate (``campaign``, ``report``)."""
+    return click.option(
+        "--fail-above", "fail_above", multiple=True, metavar="METRIC=THRESHOLD",
+        help="Reliability gate: exit 1 unless the upper 95 % bound of METRIC is at most "
+             "THRESHOLD at every fault rate; METRIC is one of masked_rate, tolerable_sdc_rate, "
+             "critical_sdc_rate, sdc_rate, due_rate, accuracy_drop, score_drop (repeatable). "
+             "report evaluates it on the stored trials, after writing the report.")(f)
+
+
 def config_option(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--config FILE.toml``: its keys (the long flags) become the command's defaults."""
     return click.option("--config", type=click.Path(dir_okay=False, path_type=Path),

@@ -10,7 +10,7 @@ import click
 from ..errors import EnpheephError
 from .common import echo_json, refuse_overwrite, summary
 from .group import main
-from .options import json_option, output_option
+from .options import gate_option, json_option, output_option
 
 
 @main.command()
@@ -22,10 +22,7 @@ from .options import json_option, output_option
 @click.option("--html", is_flag=True,
               help="Also write report.html: one self-contained file (images inlined) with "
                    "the tables, the provenance and the gate results.")
-@click.option("--fail-above", "fail_above", multiple=True, metavar="METRIC=THRESHOLD",
-              help="Reliability gate evaluated on the stored trials (as campaign "
-                   "--fail-above; replaces the gates stored with the campaign): exit 1 when "
-                   "one fails, after writing the report.")
+@gate_option
 @json_option
 def report(dbs: tuple[Path, ...], out: Path, labels: tuple[str, ...], html: bool,
            fail_above: tuple[str, ...], as_json: bool) -> None:

@@ -63,6 +63,8 @@ _MAX_LABEL = 40
 _ANNOTATE_MAX_COLS = 40
 _ANNOTATE_MAX_ROWS = 20
 _NA = "n/a"
+_NOT_CONFINED = ("No trial's faults all lie in one layer / have one bit (exclusive "
+                 "attribution); run with `--stratify layer,bit` to measure every cell.")
 
 
 def describe(summary: Mapping[str, Any]) -> str:
@@ -93,9 +95,12 @@ def describe(summary: Mapping[str, Any]) -> str:
         parts.append(f"{cfg['trials']} trials/level")
     outcome = cfg.get("outcome") or {}
     kind = outcome.get("kind", "top1")
+    tols = " ".join(f"{t[0]}:" + ",".join(f"{k}={v:g}" for k, v in zip(
+        ("atol", "rtol", "l2"), t[1:], strict=False) if v) for t in outcome.get("tolerances")
+                    or [])
     parts.append({"top1": "top-1", "topk": f"top-{outcome.get('k', 5)}",
-                  "tolerance": "tolerance", "metric": f"metric {outcome.get('metric')}"
-                  }.get(kind, str(kind)))
+                  "tolerance": f"tolerance {tols}".strip(),
+                  "metric": f"metric {outcome.get('metric')}"}.get(kind, str(kind)))
     head = Path(str(model)).name if model else "campaign"
     return f"{head}: {', '.join(parts)}"
 
@@ -325,6 +330,8 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     v = _num(x)
     if math.isnan(v):
         return _NA
+    if v and (abs(v) < 1e-3 or abs(v) >= 1e5) and spec == ".4f" and not -1 <= v <= 1:
+        spec = ".4g"  # a metric's unbounded score (rates and accuracies stay .4f)
     text = format(v, spec)
     return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0000"
 
@@ -399,7 +406,7 @@ def _plot_accuracy(fig: Figure, per_rate: list[Mapping[str, Any]], rate_kind: st
     label = score_label(summary)
     bounded = bool(summary.get("score_bounded", True))
     ax_acc, ax_out = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    fig.suptitle(title)
+    fig.suptitle(_wrap(title, fig))
     key = "mean_faults" if rate_kind == "fixed" else "rate"
     rows = [r for r in per_rate if not math.isnan(_num(r.get(key)))]
     if len(rows) < len(per_rate):
@@ -477,6 +484,13 @@ def _plot_accuracy(fig: Figure, per_rate: list[Mapping[str, Any]], rate_kind: st
             ax_out.set_xlim(lo - 0.5 * abs(lo), hi + 0.5 * abs(hi))
 
 
+def _wrap(title: str, fig: Figure) -> str:
+    """``title`` broken into lines that fit the figure's width (~11 characters an inch)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, max(int(fig.get_figwidth() * 11), 20))) or title
+
+
 def _trial_points(summary: Mapping[str, Any], rows: list[Mapping[str, Any]], key: str
                   ) -> np.ndarray:
     """``[M, 2]`` (x, score) of every trial with a score at the plotted levels, spread
@@ -501,9 +515,10 @@ def _trial_points(summary: Mapping[str, Any], rows: list[Mapping[str, Any]], key
 
 def _plot_layers(fig: Figure, per_layer: list[Mapping[str, Any]], title: str) -> None:
     ax = fig.subplots()
-    ax.set_title(f"{title}: critical SDC per layer")
+    fig.suptitle(_wrap(title, fig))
+    ax.set_title("critical SDC per layer")
     if not per_layer:
-        _no_data(ax, "no faults")
+        _no_data(ax, "no trial confined to one layer / bit:\nrun with --stratify layer,bit")
         return
     names = [_short(str(r.get("layer", "?"))) for r in per_layer]
     pos = np.arange(len(names), dtype=float)
@@ -534,9 +549,10 @@ def _plot_bits_layers(fig: Figure, layers: list[str], bits: list[int], values: n
     import matplotlib as mpl
 
     ax = fig.subplots()
-    ax.set_title(f"{title}: critical SDC per layer and bit")
+    fig.suptitle(_wrap(title, fig))
+    ax.set_title("critical SDC per layer and bit")
     if values.size == 0:
-        _no_data(ax, "no faults")
+        _no_data(ax, "no trial confined to one layer / bit:\nrun with --stratify layer,bit")
         return
     data = np.ma.masked_invalid(values)
     vmax = float(data.max()) if data.count() else 1.0
@@ -586,7 +602,8 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
     config = summary.get("config") or {}
     if isinstance(config, Mapping) and config:
         lines += _table(["key", "value"],
-                        [[str(k), _fmt_config(v)] for k, v in config.items()])
+                        [["logits" if k == "output" else str(k), _fmt_config(v)]
+                         for k, v in config.items()])
     else:
         lines.append("No configuration recorded.")
     lines.append("")
@@ -629,7 +646,7 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
             for r in per_layer
         ])
     else:
-        lines.append("No faults.")
+        lines.append(_NOT_CONFINED)
     lines += ["", f"![critical SDC per layer]({LAYERS_PNG})", ""]
 
     per_bit = list(summary.get("per_bit") or [])
@@ -641,7 +658,7 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
             for r in per_bit
         ])
     else:
-        lines.append("No faults.")
+        lines.append(_NOT_CONFINED)
     lines += ["", f"![critical SDC per layer and bit]({BITS_LAYERS_PNG})", ""]
     how = ("stratified: every trial of a layer / bit confines its faults to it"
            if summary.get("attribution") == "stratified" else
@@ -658,7 +675,8 @@ def _markdown(summary: Mapping[str, Any], rate_kind: str, title: str) -> str:
 def _gates_markdown(gates: Any) -> list[str]:
     """The reliability gates: one row per (metric, level), PASSED/FAILED."""
     if not gates:
-        return []
+        return ["No reliability gates (give `--fail-above METRIC=T` to `campaign` or "
+                "`report`).", ""]
     rows = [[str(g.get("metric")), _fmt(g.get("threshold"), "g"),
              "fixed" if g.get("rate") is None else _fmt(g.get("rate"), ".1e"),
              _fmt(g.get("value")), _fmt(g.get("bound")),

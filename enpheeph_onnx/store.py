@@ -228,11 +228,11 @@ class ResultStore:
         if p.exists():
             raise EnpheephError(
                 f"results database {p} already exists: continue it with --resume, or choose "
-                "another --db path"
+                "another -o/--output path"
             )
         from .model import require_folder
 
-        require_folder(p.parent, "folder of --db")
+        require_folder(p.parent, "folder of -o/--output")
         conn = sqlite3.connect(p)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -266,7 +266,8 @@ class ResultStore:
             conn.close()
             raise EnpheephError(f"{p} was written by another version of enpheeph-onnx (schema "
                                 f"{json.loads(version[0]) if version else '?'}, this version "
-                                f"reads {SCHEMA_VERSION}); re-run the campaign into a new --db")
+                                f"reads {SCHEMA_VERSION}); re-run the campaign into a new "
+                                "-o/--output")
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         return cls(p, conn, store_faults)

@@ -46,8 +46,9 @@ def test_the_command_list() -> None:
 def test_every_help_follows_the_conventions(name: str) -> None:
     text = _help(name)
     # one example, a runnable command line of this very command
-    assert "Example:" in text
-    example = text.split("Example:")[1].strip().splitlines()[0]
+    m = re.search(r"Example[^:\n]*:\n", text)
+    assert m is not None, text
+    example = text[m.end():].strip().splitlines()[0]
     assert example.startswith(f"enpheeph-onnx {name} "), example
     assert "--json" in text
     opts = _options(name)

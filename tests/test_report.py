@@ -213,7 +213,7 @@ def test_fixed_single_level(tmp_path: Path) -> None:
 def test_empty_summary(tmp_path: Path) -> None:
     md = check_outputs(write_report(empty_summary(), tmp_path / "r"), tmp_path / "r")
     assert "**Golden top-1 accuracy:** n/a" in md and md.startswith("# enpheeph-onnx campaign\n")
-    assert md.count("No faults.") == 2
+    assert md.count("No trial's faults all lie in one layer / have one bit") == 2
     assert "No trials." in md
 
 

@@ -51,7 +51,9 @@ def load_dataset(path: str | os.PathLike[str], names: list[str],
         )
     labels = arrays.get("labels")
     if labels is None and require_labels:
-        raise EnpheephError(f"data {path} has no 'labels' array (int64 class per sample)")
+        raise EnpheephError(f"data {path} has no 'labels' array (int64 class per sample): add "
+                            "one, or judge without labels with --sdc-tolerance NAME:atol=A "
+                            "or --metric pkg.module:function (gate on score_drop)")
     inputs = {n: arrays[n] for n in names}
     if labels is not None and labels.ndim == 0:
         raise EnpheephError(f"data {path}: 'labels' is a scalar; give one label per sample")

@@ -135,10 +135,10 @@ def _open_store(db: str | os.PathLike[str], resume: bool, meta: dict[str, Any],
     if old.get("model_sha256") != meta["model_sha256"]:
         problem = (f"it holds a campaign on another model (sha256 "
                    f"{str(old.get('model_sha256'))[:12]}..., this model "
-                   f"{meta['model_sha256'][:12]}...); use a new --db")
+                   f"{meta['model_sha256'][:12]}...); use a new -o/--output")
     elif old.get("data_sha256", meta["data_sha256"]) != meta["data_sha256"]:
         problem = (f"it was run on other data (sha256 {str(old.get('data_sha256'))[:12]}...); "
-                   "use the same --data or a new --db")
+                   "use the same --data or a new -o/--output")
     elif old["config"].get("store_faults", "all") != cfg.store_faults:
         problem = (f"it stores faults with --store-faults "
                    f"{old['config'].get('store_faults', 'all')}; resume with the same option "
@@ -149,7 +149,7 @@ def _open_store(db: str | os.PathLike[str], resume: bool, meta: dict[str, Any],
         if was != now:
             diff = sorted(k for k in was if was[k] != now.get(k))
             problem = (f"it was started with other settings ({', '.join(diff)}); resume with "
-                       "the same options or use a new --db")
+                       "the same options or use a new -o/--output")
     if problem:
         store.close()
         raise EnpheephError(f"cannot resume {db}: {problem}")
@@ -391,7 +391,7 @@ class _Run:
                     raise EnpheephError(
                         f"cannot resume {self.db}: the golden accuracy changed ({old} -> "
                         f"{self.golden_acc}); was the onnxruntime version changed? use a new "
-                        "--db")
+                        "-o/--output")
                 store.set_meta("golden_accuracy", self.golden_acc)
                 store.set_meta("score", {"name": self.score[0], "bounded": self.score[1]})
             done = store.done_trials() if store else set()

@@ -317,9 +317,10 @@ def campaign(model: Path, data_path: Path, plan_path: Path | None, db: Path | No
                    f"{sx['cache_bytes'] / 2**20:.1f} MiB (bound on both: --cache-mb)", err=True)
     tail = f", results in {db}" if db else ""
     score = res.summary.score
-    head = (f"campaign: golden {score} {fmt(res.golden_accuracy)}, mean "
-            f"{fmt(res.mean_accuracy)}, drop {fmt(res.accuracy_drop)}, {len(res.trials)} "
-            f"trials{tail}")
+    sp = ".4f" if res.summary.score_bounded else "auto"
+    head = (f"campaign: golden {score} {fmt(res.golden_accuracy, sp)}, mean "
+            f"{fmt(res.mean_accuracy, sp)}, drop {fmt(res.accuracy_drop, sp)}, "
+            f"{len(res.trials)} trials{tail}")
     failed = [g for g in res.gates if not g.passed]
     if failed:
         g = failed[0]
@@ -342,17 +343,18 @@ def _ci(p: Any) -> str:
     return f"{fmt(p.rate)} [{fmt(p.low)}, {fmt(p.high)}]"
 
 
-def _acc(g: Any) -> str:
+def _acc(g: Any, spec: str = ".4f") -> str:
     a = g.accuracy
-    return "-" if a is None else f"{a.mean:.4f} [{fmt(a.low)}, {fmt(a.high)}]"
+    return "-" if a is None else f"{fmt(a.mean, spec)} [{fmt(a.low, spec)}, {fmt(a.high, spec)}]"
 
 
 def print_summary(s: Any) -> None:
     """The campaign tables of a :class:`~enpheeph_onnx.summary.CampaignSummary`."""
     name = s.score
-    click.echo(f"golden {name:<9} {fmt(s.golden_accuracy)}  ({s.samples} samples)")
-    click.echo(f"mean {name:<11} {fmt(s.mean_accuracy)}  over {len(s.table)} trials")
-    click.echo(f"{name + ' drop':<16} {fmt(s.accuracy_drop)}"
+    sp = ".4f" if s.score_bounded else "auto"  # a metric's scores may have any magnitude
+    click.echo(f"golden {name:<9} {fmt(s.golden_accuracy, sp)}  ({s.samples} samples)")
+    click.echo(f"mean {name:<11} {fmt(s.mean_accuracy, sp)}  over {len(s.table)} trials")
+    click.echo(f"{name + ' drop':<16} {fmt(s.accuracy_drop, sp)}"
                + ("  (stratified: every stratum weighs the same, not an estimate for the "
                   "whole model)" if s.attribution == "stratified" else ""))
     n = max(sum(s.outcomes.values()), 1)
@@ -361,7 +363,7 @@ def print_summary(s: Any) -> None:
     rk = {"fault_rate": "fault rate", "bit_error_rate": "bit err rate", "fixed": "level"}
     col = f"{name} [95% CI]"
     rows = [[("-" if r.key["rate"] is None else f"{r.key['rate']:.1e}"), str(r.trials),
-             f"{r.mean_faults:.2f}", _acc(r), _ci(r.outcomes.masked),
+             f"{r.mean_faults:.2f}", _acc(r, sp), _ci(r.outcomes.masked),
              _ci(r.outcomes.critical_sdc), _ci(r.outcomes.due), _ci(r.p_trial_critical)]
             for r in s.per_rate]
     click.echo(table(rows, [rk[s.rate_kind], "trials", "faults", col, "masked",
@@ -372,7 +374,7 @@ def print_summary(s: Any) -> None:
     for groups, label in ((s.per_layer, "layer"), (s.per_bit, "bit")):
         if groups:
             click.echo("")
-            rows = [[str(g.key[label]), str(g.trials), f"{g.mean_faults:.2f}", _acc(g),
+            rows = [[str(g.key[label]), str(g.trials), f"{g.mean_faults:.2f}", _acc(g, sp),
                      _ci(g.outcomes.critical_sdc), _ci(g.outcomes.due),
                      _ci(g.p_trial_critical)] for g in groups]
             click.echo(table(rows, [label, "trials", "faults", col, "critical SDC", "DUE",
@@ -384,7 +386,7 @@ def print_summary(s: Any) -> None:
     if len(s.table) <= 50:
         click.echo("")
         rows = [[str(t["trial"]), "-" if t["rate"] is None else f"{t['rate']:.1e}",
-                 t["stratum"] or "-", fmt(t["accuracy"]), str(t["masked"]),
+                 t["stratum"] or "-", fmt(t["accuracy"], sp), str(t["masked"]),
                  str(t["tolerable_sdc"]), str(t["critical_sdc"]), str(t["due"]),
                  str(t["n_faults"]), "; ".join(t["first_faults"])
                  + (" ..." if t["n_faults"] > len(t["first_faults"]) else "")]

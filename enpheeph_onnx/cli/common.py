@@ -55,9 +55,12 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def fmt(x: float | None, spec: str = ".4f") -> str:
-    """``x`` formatted, ``-`` for None, never ``-0.0000``."""
+    """``x`` formatted, ``-`` for None, never ``-0.0000``; ``spec`` ``"auto"``: ``.4f``
+    unless the magnitude needs an exponent (below 1e-3 or from 1e5: ``.4g``)."""
     if x is None:
         return "-"
+    if spec == "auto":
+        spec = ".4g" if x and (abs(x) < 1e-3 or abs(x) >= 1e5) else ".4f"
     text = format(x, spec)
     return text[1:] if text.startswith("-") and float(text) == 0 else text
 

@@ -233,6 +233,9 @@ def _run_command(model: Path, inputs_path: Path, out: Path | None, other: Path |
     so = _options(optimization=Optimization(optimization))
 
     refuse_overwrite(out, model, inputs_path, other)
+    from .campaign_commands import refuse_tensor_path
+
+    refuse_tensor_path(out, model)
     arrays = load_npz(inputs_path)
     proto = load_model(model)
     sess = make_session(proto, provider, so)  # type: ignore[arg-type]

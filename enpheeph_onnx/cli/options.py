@@ -62,10 +62,11 @@ def model_argument(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def _once(ctx: click.Context, param: click.Parameter, value: tuple[Path, ...]) -> Path | None:
     if len(value) > 1:
+        hint = (" (the output tensor a campaign judges is --logits NAME)"
+                if ctx.command.name in ("plan", "campaign") else "")
         raise click.BadParameter(
             f"given {len(value)} times ({', '.join(map(str, value))}): it is the one path "
-            "this command writes (the output tensor a campaign judges is --logits NAME)",
-            ctx, param)
+            f"this command writes{hint}", ctx, param)
     return value[0] if value else None
 
 

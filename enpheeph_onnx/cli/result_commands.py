@@ -114,8 +114,10 @@ def export_results(db: Path, fmt: str | None, table: str, out: Path, as_json: bo
 
     refuse_overwrite(out, db)
     suffix = out.suffix.lower().lstrip(".")
+    if fmt is None and suffix not in ("csv", "parquet"):
+        raise EnpheephError(f"-o {out}: end it in .csv or .parquet, or give --format csv|parquet")
     if fmt is None:
-        fmt = suffix if suffix in ("csv", "parquet") else "csv"
+        fmt = suffix
     elif suffix in ("csv", "parquet") and suffix != fmt:
         raise EnpheephError(f"--format {fmt} but -o {out} ends in .{suffix}: make them agree")
     n = export_table(db, table, fmt, out)
@@ -148,7 +150,7 @@ def export_model_cmd(factory: str, weights: Path | None, input_shape: str, input
     opset 26, checked against torch before writing; pruning masks are folded and recorded.
 
     \b
-    Example:
+    Example (from the project root, where tests/ is importable):
       enpheeph-onnx export-model --model tests.exportable:small_cnn \\
         --input-shape 1,1,8,8 -o small_cnn.onnx
     """

@@ -159,3 +159,13 @@ def test_the_api_takes_a_path_or_a_model_proto() -> None:
     a, b = allowed_elements(MODEL, by_path, "skip"), allowed_elements(proto, by_path, "skip")
     assert a.keys() == b.keys()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_data_lacking_an_input_is_refused_everywhere(tmp_path: Path) -> None:
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, image=np.zeros((4, 1, 8, 8), np.float32))
+    out = tmp_path / "f.onnx"
+    for args in (["sites", MODEL], ["run", MODEL],
+                 ["inject", MODEL, "--fault", "conv1.weight[0,0,1,1]:bitflip:30", "-o", out]):
+        assert_user_error(*invoke(*args, "--data", wrong), "input")
+    assert not out.exists()

@@ -38,6 +38,24 @@ def fault_plan(fault_exprs: tuple[str, ...], plan_path: Path | None) -> Any:
     return FaultPlan(tuple(faults + extra))
 
 
+def sample_batch(data_path: Path, model: Any) -> dict[str, np.ndarray]:
+    """The first batch (512 samples) of ``--data`` for measuring tensor shapes.
+
+    Raises:
+        EnpheephError: the file is unreadable or lacks one of the model's inputs.
+    """
+    from ..campaign.data import input_names
+    from ..runtime import batch_of, load_npz
+
+    arrays = load_npz(data_path)
+    missing = [n for n in input_names(model) if n not in arrays]
+    if missing:
+        raise EnpheephError(f"data {data_path} lacks the model input(s) {missing} (it has "
+                            f"{sorted(arrays)}); save one array per model input, keyed by "
+                            "the input name")
+    return batch_of(arrays, 0, 512)
+
+
 def _is_zip(path: Path) -> bool:
     try:
         with open(path, "rb") as fh:
@@ -99,7 +117,6 @@ def sites(model: Path, kinds: tuple[str, ...], data_path: Path | None, as_json: 
       enpheeph-onnx sites models/digits_cnn.onnx --kinds weights
     """
     from ..model import load_model
-    from ..runtime import batch_of, load_npz
     from ..sites import (
         SiteKind,
         discover_sites,
@@ -111,7 +128,7 @@ def sites(model: Path, kinds: tuple[str, ...], data_path: Path | None, as_json: 
     wanted = parse_kinds(kinds, default=None) or tuple(SiteKind)
     proto = load_model(model)
     if data_path is not None:
-        proto = with_measured_shapes(proto, batch_of(load_npz(data_path), 0, 512))
+        proto = with_measured_shapes(proto, sample_batch(data_path, proto))
     found = [s for s in discover_sites(proto) if s.kind in wanted]
     acts = SiteKind.ACTIVATION in wanted
     unknown = unresolved_tensors(proto) if acts else []
@@ -168,9 +185,9 @@ def inject(model: Path, out: Path, fault_exprs: tuple[str, ...], plan_path: Path
     plan = fault_plan(fault_exprs, plan_path)
     sample = None
     if data_path is not None:
-        from ..runtime import batch_of, load_npz
+        from ..model import load_model
 
-        sample = batch_of(load_npz(data_path), 0, 512)
+        sample = sample_batch(data_path, load_model(model))
     res = do_inject(model, plan, sample)
     res.save(out)
     if as_json:

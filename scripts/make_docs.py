@@ -155,6 +155,137 @@ def variants(tmp: Path, numbers: dict[str, Any]) -> str:
             "rate.\n")
 
 
+def _k(k: int) -> str:
+    return f"{k:,}"
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.3g}"
+
+
+def perf_campaign(d: dict[str, Any]) -> str:
+    """The per-trial cost table of ``docs/bench_campaign.json``."""
+    cells = {(c["target"], c["k"]): c for c in d["cells"]}
+    ks = sorted({c["k"] for c in d["cells"]})
+    head = "| per trial: ms (/ golden) | " + " | ".join(f"K = {_k(k)}" for k in ks) + " |"
+    lines = [head, "|---|" + "---|" * len(ks)]
+    for target, label in (("weights", "weights"),
+                          ("weights, --optimization all", "weights, `--optimization all`"),
+                          ("activations", "activations"),
+                          ("activations, --optimization all",
+                           "activations, `--optimization all`")):
+        row = []
+        for k in ks:
+            c = cells.get((target, k))
+            row.append("-" if c is None or c.get("per_trial_s") is None else
+                       f"{_ms(c['per_trial_s'])} ({c['ratio']:.2f})")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    for kind in ("weights", "activations"):
+        row = []
+        for k in ks:
+            a, b = cells.get((kind, k)), cells.get((f"{kind}, --optimization all", k))
+            row.append(" / ".join("-" if c is None or c.get("rss_mib") is None
+                                  else f"{c['rss_mib']:.0f}" for c in (a, b)))
+        lines.append(f"| peak RSS (MiB): {kind} / {kind} `all` | " + " | ".join(row) + " |")
+    return ("\n".join(lines) + "\n\n"
+            f"(`python scripts/bench_campaign.py`, {d['total_s']:.0f} s on this "
+            f"{d['cpu_count']}-core machine, onnxruntime {d['onnxruntime']}; "
+            "`docs/bench_campaign.json`.) The golden run measured "
+            f"{d['golden_s'] * 1e3:.1f} ms at the start and {d['golden_after_s'] * 1e3:.1f} ms "
+            f"at the end ({d['golden_extended_s'] * 1e3:.1f} ms at the campaigns' default\n"
+            "`ORT_ENABLE_EXTENDED`); the ratios use the first. Golden inference in a process "
+            f"of its own peaks at {d['golden_process_rss_mib']:.0f} MiB.\n")
+
+
+def perf_pytorchfi(d: dict[str, Any]) -> str:
+    """PyTorchFI's time per trial over ours, from ``docs/bench_pytorchfi.json``."""
+    cells = {(c["target"], c["k"], c["bits"]): c for c in d["cells"]}
+    ks = sorted({c["k"] for c in d["cells"]})
+
+    def x(c: dict[str, Any] | None) -> str:
+        if c is None or c.get("speedup") is None:
+            return "n/a"
+        return f"{c['speedup']:.0f}x" if c["speedup"] >= 10 else f"{c['speedup']:.1f}x"
+
+    lines = ["| PyTorchFI / ours, bits uniform / bit 0 | "
+             + " | ".join(f"K = {_k(k)}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for target in ("weights", "activations"):
+        lines.append(f"| {target} | " + " | ".join(
+            f"{x(cells.get((target, k, 'all')))} / {x(cells.get((target, k, '0')))}"
+            for k in ks) + " |")
+    c = cells[("weights", ks[0], "0")]
+    ours, theirs = (c[w]["in_process_trial_s_median"] for w in ("ours", "pytorchfi"))
+    return ("\n".join(lines) + "\n\n"
+            f"(`python scripts/bench_pytorchfi.py`, {d['total_s']:.0f} s, ours at "
+            f"`--optimization {d['optimization']}`; `docs/bench_pytorchfi.json`. n/a: a "
+            "difference below the start-up noise; in-process a single bit-0 weight trial "
+            f"takes {ours * 1e3:.1f} ms for us against {theirs * 1e3:.1f} ms for "
+            "PyTorchFI.)\n")
+
+
+def perf_overhead(d: dict[str, Any]) -> str:
+    """Standalone injected models, from ``docs/bench_overhead.json``."""
+    cells = {(c["target"], c["k"], c["bits"]): c for c in d["cells"]}
+    ks = sorted({c["k"] for c in d["cells"]})
+    w = [c["ratio"] for c in d["cells"] if c["target"] == "weights"]
+    mech = [c["mechanism_ratio"] for c in d["cells"]
+            if c["target"] == "activations" and c["k"] >= 1000]
+    acts = ", ".join(f"K = {_k(k)} {cells[('activations', k, '0')]['ratio']:.2f} / "
+                     f"{cells[('activations', k, 'all')]['ratio']:.2f}" for k in ks)
+    return (f"(`python scripts/bench_overhead.py`, {d['total_s']:.0f} s; "
+            "`docs/bench_overhead.json`): weight faults "
+            f"{min(w):.2f}-{max(w):.2f}x at every K; activation faults with bit 0 / all "
+            f"bits: {acts}; mechanism (every mask 0) {min(mech):.2f}-{max(mech):.2f}x from "
+            "K = 1,000 on.\n")
+
+
+def perf_store(d: dict[str, Any]) -> str:
+    """Storage, summary and plans, from ``docs/bench_store.json``."""
+    return (f"(`python scripts/bench_store.py`): a {d['trials']}-trial x "
+            f"{_k(d['faults_per_trial'])}-weight-fault campaign on the digits CNN runs in "
+            f"{d['campaign_s']:.1f} s and stores {d['db_bytes_per_fault']:.1f} bytes per "
+            f"fault ({d['db_bytes'] / 1e6:.0f} MB); loading its summary takes "
+            f"{d['summary_s']:.1f} s at {d['summary_rss_mib']:.0f} MiB peak RSS (a whole "
+            f"process, imports included), `report` {d['report_s']:.1f} s, `campaign "
+            f"--resume` of the finished campaign {d['resume_s']:.1f} s. `inject --plan` of a "
+            f"binary {_k(d['inject_plan_faults'])}-fault plan on a "
+            f"{_k(d['mlp_params'])}-parameter model: {d['inject_plan_s']:.1f} s; of a "
+            f"{_k(d['inject_json_faults'])}-fault JSON plan: {d['inject_json_s']:.1f} s.\n")
+
+
+def perf_backends(d: dict[str, Any]) -> str:
+    """The backends side by side, from ``docs/bench_backends.json``."""
+    r = d["rows"]
+    ms = {k: v["per_trial_s"] * 1e3 for k, v in r.items()}
+    same = all(v["same_as_serial"] for v in r.values())
+    return (f"(`python scripts/bench_backends.py`, `docs/bench_backends.json`): per-trial "
+            f"cost from the difference of a {d['n2']}- and a {d['n1']}-trial-per-level CLI "
+            f"campaign, {d['levels']} levels: serial {ms['serial']:.2f} ms, `--backend local "
+            f"--workers 1` {ms['local, 1 worker']:.2f} ms, `--workers 2` "
+            f"{ms['local, 2 workers']:.2f} ms (**{d['speedup_2_over_1_local']:.2f}x over one "
+            f"worker**, {r['local, 2 workers']['speedup_vs_serial']:.2f}x over serial), "
+            f"`--backend ray --workers 2` {ms['ray, 2 actors']:.2f} ms"
+            + ("; every backend's outcomes equal the serial run's" if same else "")
+            + f". Two pure-Python processes at once did {d['parallel_throughput']:.2f}x the "
+            "work of one in the same run, which bounds what two workers can gain.\n")
+
+
+PERF = {"perf_campaign": ("bench_campaign", perf_campaign),
+        "perf_pytorchfi": ("bench_pytorchfi", perf_pytorchfi),
+        "perf_overhead": ("bench_overhead", perf_overhead),
+        "perf_store": ("bench_store", perf_store),
+        "perf_backends": ("bench_backends", perf_backends)}
+"""README blocks rendered from the benchmark scripts' JSON (the benchmarks are not rerun:
+each takes minutes; rerun one and then ``make_docs.py --render``)."""
+
+
+def render_perf(docs: Path = DOCS) -> dict[str, str]:
+    """The benchmark blocks' text, from ``docs/bench_*.json``."""
+    return {name: fn(json.loads((docs / f"{src}.json").read_text()))
+            for name, (src, fn) in PERF.items()}
+
+
 def render(readme: str, docs: Path = DOCS) -> str:
     """``readme`` with every generated block replaced by its ``docs/NAME.md``."""
     def body(m: re.Match[str]) -> str:
@@ -203,6 +334,8 @@ def main() -> None:
         for name, text in texts.items():
             (DOCS / f"{name}.md").write_text(text)
         (DOCS / "numbers.json").write_text(json.dumps(numbers, indent=1) + "\n")
+    for name, text in render_perf().items():
+        (DOCS / f"{name}.md").write_text(text)
     README.write_text(render(readme))
     print(f"PASSED make_docs: {len(BLOCK.findall(readme))} README blocks from docs/")
 

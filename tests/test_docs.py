@@ -19,7 +19,8 @@ README = (ROOT / "README.md").read_text()
 
 def test_every_readme_block_is_its_docs_file() -> None:
     names = [m.group("name") for m in make_docs.BLOCK.finditer(README)]
-    assert names == ["main_job", "bits", "variants", "reproduce_paper"]
+    assert names == ["main_job", "bits", "variants", "perf_campaign", "perf_pytorchfi",
+                     "perf_overhead", "perf_store", "perf_backends", "reproduce_paper"]
     assert make_docs.stale_blocks(README) == []
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_docs.py"), "--check"],
                        capture_output=True, text=True, timeout=60)
@@ -52,3 +53,12 @@ def test_the_blocks_quote_the_measured_numbers() -> None:
         name = "SNN" if label == "snn" else label
         assert f"{name} {v['mean']:.3f}" in variants
         assert f"{name} {v['per_rate']['0.01']:.3f}" in variants
+
+
+def test_the_benchmark_blocks_are_rendered_from_the_benchmark_json() -> None:
+    for name, text in make_docs.render_perf().items():
+        assert (ROOT / "docs" / f"{name}.md").read_text() == text, name
+    perf = (ROOT / "docs" / "perf_campaign.md").read_text()
+    d = json.loads((ROOT / "docs" / "bench_campaign.json").read_text())
+    cell = next(c for c in d["cells"] if c["target"] == "weights" and c["k"] == 1)
+    assert f"| weights | {cell['per_trial_s'] * 1e3:.3g} ({cell['ratio']:.2f}) |" in perf

@@ -169,3 +169,9 @@ def test_data_lacking_an_input_is_refused_everywhere(tmp_path: Path) -> None:
                  ["inject", MODEL, "--fault", "conv1.weight[0,0,1,1]:bitflip:30", "-o", out]):
         assert_user_error(*invoke(*args, "--data", wrong), "input")
     assert not out.exists()
+
+
+def test_verbose_after_the_command_gets_a_hint() -> None:
+    assert_user_error(*invoke("sites", MODEL, "-v"), "-v goes before the command")
+    code, _, err = invoke("-v", "sites", MODEL)
+    assert code == 0 and err.strip().splitlines()[-1].startswith("PASSED sites:")

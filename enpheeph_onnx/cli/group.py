@@ -30,7 +30,11 @@ class _Group(click.Group):
             sys.exit(2)
         except click.UsageError as e:  # bad option, missing argument, bad value
             where = e.ctx.command_path if e.ctx is not None else "enpheeph-onnx"
-            click.echo(f"Error: {e.format_message()} (see '{where} --help')", err=True)
+            text = e.format_message()
+            if isinstance(e, click.NoSuchOption) and e.option_name in ("-v", "-vv",
+                                                                       "--verbose"):
+                text += " (-v goes before the command: enpheeph-onnx -v COMMAND ...)"
+            click.echo(f"Error: {text} (see '{where} --help')", err=True)
             sys.exit(2)
         except click.ClickException as e:
             e.show()

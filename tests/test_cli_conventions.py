@@ -175,3 +175,11 @@ def test_verbose_after_the_command_gets_a_hint() -> None:
     assert_user_error(*invoke("sites", MODEL, "-v"), "-v goes before the command")
     code, _, err = invoke("-v", "sites", MODEL)
     assert code == 0 and err.strip().splitlines()[-1].startswith("PASSED sites:")
+
+
+def test_a_plan_of_another_model_is_one_error_line(tmp_path: Path) -> None:
+    plan = tmp_path / "p.json"
+    assert invoke("plan", MODEL, "--data", DATA, "--trials", "3", "-o", plan)[0] == 0
+    snn = MODEL.parent / "digits_snn.onnx"
+    assert_user_error(*invoke("campaign", snn, "--data", MODEL.parent / "digits_snn_test.npz",
+                              "--plan", plan), "the plan was sampled for another model")

@@ -165,9 +165,7 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
                           allowed_elements(proto, sites, config.pruned_weights),
                           layer_order(proto, sites))
         return config, sites, sampler
-    if plan.model_sha256 != sha:
-        log.warning("the plan was sampled for another model (sha256 %s...)",
-                    plan.model_sha256[:12])
+    foreign = plan.model_sha256 != sha
     config = replace(plan.config, batch_size=config.batch_size, provider=config.provider,
                      output=config.output or plan.config.output,
                      store_faults=config.store_faults, suffix=config.suffix,
@@ -186,9 +184,18 @@ def _source(proto: onnx.ModelProto, sha: str, all_sites: list[FaultSite],
                 f"of the plan's levels {list(levels)}; write it again with 'enpheeph-onnx "
                 "plan'")
     names: set[str] = set()
-    for t in plan.trials:
-        validate_fault_set(smap, t.faults)
-        names |= t.faults.hit_sites()
+    try:
+        for t in plan.trials:
+            validate_fault_set(smap, t.faults)
+            names |= t.faults.hit_sites()
+    except EnpheephError as e:
+        if not foreign:
+            raise
+        raise EnpheephError(f"{e} (the plan was sampled for another model, sha256 "
+                            f"{plan.model_sha256[:12]}...)") from None
+    if foreign:  # e.g. the same faults replayed on a new build of the model
+        log.warning("the plan was sampled for another model (sha256 %s...)",
+                    plan.model_sha256[:12])
     if samples != plan.samples and config.per_sample:
         raise EnpheephError(f"the plan was sampled for {plan.samples} inputs per trial, "
                             f"the data has {samples}")

@@ -240,10 +240,10 @@ def test_data_without_the_model_input_is_a_user_error_when_measuring(tmp_path: P
     onnx.save(_gelu_model(), path)
     np.savez(tmp_path / "wrong.npz", input=X)
     assert_user_error(*invoke("sites", path, "--data", tmp_path / "wrong.npz"),
-                      "no array for model input 'x'")
+                      "lacks the model input(s) ['x']")
     assert_user_error(*invoke("inject", path, "-o", tmp_path / "o.onnx", "--data",
                               tmp_path / "wrong.npz", "--fault", "g[0,1]:bitflip:30"),
-                      "no array for model input 'x'")
+                      "lacks the model input(s) ['x']")
     assert not (tmp_path / "o.onnx").exists()
 
 

@@ -99,6 +99,7 @@ def describe(summary: Mapping[str, Any]) -> str:
         ("atol", "rtol", "l2"), t[1:], strict=False) if v) for t in outcome.get("tolerances")
                     or [])
     parts.append({"top1": "top-1", "topk": f"top-{outcome.get('k', 5)}",
+                  "topk-set": f"top-{outcome.get('k', 5)} set",
                   "tolerance": f"tolerance {tols}".strip(),
                   "metric": f"metric {outcome.get('metric')}"}.get(kind, str(kind)))
     head = Path(str(model)).name if model else "campaign"

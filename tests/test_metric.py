@@ -214,3 +214,23 @@ def test_the_current_folder_is_importable_for_export_model(tmp_path: Path) -> No
                   "1,1,8,8", "-o", out, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert onnx.load(out).graph.output[0].name == "logits"
+
+
+def test_outcome_policies_from_a_toml_config(tmp_path: Path,
+                                             regressor: tuple[Path, Path, np.ndarray]) -> None:
+    model, data, _ = regressor
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[campaign]\nmetric = "tests.user_metrics:closeness"\ntrials = 3\n'
+                   'batch-size = 8\nbits = "18-30"\n')
+    code, out, err = invoke("campaign", model, "--data", data, "--config", cfg, "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["config"]["outcome"] == {"kind": "metric", "k": 5, "tolerances": [],
+                                        "metric": CLOSENESS}
+    assert res["score"] == "closeness" and len(res["trials"]) == 3
+    cfg.write_text('outcome = "tolerance"\nsdc-tolerance = ["y:l2=0.05", "*:atol=1"]\n'
+                   'trials = 2\n')
+    code, out, err = invoke("campaign", model, "--data", data, "--config", cfg, "--json")
+    assert code == 0, err
+    assert json.loads(out)["config"]["outcome"]["tolerances"] == [["y", None, None, 0.05],
+                                                                  ["*", 1.0, 0.0, None]]

@@ -42,6 +42,13 @@ def test_the_policies_on_known_outputs() -> None:
     assert classify(g, f, "p").tolist() == [M, C, T, D]
     assert classify(g, f, "p", OutcomePolicy(PolicyKind.TOPK, 2)).tolist() == [M, T, T, D]
     assert classify(g, f, "p", OutcomePolicy(PolicyKind.TOPK, 1)).tolist() == [M, C, T, D]
+    # top-k sets: {0, 1} -> {1, 0} is the same set (tolerable); top-2 {2, 1} unchanged
+    assert classify(g, f, "p", OutcomePolicy(PolicyKind.TOPK_SET, 2)).tolist() == [M, T, T, D]
+    assert classify(g, f, "p", OutcomePolicy(PolicyKind.TOPK_SET, 1)).tolist() == [M, C, T, D]
+    swap = {"p": np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.2, 0.3, 0.5], [0.1, 0.2, 0.7]],
+                          np.float32)}  # input 1: 2nd and 3rd swap, top-1 kept
+    assert classify(g, swap, "p", OutcomePolicy(PolicyKind.TOPK_SET, 2)).tolist() == [M, C, M, M]
+    assert classify(g, swap, "p", OutcomePolicy(PolicyKind.TOPK, 2)).tolist() == [M, T, M, M]
     loose = OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(Tolerance("p", atol=0.015),))
     assert classify(g, f, "p", loose).tolist() == [M, C, T, D]
     tight = OutcomePolicy(PolicyKind.TOLERANCE, tolerances=(Tolerance("*", rtol=0.01),))
@@ -142,7 +149,7 @@ def test_cli_policy_options(tmp_path: Path) -> None:
     assert json.loads(out)["config"]["outcome"] == {"kind": "topk", "k": 3, "tolerances": [],
                                                          "metric": None}
     assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--outcome", "top1",
-                              "--topk", "3"), "--topk applies to --outcome topk")
+                              "--topk", "3"), "--topk applies to --outcome topk or topk-set")
     assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--sdc-tolerance",
                               "nope:atol=1"), "has no output 'nope'")
     assert_user_error(*invoke("campaign", MODEL, "--data", DATA, "--outcome", "tolerance"),
@@ -170,12 +177,14 @@ def _regressor(path: Path) -> None:
     (_detector, ["--outcome", "topk", "--topk", "2", "--logits", "scores"],
      OutcomePolicy(PolicyKind.TOPK, 2), "scores"),
     (_detector, ["--logits", "scores"], OutcomePolicy(), "scores"),
+    (_detector, ["--outcome", "topk-set", "--topk", "2", "--logits", "scores"],
+     OutcomePolicy(PolicyKind.TOPK_SET, 2), "scores"),
     (_detector, ["--metric", "tests.user_metrics:closeness"],
      OutcomePolicy(PolicyKind.METRIC, metric="tests.user_metrics:closeness"), "boxes"),
     (_regressor, ["--metric", "tests.user_metrics:flags_only"],
      OutcomePolicy(PolicyKind.METRIC, metric="tests.user_metrics:flags_only"), "y"),
-], ids=["regressor-tolerance", "detector-top2", "detector-top1", "detector-metric",
-        "regressor-metric"])
+], ids=["regressor-tolerance", "detector-top2", "detector-top1", "detector-top2-set",
+        "detector-metric", "regressor-metric"])
 def test_every_policy_in_a_campaign(model_fn, args: list[str], policy: OutcomePolicy,  # type: ignore[no-untyped-def]
                                     output: str, tmp_path: Path) -> None:
     """Activation faults; each stored trial's outcomes are those of inject + run judged by

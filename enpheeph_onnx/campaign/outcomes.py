@@ -43,6 +43,7 @@ class PolicyKind(enum.Enum):
 
     TOP1 = "top1"
     TOPK = "topk"
+    TOPK_SET = "topk-set"
     TOLERANCE = "tolerance"
     METRIC = "metric"
 
@@ -115,6 +116,7 @@ class OutcomePolicy:
     * ``topk``: the golden top-1 class is not among the faulty run's top ``k``;
     * ``tolerance``: some output leaves its :class:`Tolerance` (outputs with none, and no
       ``*`` tolerance, are not judged: their differences are tolerable). No labels needed;
+    * ``topk-set``: the set of the top ``k`` classes changes (order inside it ignored);
     * ``metric``: a user function ``metric`` (``package.module:function``, see
       :func:`call_metric`) says which inputs are critical, and may score every input.
 
@@ -133,7 +135,7 @@ class OutcomePolicy:
             raise EnpheephError("--outcome metric needs --metric package.module:function")
         if self.kind is not PolicyKind.METRIC and self.metric:
             raise EnpheephError(f"--metric applies to --outcome metric, not {self.kind.value}")
-        if self.kind is PolicyKind.TOPK and self.k < 1:
+        if self.kind in (PolicyKind.TOPK, PolicyKind.TOPK_SET) and self.k < 1:
             raise EnpheephError(f"--topk {self.k}: give k >= 1")
         if self.kind is PolicyKind.TOLERANCE and not self.tolerances:
             raise EnpheephError("--outcome tolerance needs --sdc-tolerance NAME:atol=..,rtol=.. "
@@ -165,6 +167,8 @@ class OutcomePolicy:
     def __str__(self) -> str:
         if self.kind is PolicyKind.TOPK:
             return f"top-{self.k}"
+        if self.kind is PolicyKind.TOPK_SET:
+            return f"top-{self.k} set"
         if self.kind is PolicyKind.TOLERANCE:
             return "tolerance " + " ".join(str(t) for t in self.tolerances)
         if self.kind is PolicyKind.METRIC:
@@ -284,6 +288,13 @@ def _critical(golden: dict[str, np.ndarray], faulty: dict[str, np.ndarray], outp
         k = min(policy.k, f.shape[1])
         top = np.argpartition(-f.astype(np.float64), k - 1, axis=1)[:, :k]
         return ~(top == g_top[:, None]).any(1)
+    if policy.kind is PolicyKind.TOPK_SET:
+        k = min(policy.k, f.shape[1])
+
+        def top_set(a: np.ndarray) -> np.ndarray:
+            return np.sort(np.argsort(-a.astype(np.float64), axis=1, kind="stable")[:, :k], 1)
+
+        return (top_set(g) != top_set(f)).any(1)
     return np.argmax(f, axis=1) != g_top
 
 

@@ -45,8 +45,8 @@ def outcome_policy(kind: str | None, topk: int | None, tolerances: tuple[str, ..
     if kind is None:
         kind = ("metric" if metric else "tolerance" if tolerances
                 else "topk" if topk is not None else "top1")
-    if topk is not None and kind != "topk":
-        raise EnpheephError(f"--topk applies to --outcome topk, not {kind}")
+    if topk is not None and kind not in ("topk", "topk-set"):
+        raise EnpheephError(f"--topk applies to --outcome topk or topk-set, not {kind}")
     policy = OutcomePolicy(PolicyKind(kind), 5 if topk is None else topk,
                            tuple(Tolerance.parse(t) for t in tolerances), metric)
     policy.load()

@@ -263,13 +263,14 @@ def outcome_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="The output judged by top1/topk and scored for accuracy "
                           "[default: the first output]."),
         click.option("--outcome", "outcome_kind",
-                     type=click.Choice(["top1", "topk", "tolerance", "metric"]), default=None,
+                     type=click.Choice(["top1", "topk", "topk-set", "tolerance", "metric"]),
+                     default=None,
                      help="Critical SDC when: the top-1 class changes (top1, default), the "
-                          "golden top-1 leaves the faulty top-k (topk), an output leaves its "
-                          "--sdc-tolerance (tolerance; no labels needed), or --metric says "
-                          "so (metric)."),
+                          "golden top-1 leaves the faulty top-k (topk), the set of the top k "
+                          "classes changes (topk-set), an output leaves its --sdc-tolerance "
+                          "(tolerance; no labels needed), or --metric says so (metric)."),
         click.option("--topk", type=click.IntRange(min=1), default=None,
-                     help="k of --outcome topk [5]."),
+                     help="k of --outcome topk / topk-set [5]."),
         click.option("--sdc-tolerance", "tolerances", multiple=True,
                      metavar="NAME:atol=A,rtol=R,l2=E",
                      help="Per-output tolerance of --outcome tolerance (repeatable; NAME * "

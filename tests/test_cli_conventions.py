@@ -183,3 +183,14 @@ def test_a_plan_of_another_model_is_one_error_line(tmp_path: Path) -> None:
     snn = MODEL.parent / "digits_snn.onnx"
     assert_user_error(*invoke("campaign", snn, "--data", MODEL.parent / "digits_snn_test.npz",
                               "--plan", plan), "the plan was sampled for another model")
+
+
+def test_export_results_refuses_an_unknown_suffix(tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    assert invoke("campaign", MODEL, "--data", DATA, "--trials", "2", "-o", db)[0] == 0
+    assert_user_error(*invoke("export-results", db, "-o", tmp_path / "t.xlsx"),
+                      ".csv or .parquet")
+    assert not (tmp_path / "t.xlsx").exists()
+    code, _, err = invoke("export-results", db, "-o", tmp_path / "t.xlsx", "--format", "csv")
+    assert code == 0, err
+    assert (tmp_path / "t.xlsx").read_text().startswith("trial,level,rate")

@@ -331,7 +331,7 @@ def _fmt(x: Any, spec: str = ".4f") -> str:
     v = _num(x)
     if math.isnan(v):
         return _NA
-    if v and (abs(v) < 1e-3 or abs(v) >= 1e5) and spec == ".4f" and not -1 <= v <= 1:
+    if spec == ".4f" and abs(v) >= 1e5:
         spec = ".4g"  # a metric's unbounded score (rates and accuracies stay .4f)
     text = format(v, spec)
     return text[1:] if text.startswith("-") and float(text) == 0 else text  # no "-0.0000"
@@ -694,11 +694,7 @@ def _provenance_markdown(prov: Any) -> list[str]:
     """Model sha256, package versions, providers and session options of the campaign."""
     if not isinstance(prov, Mapping) or not prov:
         return []
-    rows = []
-    for key in ("model", "model_sha256", "data_sha256", "created", "tool_version",
-                "providers", "versions", "session_options", "golden_deviation", "status"):
-        if prov.get(key) is not None:
-            rows.append([key, _fmt_config(prov[key])])
+    rows = [[str(k), _fmt_config(v)] for k, v in prov.items() if v is not None]
     return ["## Provenance", "", *_table(["key", "value"], rows)]
 
 

@@ -54,6 +54,25 @@ METRICS = ("masked_rate", "tolerable_sdc_rate", "critical_sdc_rate", "sdc_rate",
 
 
 @dataclass(frozen=True)
+class Score:
+    """What a campaign's trial score is (the ``trial.accuracy`` column): ``accuracy`` (top-1,
+    labels), ``acceptable`` (the fraction of inputs neither critical SDC nor DUE, no labels)
+    or a user metric's name; ``bounded``: the scores lie in [0, 1] (Wilson intervals over
+    trials), else a metric's unbounded scores (t intervals)."""
+
+    name: str = "accuracy"
+    bounded: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "bounded": self.bounded}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> Score:
+        """The stored ``score`` metadata; databases from before it held accuracy."""
+        return cls() if not d else cls(str(d["name"]), bool(d["bounded"]))
+
+
+@dataclass(frozen=True)
 class OutcomeRates:
     """Pooled outcome rates of a group of trials, with Wilson intervals over trials."""
 
@@ -332,4 +351,4 @@ def check_gates(summary: CampaignSummary, gates: Sequence[tuple[str, float]]
 
 
 __all__ = ["METRICS", "BitLayerGrid", "CampaignSummary", "GateResult", "GroupSummary",
-           "OutcomeRates", "check_gates", "summarize", "validate_gates"]
+           "OutcomeRates", "Score", "check_gates", "summarize", "validate_gates"]

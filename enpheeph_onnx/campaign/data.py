@@ -33,6 +33,17 @@ def input_names(model: ModelSource) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
+def require_inputs(arrays: dict[str, np.ndarray], names: list[str],
+                   path: str | os.PathLike[str]) -> None:
+    """Raises EnpheephError when ``arrays`` (read from ``path``) lack a model input."""
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise EnpheephError(
+            f"data {path} lacks the model input(s) {missing} (it has {sorted(arrays)}); "
+            "save one array per model input, keyed by the input name"
+        )
+
+
 def load_dataset(path: str | os.PathLike[str], names: list[str],
                  require_labels: bool = True, allow_nonfinite: bool = False) -> Dataset:
     """Read an ``.npz`` with one array per model input (keyed by name; samples along axis 0,
@@ -43,12 +54,7 @@ def load_dataset(path: str | os.PathLike[str], names: list[str],
             negative label, NaN or Inf in a float input (unless ``allow_nonfinite``).
     """
     arrays = load_npz(path)
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise EnpheephError(
-            f"data {path} lacks the model input(s) {missing} (it has {sorted(arrays)}); "
-            "save one array per model input, keyed by the input name"
-        )
+    require_inputs(arrays, names, path)
     labels = arrays.get("labels")
     if labels is None and require_labels:
         raise EnpheephError(f"data {path} has no 'labels' array (int64 class per sample): add "

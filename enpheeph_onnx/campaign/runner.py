@@ -36,7 +36,14 @@ from ..runtime import (
 )
 from ..sites import FaultSite, discover_sites, site_map, with_measured_shapes
 from ..store import ResultStore, SiteInfo, TrialRecord, TrialTable, _trial_row
-from ..summary import CampaignSummary, GateResult, check_gates, summarize, validate_gates
+from ..summary import (
+    CampaignSummary,
+    GateResult,
+    Score,
+    check_gates,
+    summarize,
+    validate_gates,
+)
 from .backends import Backend, run_trials
 from .config import CampaignConfig
 from .data import Dataset, data_sha256
@@ -243,17 +250,13 @@ def run_campaign(
     """
     validate_gates(gates)
     run = _Run(model, data, config, db, resume, plan)
-    finished = run.stored_result(gates)  # resuming a finished campaign runs nothing
-    if finished is not None:
-        if db is not None and gates:
-            with ResultStore.open(db) as store:
-                store.set_meta("gates", [g.to_json() for g in finished.gates])
-        return finished
-    run.backend = backend or Backend()
-    with cpu_fallback(run.config.allow_cpu_fallback):
-        run.golden()
-        table = run.trials(progress, commit_every)
-        result = run.result(table, gates)
+    result = run.stored_result(gates)  # resuming a finished campaign runs nothing
+    if result is None:
+        run.backend = backend or Backend()
+        with cpu_fallback(run.config.allow_cpu_fallback):
+            run.golden()
+            table = run.trials(progress, commit_every)
+            result = run.result(table, gates)
     if db is not None and gates:  # the report shows the gates the campaign was held to
         with ResultStore.open(db) as store:
             store.set_meta("gates", [g.to_json() for g in result.gates])
@@ -306,8 +309,7 @@ class _Run:
         self.store.close()
         self.providers = tuple(stored.get("providers", ()))
         self.golden_acc = stored.get("golden_accuracy")
-        sc = stored.get("score") or {"name": "accuracy", "bounded": True}
-        self.score = (str(sc["name"]), bool(sc["bounded"]))
+        self.score = Score.from_json(stored.get("score"))
         self.deviation = float(stored.get("golden_deviation", 0.0))
         return self.result(table, gates)
 
@@ -359,22 +361,19 @@ class _Run:
             self.store = _open_store(self.db, self.resume, self.meta, infos, self.config)
 
     def _golden_score(self) -> None:
-        """What a trial's score is (``self.score``: name, bounded in [0, 1]) and the golden
-        run's: a user metric's mean score when it scores, else top-1 accuracy with labels,
-        else the fraction of acceptable inputs (neither critical SDC nor DUE; 1 for the
-        golden run)."""
+        """What a trial's score is (``self.score``) and the golden run's: a user metric's
+        mean score when it scores, else top-1 accuracy with labels, else the fraction of
+        acceptable inputs (neither critical SDC nor DUE; 1 for the golden run)."""
         cfg, labels = self.config, self.data.labels
-        self.scored = False
         if cfg.outcome.kind is PolicyKind.METRIC:
             j = judge(self.golden_out, self.golden_out, self.output, cfg.outcome, labels,
                       cfg.batch_size)
             if j.scores is not None:
-                self.scored = True
-                self.score = (str(cfg.outcome.metric).rpartition(":")[2], False)
+                self.score = Score(str(cfg.outcome.metric).rpartition(":")[2], False)
                 self.golden_acc = float(np.mean(j.scores)) if len(j.scores) else None
                 return
         if labels is None:
-            self.score = ("acceptable", True)
+            self.score = Score("acceptable")
             self.golden_acc = 1.0
             return
         out = self.golden_out[self.output]
@@ -384,7 +383,7 @@ class _Run:
                 f"label {int(labels.max())} is out of range: output {self.output!r} has "
                 f"{classes} classes (0-{classes - 1}); check the labels, or pick the "
                 "classifier output with --logits")
-        self.score = ("accuracy", True)
+        self.score = Score()
         self.golden_acc = float(np.mean(correct(out, labels)))
 
     def trials(self, progress: bool | None, commit_every: float) -> TrialTable:
@@ -400,7 +399,7 @@ class _Run:
                         f"{self.golden_acc}); was the onnxruntime version changed? use a new "
                         "-o/--output")
                 store.set_meta("golden_accuracy", self.golden_acc)
-                store.set_meta("score", {"name": self.score[0], "bounded": self.score[1]})
+                store.set_meta("score", self.score.to_json())
             done = store.done_trials() if store else set()
             todo = [t for t in self.source.trial_numbers() if t not in done]
             if done:
@@ -472,7 +471,7 @@ class _Run:
         """The record of a judged trial (``out`` None: onnxruntime aborted the run, every
         input is a DUE and scores 0)."""
         labels, n = self.data.labels, len(codes)
-        if self.scored:
+        if not self.score.bounded:  # a user metric's own scores
             if scores is None:
                 if out is not None:
                     raise EnpheephError(f"--metric {self.config.outcome.metric} returned "
@@ -490,10 +489,10 @@ class _Run:
     def result(self, table: TrialTable, gates: tuple[tuple[str, float], ...]
                ) -> CampaignResult:
         cfg = self.config
-        name, bounded = getattr(self, "score", ("accuracy", True))
+        score = getattr(self, "score", Score())
         summary = summarize(table, golden_accuracy=self.golden_acc, samples=len(self.data),
                             rate_kind=cfg.count.value, config=cfg.to_json(),
-                            layer_order=self.order, score=name, bounded=bounded)
+                            layer_order=self.order, score=score.name, bounded=score.bounded)
         engine = getattr(self, "engine", None)
         stats = engine.chain_stats() if engine is not None else {
             "boundaries": 0, "sessions": 0, "session_bytes": 0, "runtime_graph_sites": 0}
@@ -563,11 +562,11 @@ def load_summary(db: str | os.PathLike[str]) -> CampaignSummary:
         meta = store.meta()
         table = store.trial_table()
     cfg = CampaignConfig.from_json(meta["config"])
-    score = meta.get("score") or {"name": "accuracy", "bounded": True}
+    score = Score.from_json(meta.get("score"))
     summary = summarize(table, golden_accuracy=meta.get("golden_accuracy"),
                         samples=int(meta.get("samples", 0)), rate_kind=cfg.count.value,
                         config=cfg.to_json(), layer_order=meta.get("layer_order"),
-                        score=score["name"], bounded=bool(score["bounded"]))
+                        score=score.name, bounded=score.bounded)
     return summary
 
 

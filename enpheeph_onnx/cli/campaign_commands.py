@@ -53,6 +53,9 @@ def outcome_policy(kind: str | None, topk: int | None, tolerances: tuple[str, ..
     return policy
 
 
+_FILE_SUFFIXES = (".sqlite", ".db", ".json", ".npz", ".npy", ".onnx")
+
+
 def refuse_tensor_path(out: Path | None, model: Path) -> None:
     """Refuse ``-o/--output NAME`` where NAME is one of the model's outputs: the old
     spelling of ``--logits``.
@@ -60,8 +63,8 @@ def refuse_tensor_path(out: Path | None, model: Path) -> None:
     Raises:
         EnpheephError: ``out`` names an output tensor and is no existing file.
     """
-    if out is None or out.exists():
-        return
+    if out is None or out.exists() or out.suffix.lower() in _FILE_SUFFIXES:
+        return  # (no model load for what is plainly a file)
     from ..model import load_model
 
     try:

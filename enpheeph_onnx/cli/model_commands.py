@@ -44,15 +44,11 @@ def sample_batch(data_path: Path, model: Any) -> dict[str, np.ndarray]:
     Raises:
         EnpheephError: the file is unreadable or lacks one of the model's inputs.
     """
-    from ..campaign.data import input_names
+    from ..campaign.data import input_names, require_inputs
     from ..runtime import batch_of, load_npz
 
     arrays = load_npz(data_path)
-    missing = [n for n in input_names(model) if n not in arrays]
-    if missing:
-        raise EnpheephError(f"data {data_path} lacks the model input(s) {missing} (it has "
-                            f"{sorted(arrays)}); save one array per model input, keyed by "
-                            "the input name")
+    require_inputs(arrays, input_names(model), data_path)
     return batch_of(arrays, 0, 512)
 
 
